@@ -1,0 +1,1 @@
+"""Config loading, run directories, logging and seeding. Standard library and PyYAML only."""

@@ -1,0 +1,151 @@
+"""Run directories: how stages hand work to each other on disk.
+
+    <run>/config.yaml    resolved config + git revision, written before step 0
+          metrics.jsonl  one JSON object a log step
+          samples/       periodic tables of query / response / score
+          model/         save_pretrained output
+          state/         optimizer, scheduler, RNG, data position ...
+          DONE.json      written last: final step, wall time, headline metrics
+
+Every write that a crash could tear is atomic: write a temporary name in the same directory, then rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlhflab.core.config import to_dict
+
+
+class RunError(RuntimeError):
+    """A run directory that is missing, unfinished or of the wrong kind."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success rename it over `path` (file or directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class RunDir:
+    """Paths and small helpers of one run directory. Holds no state beyond its path."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    samples_dir = property(lambda self: self.path / "samples")
+    model_dir = property(lambda self: self.path / "model")
+    state_dir = property(lambda self: self.path / "state")
+    done_path = property(lambda self: self.path / "DONE.json")
+
+    def is_done(self) -> bool:
+        return self.done_path.exists()
+
+    def has_state(self) -> bool:
+        return (self.state_dir / "trainer.json").exists()
+
+    def start(self, stage: str, cfg: Any) -> None:
+        """Create the directory and write config.yaml (resolved config + git revision) before step 0."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        doc = {"stage": stage, "git_revision": git_revision(), "config": to_dict(cfg)}
+        atomic_write_text(self.config_path, yaml.safe_dump(doc, sort_keys=False))
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            raise RunError(f"{self.path}: no config.yaml — not a run directory")
+        return yaml.safe_load(self.config_path.read_text())
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a torn last line from a killed run
+                    break
+        return rows
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """On resume: drop metric rows logged after the checkpoint we resume from."""
+        rows = [r for r in self.read_metrics() if r["step"] <= last_step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def write_done(self, summary: dict[str, Any]) -> None:
+        atomic_write_json(self.done_path, {k: _plain(v) for k, v in summary.items()})
+
+    def read_done(self) -> dict[str, Any]:
+        return json.loads(self.done_path.read_text())
+
+    def require_done(self, allow_partial: bool = False) -> None:
+        if not self.path.exists():
+            raise RunError(f"{self.path}: run directory not found")
+        if not self.is_done() and not allow_partial:
+            raise RunError(
+                f"{self.path}: the run has no DONE.json — it is unfinished. Resume it, or pass "
+                "allow_partial to use its last checkpoint anyway."
+            )
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / "config.yaml").exists()
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and numpy scalars -> Python numbers, so metrics are always valid JSON."""
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value

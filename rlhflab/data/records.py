@@ -1,0 +1,96 @@
+"""Record types shared by every stage and by the labelling app. Standard library only (no torch).
+
+- `Post`: a document to summarise — a Reddit post (TL;DR) or a news article (CNN/DM) — with its human reference.
+- `Sample`: one summary of one post by one policy (the samples JSONL that labelling and evaluation read).
+- `Comparison`: two summaries of one post, which one a person chose, and how confident they were (1–9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIDENCE_MIN, CONFIDENCE_NO_PREFERENCE, CONFIDENCE_MAX = 1, 5, 9
+
+
+@dataclass(frozen=True)
+class Post:
+    """A document and, when known, its human reference summary.
+
+    For TL;DR `text` is the post body and `reference` the author's own TL;DR; for CNN/DM `text` is the article
+    and `reference` the highlights. `source` says which query format applies ("tldr" or "cnndm").
+    """
+
+    id: str
+    text: str
+    title: str = ""
+    subreddit: str = ""
+    reference: str | None = None
+    source: str = "tldr"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Post:
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One summary of one post. `text` is what followed the query (the paper's summaries start with a space)."""
+
+    post_id: str
+    policy: str
+    text: str
+    n_tokens: int
+    index: int = 0  # which of the n samples of this post by this policy
+    eos: bool = True  # did the model end the summary itself (False: cut at the length limit)
+    score: float | None = None  # a reward model's score, when one was added
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Sample:
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row})
+
+
+@dataclass(frozen=True)
+class Summary:
+    text: str
+    policy: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two summaries of one post and a person's choice, in the terms of OpenAI's comparison release.
+
+    `choice` is the index (0 or 1) of the preferred summary. `confidence` is the 1–9 value (low leans to
+    summary 0, high to summary 1, 5 = no preference) or None when the source has none.
+    """
+
+    post: Post
+    summaries: tuple[Summary, Summary]
+    choice: int
+    confidence: int | None = None
+    worker: str = ""
+    batch: str = ""
+    split: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> Summary:
+        return self.summaries[self.choice]
+
+    @property
+    def rejected(self) -> Summary:
+        return self.summaries[1 - self.choice]
+
+    @property
+    def confidence_distance(self) -> int | None:
+        """How sure the labeler was: |confidence − 5|, 0 (no preference) … 4 (certain)."""
+        return None if self.confidence is None else abs(self.confidence - CONFIDENCE_NO_PREFERENCE)
