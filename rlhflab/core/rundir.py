@@ -93,6 +93,14 @@ class RunDir:
     def start(self, stage: str, cfg: Any) -> None:
         """Create the directory and write config.yaml (resolved config + git revision) before step 0."""
         self.path.mkdir(parents=True, exist_ok=True)
+        if self.config_path.exists():  # resuming: the config must be the one the run started with
+            old = self.read_config()
+            changed = _diff(old.get("config", {}), to_dict(cfg))
+            if old.get("stage") != stage or changed:
+                what = f"stage {old.get('stage')} -> {stage}" if old.get("stage") != stage else ", ".join(changed)
+                raise RunError(f"{self.path}: exists with a different config ({what}); use a new --out to start "
+                               "a new run, or the same config to resume this one")
+            return
         doc = {"stage": stage, "git_revision": git_revision(), "config": to_dict(cfg)}
         atomic_write_text(self.config_path, yaml.safe_dump(doc, sort_keys=False))
 
@@ -142,6 +150,16 @@ class RunDir:
 
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "config.yaml").exists()
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config mappings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _diff(old.get(k), new.get(k), f"{prefix}{k}.")]
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        old, new = list(old), list(new)
+    return [] if old == new else [prefix.rstrip(".")]
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,94 @@
+"""rlhflab command line: `rlhflab <command> --config FILE --out RUN_DIR [key=value ...]`.
+
+Each command runs one stage into its own run directory. Settings come from the stage's dataclass defaults,
+then the YAML file, then key=value overrides (dotted keys for sections, e.g. optim.lr=1e-5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from rlhflab.core.config import ConfigError, load_config
+from rlhflab.core.log import setup_logging
+
+STAGES = {
+    # command: (module, config class, entry function, one-line help)
+    "sft": ("rlhflab.train.sft", "SFTConfig", "train", "supervised fine-tuning on posts and reference summaries"),
+    "sample": ("rlhflab.eval.sample", "SampleConfig", "sample", "write summaries of a post set as a samples JSONL"),
+}
+
+EPILOG = """examples:
+  rlhflab sft --config configs/sft/smoke.yaml --out runs/sft/smoke
+  rlhflab sft --config configs/sft/cpu.yaml --out runs/sft/cpu optim.lr=3e-5 max_steps=100
+  rlhflab sample --config configs/sample/smoke.yaml --out runs/sample/sft model=runs/sft/smoke
+  rlhflab sft --show-config            # every key with its default
+re-running a command with the same --out resumes an interrupted run; a finished run (DONE.json) is left as is."""
+
+
+def describe_config(cls, prefix: str = "") -> list[str]:
+    """`key (type) = default` for every field, nested sections flattened with dots."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += describe_config(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        type_name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        lines.append(f"  {prefix}{f.name} ({type_name}) = {default!r}")
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhflab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, _, _, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="run `rlhflab %s --show-config` to list every key and its default" % name)
+        p.add_argument("--config", help="YAML file with the settings that differ from the defaults")
+        p.add_argument("--out", help="run directory to write (or to resume)")
+        p.add_argument("--show-config", action="store_true", help="print every config key with its default")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, applied after --config")
+    try:
+        from rlhflab.label.cli import add_label_parser
+    except ImportError:  # the labelling app's extra is not installed
+        add_label_parser = None
+    if add_label_parser is not None:
+        add_label_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.command == "label":
+        from rlhflab.label.cli import run_label
+
+        return run_label(args) or 0
+    module_name, cls_name, fn_name, _ = STAGES[args.command]
+    module = __import__(module_name, fromlist=[cls_name])
+    cfg_cls = getattr(module, cls_name)
+    if args.show_config:
+        print("\n".join(describe_config(cfg_cls)))
+        return 0
+    if not args.out:
+        print(f"rlhflab {args.command}: --out RUN_DIR is required", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(cfg_cls, args.config, args.overrides)
+    except ConfigError as err:
+        print(f"rlhflab {args.command}: config error: {err}", file=sys.stderr)
+        return 2
+    getattr(module, fn_name)(cfg, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

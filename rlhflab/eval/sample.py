@@ -1,0 +1,131 @@
+"""`rlhflab sample`: summaries of a post set by one model or run directory, written as a samples JSONL.
+
+The samples file is what labelling and evaluation read: one `Sample` a line (post id, policy name, text, token
+count, whether the model ended with EOS). Work is appended batch by batch, so an interrupted run resumes where
+it stopped and never writes a summary twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rlhflab.core.log import get_logger
+from rlhflab.core.rundir import RunDir, is_run_dir
+from rlhflab.core.seed import seed_everything
+from rlhflab.data.format import format_query
+from rlhflab.data.loaders import load_posts
+from rlhflab.data.records import Post, Sample
+from rlhflab.models.generation import generate, pad_queries
+from rlhflab.models.loading import load_model
+
+log = get_logger(__name__)
+
+
+@dataclass
+class SampleConfig:
+    model: str = "smollm2-135m"  # embedded name, .gguf file, model directory, run directory or hub id
+    policy_name: str | None = None  # the name written into each sample; default: derived from `model`
+    posts: str = "../shared/data/tldr/eval.jsonl.gz"  # TL;DR, CNN/DM or posts JSONL; local path or hub name
+    format: str = "auto"  # auto | tldr | cnndm | posts
+    limit: int | None = None
+    n: int = 1  # summaries per post
+    temperature: float = 0.0  # 0 = greedy (the paper's evaluation setting)
+    top_p: float = 1.0
+    max_query_tokens: int = 512
+    max_new_tokens: int = 48
+    batch_size: int = 8
+    seed: int = 1
+    bf16: bool = False
+    allow_partial: bool = False  # sample from an unfinished run's last checkpoint
+
+
+def policy_name(cfg: SampleConfig) -> str:
+    if cfg.policy_name:
+        return cfg.policy_name
+    path = Path(cfg.model)
+    if is_run_dir(path):
+        return f"{path.parent.name}/{path.name}"  # e.g. sft/cpu
+    return path.name if path.exists() else cfg.model
+
+
+def done_keys(path: Path) -> set[tuple[str, int]]:
+    """(post_id, index) pairs already written; a torn last line (killed mid-write) is dropped."""
+    if not path.exists():
+        return set()
+    keys, good = set(), []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        keys.add((row["post_id"], row["index"]))
+        good.append(line)
+    path.write_text("".join(line + "\n" for line in good))
+    return keys
+
+
+def sample(cfg: SampleConfig, out: str) -> dict:
+    run = RunDir(out)
+    if run.is_done():
+        return run.read_done()
+    run.start("sample", cfg)
+    seed_everything(cfg.seed)
+    t_start = time.time()
+    samples_path = run.path / "samples.jsonl"
+    done = done_keys(samples_path)
+
+    model, tokenizer = load_model(cfg.model, allow_partial=cfg.allow_partial)
+    model.eval()
+    posts: list[Post] = list(load_posts(cfg.posts, format=cfg.format, limit=cfg.limit))
+    name = policy_name(cfg)
+    todo = [(p, i) for p in posts for i in range(cfg.n) if (p.id, i) not in done]
+    log.info("sample: %d posts × %d = %d summaries by %s (%d already written)",
+             len(posts), cfg.n, len(posts) * cfg.n, name, len(done))
+
+    n_eos = 0
+    bar = tqdm(total=len(posts) * cfg.n, initial=len(done), desc="sample", unit="summary", dynamic_ncols=True)
+    for start in range(0, len(todo), cfg.batch_size):
+        chunk = todo[start : start + cfg.batch_size]
+        # A generator seeded per batch position keeps sampled runs reproducible across resumes.
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + len(done) + start)
+        rows = sample_batch(model, tokenizer, chunk, name, cfg, generator)
+        n_eos += sum(r.eos for r in rows)
+        with open(samples_path, "a") as f:
+            f.write("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
+        bar.update(len(rows))
+    bar.close()
+
+    written = [json.loads(line) for line in samples_path.read_text().splitlines()] if samples_path.exists() else []
+    summary = {"stage": "sample", "policy": name, "n_samples": len(written), "wall_s": time.time() - t_start,
+               "mean_tokens": sum(r["n_tokens"] for r in written) / max(len(written), 1),
+               "eos_rate": sum(r["eos"] for r in written) / max(len(written), 1),
+               "samples": str(samples_path)}
+    run.write_done(summary)
+    return summary
+
+
+@torch.no_grad()
+def sample_batch(model, tokenizer, chunk: list[tuple[Post, int]], name: str, cfg: SampleConfig,
+                 generator: torch.Generator) -> list[Sample]:
+    queries = [tokenizer.encode(format_query(p, tokenizer, cfg.max_query_tokens), add_special_tokens=False)
+               for p, _ in chunk]
+    query_ids, query_mask = pad_queries(tokenizer, queries)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    with autocast:
+        gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.max_new_tokens,
+                       temperature=cfg.temperature, top_p=cfg.top_p, generator=generator)
+    rows = []
+    for b, (post, index) in enumerate(chunk):
+        n_tokens = int(gen.response_mask[b].sum())
+        ids = gen.response[b, :n_tokens].tolist()
+        eos = bool(gen.eos[b])
+        text = tokenizer.decode(ids[:-1] if eos else ids, skip_special_tokens=False)
+        rows.append(Sample(post_id=post.id, policy=name, text=text, n_tokens=n_tokens - int(eos), index=index,
+                           eos=eos, extra={"temperature": cfg.temperature}))
+    return rows

@@ -1,0 +1,124 @@
+"""Small pieces every training stage shares: batch-size arithmetic, optimiser + schedule, checkpoints.
+
+These are plain functions, not a base class: each stage's loop stays readable on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhflab.core.rundir import RunDir, atomic_path
+from rlhflab.core.seed import rng_state, set_rng_state
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_ratio: float = 0.05  # linear warmup over this fraction of the steps, then cosine decay
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class BatchSizes:
+    batch_size: int  # sequences per optimiser step, all processes together
+    micro_batch_size: int  # sequences per forward/backward on one process
+    world_size: int
+    grad_accum_steps: int  # micro batches per optimiser step on one process
+
+
+def batch_sizes(batch_size: int, micro_batch_size: int, world_size: int = 1) -> BatchSizes:
+    """The one place derived sizes are computed. They must divide exactly: a silently rounded batch changes the
+    learning dynamics without telling anyone."""
+    if batch_size <= 0 or micro_batch_size <= 0 or world_size <= 0:
+        raise ValueError("batch_size, micro_batch_size and world_size must be positive")
+    per_process = micro_batch_size * world_size
+    if batch_size % per_process:
+        raise ValueError(
+            f"batch_size={batch_size} is not a multiple of micro_batch_size × world_size = "
+            f"{micro_batch_size} × {world_size} = {per_process}"
+        )
+    return BatchSizes(batch_size, micro_batch_size, world_size, batch_size // per_process)
+
+
+def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Learning-rate multiplier at `step` (0-based): linear warmup, then cosine decay to min_lr_ratio."""
+    warmup = max(1, math.ceil(cfg.warmup_ratio * total_steps)) if cfg.warmup_ratio > 0 else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
+    """AdamW over the trainable parameters (frozen ones are left out, which also saves their Adam state)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, cfg))
+    return optimizer, scheduler
+
+
+def freeze_lower_layers(model: torch.nn.Module, n_layers: int) -> int:
+    """Freeze the token embeddings and the lowest `n_layers` decoder layers; returns the trainable count.
+
+    With tied embeddings the output head is frozen too — the price of not storing Adam state for 28M
+    embedding parameters. Backward stops at the first trainable layer, which is where the time is saved.
+    """
+    if n_layers <= 0:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    layers = model.model.layers
+    if n_layers > len(layers):
+        raise ValueError(f"freeze_layers={n_layers} but the model has only {len(layers)} layers")
+    model.get_input_embeddings().requires_grad_(False)
+    for layer in layers[:n_layers]:
+        layer.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_checkpoint(run: RunDir, model, optimizer, scheduler, trainer: dict[str, Any]) -> None:
+    """Write state/ atomically as one directory: trainable weights, optimiser, schedule, RNG, position.
+
+    Weights live in state/ too (not only in model/) so that a crash between two writes can never pair new
+    weights with an old optimiser.
+    """
+    with atomic_path(run.state_dir) as tmp:
+        tmp.mkdir()
+        trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        torch.save(trainable, tmp / "weights.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
+
+
+def load_checkpoint(run: RunDir, model, optimizer, scheduler) -> dict[str, Any]:
+    state = run.state_dir
+    weights = torch.load(state / "weights.pt", weights_only=True)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
+    if missing:
+        raise RuntimeError(f"{state}: checkpoint lacks trainable weights {missing[:3]} — config changed?")
+    model.load_state_dict(weights, strict=False)
+    optimizer.load_state_dict(torch.load(state / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(state / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(state / "rng.pt", weights_only=True))
+    return json.loads((state / "trainer.json").read_text())
+
+
+def count_tokens(mask: torch.Tensor) -> int:
+    return int(mask.sum().item())
+
+
+def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A samples table (JSONL), written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,0 +1,271 @@
+"""Supervised fine-tuning on posts and their human reference summaries (the paper's "supervised baseline").
+
+The loop in `train` reads top to bottom:
+  (1) load the model and tokenise the posts into (query, reference) pairs
+  (2) resume from state/ when a checkpoint exists
+  (3) for each optimiser step: accumulate the cross-entropy of micro batches, clip, step, schedule
+  (4) log, evaluate, write a samples table and checkpoint on their periods
+  (5) save model/, then DONE.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rlhflab.core.log import get_logger
+from rlhflab.core.rundir import RunDir
+from rlhflab.core.seed import seed_everything
+from rlhflab.data.format import format_query, format_reference
+from rlhflab.data.loaders import load_posts
+from rlhflab.data.records import Post
+from rlhflab.models.generation import decode_responses, generate, pad_queries
+from rlhflab.models.loading import load_model, save_model
+from rlhflab.train.common import (
+    BatchSizes,
+    OptimConfig,
+    batch_sizes,
+    freeze_lower_layers,
+    load_checkpoint,
+    make_optimizer,
+    save_checkpoint,
+    write_table,
+)
+
+log = get_logger(__name__)
+
+
+@dataclass
+class SFTData:
+    train: str = "../shared/data/tldr/train.jsonl.gz"  # local JSONL(.gz) or a hub dataset name
+    eval: str | None = "../shared/data/tldr/eval.jsonl.gz"
+    limit_train: int | None = None
+    limit_eval: int | None = 64  # eval loss on this many posts (the first ones, so it is the same every time)
+    max_query_tokens: int = 512  # the paper's budget; the post is cut at a newline to fit
+    max_response_tokens: int = 64  # longer references are cut (and lose their EOS)
+    skip_bad: bool = False  # skip (and count) malformed rows instead of stopping at the first
+
+
+@dataclass
+class SFTConfig:
+    model: str = "smollm2-135m"  # embedded name, .gguf file, model directory, run directory or hub id
+    seed: int = 1
+    data: SFTData = field(default_factory=SFTData)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 1
+    max_steps: int | None = None  # stop early after this many optimiser steps
+    batch_size: int = 16  # sequences per optimiser step
+    micro_batch_size: int = 4  # sequences per forward/backward (gradient accumulation makes up the rest)
+    loss_on: Literal["response", "sequence"] = "response"
+    bf16: bool = False  # bf16 autocast for forward/backward; weights and optimiser stay fp32
+    freeze_layers: int = 0  # freeze the embeddings and this many lowest layers
+    log_every: int = 1
+    eval_every: int = 50  # 0 = only at the start and the end
+    save_every: int = 50
+    n_samples: int = 5  # greedy summaries of the first eval posts at each eval
+    sample_max_tokens: int = 48
+
+
+@dataclass(frozen=True)
+class Example:
+    query_ids: list[int]
+    response_ids: list[int]  # the reference, with a leading space and EOS (unless cut)
+
+
+def build_examples(posts: list[Post], tokenizer, data: SFTData) -> list[Example]:
+    """Tokenise each post's query and its reference; the query fits `max_query_tokens` by construction."""
+    examples = []
+    for post in posts:
+        if not post.reference:
+            raise ValueError(f"post {post.id} has no reference summary to train on")
+        query = format_query(post, tokenizer, data.max_query_tokens)
+        reference = format_reference(post.reference, tokenizer.eos_token)
+        query_ids = tokenizer.encode(query, add_special_tokens=False)
+        response_ids = tokenizer.encode(reference, add_special_tokens=False)[: data.max_response_tokens]
+        examples.append(Example(query_ids, response_ids))
+    return examples
+
+
+def collate(examples: list[Example], pad_id: int, loss_on: str) -> dict[str, torch.Tensor]:
+    """Right-pad query+response. labels = -100 where no loss is taken (padding, and the query unless
+    loss_on == "sequence"). Shapes: input_ids, attention_mask, labels (B, T)."""
+    T = max(len(e.query_ids) + len(e.response_ids) for e in examples)
+    input_ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), T), dtype=torch.long)
+    labels = torch.full((len(examples), T), -100, dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids = e.query_ids + e.response_ids
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        start = 0 if loss_on == "sequence" else len(e.query_ids)
+        labels[i, start : len(ids)] = input_ids[i, start : len(ids)]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def length_grouped_order(lengths: list[int], batch_size: int, seed: int) -> list[int]:
+    """A shuffled order in which each batch holds examples of similar length (less padding, same epoch).
+
+    Shuffle, sort within mega-batches of 16 batches by length, then shuffle the batches themselves.
+    """
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    mega = 16 * batch_size
+    chunks = [sorted(perm[i : i + mega], key=lambda j: -lengths[j]) for i in range(0, len(perm), mega)]
+    flat = [j for chunk in chunks for j in chunk]
+    batches = [flat[i : i + batch_size] for i in range(0, len(flat) - batch_size + 1, batch_size)]
+    order = torch.randperm(len(batches), generator=g).tolist()
+    return [j for b in order for j in batches[b]]
+
+
+def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over labelled tokens, and their count."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum")
+    return loss_sum, int((targets != -100).sum().item())
+
+
+def autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def eval_loss(model, examples: list[Example], pad_id: int, cfg: SFTConfig) -> float:
+    """Mean cross-entropy per reference token on the eval set."""
+    total, count = 0.0, 0
+    for i in range(0, len(examples), cfg.micro_batch_size):
+        batch = collate(examples[i : i + cfg.micro_batch_size], pad_id, "response")
+        with autocast(cfg.bf16):
+            loss_sum, n = token_losses(model, batch)
+        total, count = total + loss_sum.item(), count + n
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def sample_table(model, tokenizer, posts: list[Post], examples: list[Example], cfg: SFTConfig) -> list[dict]:
+    """Greedy summaries of a few eval posts, next to their references."""
+    query_ids, query_mask = pad_queries(tokenizer, [e.query_ids for e in examples])
+    with autocast(cfg.bf16):
+        gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.sample_max_tokens, temperature=0.0)
+    texts = decode_responses(tokenizer, gen)
+    return [{"post_id": p.id, "reference": p.reference, "response": t} for p, t in zip(posts, texts)]
+
+
+def load_data(cfg: SFTConfig, tokenizer):
+    train_posts = load_posts(cfg.data.train, limit=cfg.data.limit_train, skip_bad=cfg.data.skip_bad)
+    eval_posts = (
+        load_posts(cfg.data.eval, limit=cfg.data.limit_eval, skip_bad=cfg.data.skip_bad) if cfg.data.eval else []
+    )
+    return (train_posts, build_examples(list(train_posts), tokenizer, cfg.data),
+            eval_posts, build_examples(list(eval_posts), tokenizer, cfg.data))
+
+
+def plan_steps(n_examples: int, sizes: BatchSizes, cfg: SFTConfig) -> tuple[int, int]:
+    """(steps per epoch, total steps). Incomplete last batches are dropped so every step has the same size."""
+    per_epoch = n_examples // sizes.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{n_examples} training examples is fewer than one batch of {sizes.batch_size}")
+    total = per_epoch * cfg.epochs
+    return per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
+    """Run (or resume) SFT into the run directory `out`. `stop_after` simulates an interruption (tests)."""
+    run = RunDir(out)
+    if run.is_done():
+        log.info("%s is already DONE; nothing to do", out)
+        return run.read_done()
+    seed_everything(cfg.seed)
+    run.start("sft", cfg)
+    sizes = batch_sizes(cfg.batch_size, cfg.micro_batch_size)
+    t_start = time.time()
+
+    # (1) model and data
+    model, tokenizer = load_model(cfg.model)
+    trainable = freeze_lower_layers(model, cfg.freeze_layers)
+    model.train()  # dropout is already 0 in the config; train() only matters for layers that check it
+    train_posts, train_ex, eval_posts, eval_ex = load_data(cfg, tokenizer)
+    per_epoch, total_steps = plan_steps(len(train_ex), sizes, cfg)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps)
+    pad_id = tokenizer.pad_token_id
+    lengths = [len(e.query_ids) + len(e.response_ids) for e in train_ex]
+    log.info("sft: %d train / %d eval examples, %d steps (%d per epoch), batch %d = %d micro × %d accum, "
+             "%.1fM trainable params", len(train_ex), len(eval_ex), total_steps, per_epoch, sizes.batch_size,
+             sizes.micro_batch_size, sizes.grad_accum_steps, trainable / 1e6)
+
+    # (2) resume
+    step, tokens_seen = 0, 0
+    if run.has_state():
+        trainer = load_checkpoint(run, model, optimizer, scheduler)
+        step, tokens_seen = trainer["step"], trainer["tokens_seen"]
+        run.truncate_metrics(step)
+        log.info("resumed from step %d", step)
+    elif eval_ex:
+        run.log_metrics(0, {"eval/loss": eval_loss(model, eval_ex, pad_id, cfg)})
+
+    order, order_epoch = None, -1
+    bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", dynamic_ncols=True)
+    while step < total_steps:
+        epoch, position = divmod(step, per_epoch)
+        if epoch != order_epoch:  # the order of an epoch depends only on (seed, epoch): resume needs no more
+            order, order_epoch = length_grouped_order(lengths, sizes.batch_size, cfg.seed + epoch), epoch
+        batch_idx = order[position * sizes.batch_size : (position + 1) * sizes.batch_size]
+        t0 = time.time()
+
+        # (3) one optimiser step: the loss is the mean over all reference tokens of the whole batch
+        micro = [batch_idx[i : i + sizes.micro_batch_size] for i in range(0, len(batch_idx), sizes.micro_batch_size)]
+        batches = [collate([train_ex[j] for j in m], pad_id, cfg.loss_on) for m in micro]
+        n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        loss_total = 0.0
+        for b in batches:
+            with autocast(cfg.bf16):
+                loss_sum, _ = token_losses(model, b)
+            (loss_sum / n_target).backward()
+            loss_total += loss_sum.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        tokens_seen += n_tokens
+        dt = time.time() - t0
+
+        # (4) log, evaluate, sample, checkpoint
+        metrics = {"train/loss": loss_total / n_target, "train/grad_norm": float(grad_norm),
+                   "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": n_tokens / dt,
+                   "train/tokens_seen": tokens_seen, "train/epoch": epoch + (position + 1) / per_epoch}
+        last = step == total_steps
+        if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+            metrics["eval/loss"] = eval_loss(model, eval_ex, pad_id, cfg)
+            if cfg.n_samples:
+                rows = sample_table(model, tokenizer, eval_posts[: cfg.n_samples], eval_ex[: cfg.n_samples], cfg)
+                write_table(run.samples_dir / f"step_{step:06d}.jsonl", rows)
+        if step % cfg.log_every == 0 or "eval/loss" in metrics or last:
+            run.log_metrics(step, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+        if (cfg.save_every and step % cfg.save_every == 0) or last:
+            save_checkpoint(run, model, optimizer, scheduler, {"step": step, "tokens_seen": tokens_seen})
+        if stop_after is not None and step >= stop_after and not last:
+            bar.close()
+            return {"stopped_at": step}
+    bar.close()
+
+    # (5) the model for the next stage, then DONE.json
+    save_model(model, tokenizer, run.model_dir)
+    metrics_rows = run.read_metrics()
+    evals = [r["eval/loss"] for r in metrics_rows if "eval/loss" in r]
+    summary = {"stage": "sft", "step": step, "wall_s": time.time() - t_start, "tokens_seen": tokens_seen,
+               "eval_loss_first": evals[0] if evals else None, "eval_loss_final": evals[-1] if evals else None,
+               "train_loss_final": next((r["train/loss"] for r in reversed(metrics_rows) if "train/loss" in r), None)}
+    run.write_done(summary)
+    log.info("sft done: %s", summary)
+    return summary
