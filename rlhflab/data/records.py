@@ -19,7 +19,9 @@ class Post:
     """A document and, when known, its human reference summary.
 
     For TL;DR `text` is the post body and `reference` the author's own TL;DR; for CNN/DM `text` is the article
-    and `reference` the highlights. `source` says which query format applies ("tldr" or "cnndm").
+    and `reference` the highlights. `source` says which query format applies ("tldr" or "cnndm"; "query" when
+    `text` is an already formatted query, as in plain preference pairs). For CNN/DM posts from OpenAI's
+    comparisons, `subreddit` holds the news site (cnn, dailymail): both say where the text came from.
     """
 
     id: str
