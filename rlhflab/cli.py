@@ -86,7 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rlhflab {args.command}: config error: {err}", file=sys.stderr)
         return 2
-    getattr(module, fn_name)(cfg, args.out)
+    from rlhflab.core.rundir import RunError
+    from rlhflab.data.jsonl import DataError
+
+    try:
+        getattr(module, fn_name)(cfg, args.out)
+    except (DataError, RunError) as err:  # bad input: say what and where, no traceback
+        print(f"rlhflab {args.command}: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

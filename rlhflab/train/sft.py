@@ -213,8 +213,11 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         step, tokens_seen = trainer["step"], trainer["tokens_seen"]
         run.truncate_metrics(step)
         log.info("resumed from step %d", step)
-    elif eval_ex:
+    elif eval_ex:  # the "before" picture: eval loss and summaries of the untrained model
         run.log_metrics(0, {"eval/loss": eval_loss(model, eval_ex, pad_id, cfg)})
+        if cfg.n_samples:
+            rows = sample_table(model, tokenizer, eval_posts[: cfg.n_samples], eval_ex[: cfg.n_samples], cfg)
+            write_table(run.samples_dir / f"step_{0:06d}.jsonl", rows)
 
     order, order_epoch = None, -1
     bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", dynamic_ncols=True)

@@ -49,7 +49,7 @@ def test_sft_loss_falls_and_run_dir_is_complete(shared_data, tmp_path):
     run = RunDir(out)
     assert run.is_done() and (run.model_dir / "model.safetensors").exists()
     evals = [r["eval/loss"] for r in run.read_metrics() if "eval/loss" in r]
-    assert evals[-1] < 0.8 * evals[0], evals
+    assert evals[-1] < 0.85 * evals[0], evals  # byte-level model: ~5.6 nats at init
     assert summary["eval_loss_final"] == pytest.approx(evals[-1])
     tables = sorted(run.samples_dir.glob("*.jsonl"))
     assert tables and all("response" in json.loads(line) for line in tables[-1].read_text().splitlines())
