@@ -1,0 +1,262 @@
+"""`rlhflab label ...`: run the labelling server and manage projects from the command line.
+
+    rlhflab label serve --db sqlite:///label.db [--host 127.0.0.1 --port 8000]
+    rlhflab label migrate --db URL
+    rlhflab label add-user --db URL --username NAME [--role admin|labeler] [--password-stdin]
+    rlhflab label create-project --db URL --name NAME (--samples FILE --posts FILE | --pairs FILE [--posts FILE])
+                                 [--policies A,B] [--pairs-per-post N] [--ratings] [--k 3] [--gold-rate 0.1]
+    rlhflab label add-tasks --db URL --project NAME (--samples FILE --posts FILE | --pairs FILE [--posts FILE])
+    rlhflab label import --db URL --project NAME --file comparisons.jsonl[.gz] [--mode answers|gold|tasks] [--create]
+    rlhflab label export --db URL --project NAME --out comparisons.jsonl [--ratings] [--no-gold]
+    rlhflab label stats --db URL --project NAME
+
+--db takes `sqlite:///FILE` (default sqlite:///label.db), `postgresql://user:pass@host/db`, or $RLHFLAB_LABEL_DB.
+Only the standard library is imported until a command runs, so `rlhflab --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = "the labelling web app (serve, migrate, users, projects, import/export)"
+
+
+def add_label_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("label", help=HELP, description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="label_command", required=True)
+
+    def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--db", default=os.environ.get("RLHFLAB_LABEL_DB", "sqlite:///label.db"),
+                       help="database URL: sqlite:///FILE or postgresql://... (default: $RLHFLAB_LABEL_DB or "
+                            "sqlite:///label.db)")
+        return p
+
+    p = with_db(sub.add_parser("serve", help="run the web server (migrates the database first)"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-migrate", action="store_true", help="do not run migrations on startup")
+    p.add_argument("--log-level", dest="server_log_level", default="info")
+
+    with_db(sub.add_parser("migrate", help="bring the database schema up to date (alembic upgrade head)"))
+
+    p = with_db(sub.add_parser("add-user", help="create an account (admin = researcher)"))
+    p.add_argument("--username", required=True)
+    p.add_argument("--role", choices=["admin", "labeler"], default="labeler")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from stdin (else $RLHFLAB_LABEL_PASSWORD, else a prompt)")
+
+    for name, help_text in (("create-project", "create a project and its tasks"),
+                            ("add-tasks", "add tasks to an existing project")):
+        p = with_db(sub.add_parser(name, help=help_text))
+        if name == "create-project":
+            p.add_argument("--name", required=True)
+            p.add_argument("--k", type=int, default=3, help="labels per task (default 3)")
+            p.add_argument("--gold-rate", type=float, default=0.1)
+            p.add_argument("--expiry-s", type=int, default=1800, help="assignment expiry in seconds")
+            p.add_argument("--flag-threshold", type=float, default=0.7)
+            p.add_argument("--instructions-file", type=Path)
+        else:
+            p.add_argument("--project", required=True, help="project name or id")
+        p.add_argument("--samples", type=Path, help="samples JSONL (Sample.to_dict() rows)")
+        p.add_argument("--pairs", type=Path, help="pairs JSONL (see docs/labelling.md)")
+        p.add_argument("--posts", type=Path, help="posts JSONL (Post.to_dict() or TL;DR rows)")
+        p.add_argument("--policies", help="comma-separated policies to pair (default: all in the samples)")
+        p.add_argument("--pairs-per-post", type=int, default=1)
+        p.add_argument("--ratings", action="store_true", help="also a rating task for every sample")
+        p.add_argument("--seed", type=int, default=0)
+
+    p = with_db(sub.add_parser("import", help="import an OpenAI-format comparisons file"))
+    p.add_argument("--project", required=True)
+    p.add_argument("--file", type=Path, required=True)
+    p.add_argument("--mode", choices=["answers", "gold", "tasks"], default="answers",
+                   help="answers: tasks and the workers' answers; gold: gold tasks; tasks: tasks to label")
+    p.add_argument("--create", action="store_true", help="create the project if it does not exist")
+
+    p = with_db(sub.add_parser("export", help="export comparisons (OpenAI schema) or ratings as JSONL"))
+    p.add_argument("--project", required=True)
+    p.add_argument("--out", type=Path, required=True, help="output file (.jsonl or .jsonl.gz)")
+    p.add_argument("--ratings", action="store_true", help="export rating answers instead of comparisons")
+    p.add_argument("--no-gold", action="store_true", help="leave out answers to gold tasks")
+
+    p = with_db(sub.add_parser("stats", help="print the dashboard numbers as JSON"))
+    p.add_argument("--project", required=True)
+    return parser
+
+
+class CLIError(Exception):
+    pass
+
+
+def _settings(args: argparse.Namespace, **changes: Any):
+    from rlhflab.label.settings import LabelSettings
+
+    return LabelSettings(db=args.db, secret_key=os.environ.get("RLHFLAB_LABEL_SECRET") or None, **changes)
+
+
+def _session(args: argparse.Namespace, migrate: bool = True):
+    from rlhflab.label import db
+
+    engine = db.make_engine(args.db)
+    if migrate:
+        db.migrate(engine)
+    return db.session_factory(engine)
+
+
+def _find_project(s, ref: str):  # noqa: ANN001, ANN202
+    from sqlalchemy import select
+
+    from rlhflab.label.models import Project
+
+    project = s.scalar(select(Project).where(Project.name == ref))
+    if project is None and ref.isdigit():
+        project = s.get(Project, int(ref))
+    if project is None:
+        raise CLIError(f"no project {ref!r}")
+    return project
+
+
+def _read_pairs(args: argparse.Namespace):  # noqa: ANN202
+    from rlhflab.label import formats, service
+
+    if (args.samples is None) == (args.pairs is None):
+        raise CLIError("give exactly one of --samples and --pairs")
+    posts = {}
+    if args.posts is not None:
+        for n, row in formats.read_jsonl(args.posts):
+            post = formats.parse_post(row, str(args.posts), n)
+            posts[post.id] = post
+    if args.samples is not None:
+        if args.posts is None:
+            raise CLIError("--samples needs --posts (the samples file holds post ids only)")
+        samples = [formats.parse_sample(row, str(args.samples), n) for n, row in formats.read_jsonl(args.samples)]
+        policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else None
+        pairs = service.pairs_from_samples(samples, policies=policies, pairs_per_post=args.pairs_per_post,
+                                           ratings=args.ratings, seed=args.seed)
+    else:
+        pairs = [formats.parse_pair(row, str(args.pairs), n) for n, row in formats.read_jsonl(args.pairs)]
+    if not pairs:
+        raise CLIError("no tasks: a samples file needs at least two policies for a post (or --ratings)")
+    return pairs, posts
+
+
+def run_label(args: argparse.Namespace) -> int:
+    from rlhflab.core.log import setup_logging
+
+    if not logging_configured():
+        setup_logging("INFO")
+    try:
+        return _dispatch(args)
+    except CLIError as err:
+        print(f"rlhflab label: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - turn the app's own errors into one line
+        from rlhflab.label.db import DatabaseURLError
+        from rlhflab.label.formats import FormatError
+        from rlhflab.label.service import Problem
+
+        if isinstance(err, (FormatError, DatabaseURLError, Problem)):
+            print(f"rlhflab label: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def logging_configured() -> bool:
+    import logging
+
+    return bool(logging.getLogger().handlers)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from rlhflab.label import db, service
+
+    cmd = args.label_command
+    if cmd == "serve":
+        import uvicorn
+
+        from rlhflab.label.app import create_app
+
+        app = create_app(_settings(args, migrate_on_startup=not args.no_migrate))
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.server_log_level, access_log=False,
+                    timeout_graceful_shutdown=5)
+        return 0
+    if cmd == "migrate":
+        engine = db.make_engine(args.db)
+        db.migrate(engine)
+        print(f"database at revision {db.current_revision(engine)}")
+        return 0
+    factory = _session(args)
+    if cmd == "add-user":
+        from rlhflab.label.security import Passwords
+
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = os.environ.get("RLHFLAB_LABEL_PASSWORD") or getpass.getpass("password: ")
+        if len(password) < 8:
+            raise CLIError("the password needs at least 8 characters")
+        with db.session_scope(factory) as s:
+            user = service.create_user(s, Passwords(_settings(args)), args.username, password, args.role)
+            print(f"created {user.role} {user.username} (id {user.id})")
+        return 0
+    if cmd in ("create-project", "add-tasks"):
+        pairs, posts = _read_pairs(args)
+        with db.session_scope(factory) as s:
+            if cmd == "create-project":
+                instructions = args.instructions_file.read_text() if args.instructions_file else ""
+                project = service.create_project(s, args.name, instructions=instructions, labels_per_task=args.k,
+                                                 gold_rate=args.gold_rate, expiry_s=args.expiry_s,
+                                                 flag_threshold=args.flag_threshold)
+            else:
+                project = _find_project(s, args.project)
+            tasks = service.add_tasks(s, project, pairs, posts)
+            kinds = {k: sum(t.kind == k for t in tasks) for k in ("comparison", "rating")}
+            print(f"project {project.name!r} (id {project.id}): added {kinds['comparison']} comparison and "
+                  f"{kinds['rating']} rating tasks")
+        return 0
+    if cmd == "import":
+        from rlhflab.label import formats
+
+        rows = [formats.parse_openai_comparison(r, str(args.file), n) for n, r in formats.read_jsonl(args.file)]
+        with db.session_scope(factory) as s:
+            try:
+                project = _find_project(s, args.project)
+            except CLIError:
+                if not args.create:
+                    raise
+                project = service.create_project(s, args.project)
+            report = service.import_comparisons(s, project, rows, args.mode)
+            print(json.dumps(vars(report)))
+        return 0
+    if cmd == "export":
+        from rlhflab.label import formats
+
+        with db.session_scope(factory) as s:
+            project = _find_project(s, args.project)
+            rows = list(service.export_ratings(s, project) if args.ratings
+                        else service.export_comparisons(s, project, include_gold=not args.no_gold))
+        n = formats.write_jsonl(args.out, rows)
+        print(f"wrote {n} {'ratings' if args.ratings else 'comparisons'} to {args.out}")
+        return 0
+    if cmd == "stats":
+        with db.session_scope(factory) as s:
+            print(json.dumps(service.dashboard(s, _find_project(s, args.project)), indent=2, default=str))
+        return 0
+    raise CLIError(f"unknown command {cmd}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlhflab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_label_parser(sub)
+    return run_label(parser.parse_args(argv)) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(["label", *sys.argv[1:]] if sys.argv[1:2] != ["label"] else sys.argv[1:]))

@@ -1,0 +1,321 @@
+"""Files in and out of the labelling app: stdlib json/gzip only (the app must not import the data loaders).
+
+Inputs (JSONL, optionally gzip-compressed; one JSON object a line):
+
+- **samples**: `Sample.to_dict()` rows `{post_id, policy, text, n_tokens, index, eos, score, extra}`.
+- **posts**: `Post.to_dict()` rows `{id, text, title, subreddit, reference, source}`, or OpenAI's TL;DR rows
+  `{id, subreddit, title, post, summary}`.
+- **pairs** (defined here): `{"post": {...} | "post_id": "...", "summary_a": {"text", "policy"},
+  "summary_b": {"text", "policy"}, "gold": {"choice": 0|1, "confidence": 1-9} (optional), "split": "" (optional)}`
+  where `post` is a posts-file row (either format); `post_id` refers to a row of a separate posts file.
+  A pair without `summary_b` is a rating task for `summary_a`.
+- **comparisons**: OpenAI's schema (`info`, `summaries`, `choice`, `worker`, `batch`, `split`,
+  `extra.confidence`), TL;DR or CNN/DM `info`.
+
+Outputs: comparisons in OpenAI's schema (identical to /shared/data/README.md, readable by
+`rlhflab.data.loaders.load_comparisons`) and ratings as `{info, summary, ratings, worker, ...}` rows.
+Errors name the file, line and field, never the text (posts are unmoderated).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from rlhflab.data.records import CONFIDENCE_MAX, CONFIDENCE_MIN, CONFIDENCE_NO_PREFERENCE, Post, Sample
+
+MAX_TEXT = 200_000  # characters in one post or summary
+MAX_ID = 200
+
+
+class FormatError(ValueError):
+    def __init__(self, where: str, line: int | None, field_name: str | None, problem: str):
+        self.where, self.line, self.field, self.problem = where, line, field_name, problem
+        loc = where + (f":{line}" if line is not None else "")
+        super().__init__(f"{loc}: " + (f"field '{field_name}': " if field_name else "") + problem)
+
+
+# ---------------------------------------------------------------------------------------------- JSONL
+
+def open_text(path: str | Path) -> IO[str]:
+    path = Path(path)
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def iter_jsonl_lines(lines: Iterable[str | bytes], where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for n, raw in enumerate(lines, 1):
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise FormatError(where, n, None, "not UTF-8") from None
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise FormatError(where, n, None, f"not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise FormatError(where, n, None, f"expected a JSON object, got {_json_type(row)}")
+        yield n, row
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open_text(path) as f:
+        yield from iter_jsonl_lines(f, str(path))
+
+
+def read_jsonl_bytes(data: bytes, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError):
+            raise FormatError(where, None, None, "not a valid gzip file") from None
+    return iter_jsonl_lines(data.splitlines(), where)
+
+
+def dumps_jsonl(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    for row in rows:
+        yield json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write atomically (temp file + rename); `.gz` paths are gzip-compressed. Returns the row count."""
+    from rlhflab.core.rundir import atomic_path
+
+    n = 0
+    with atomic_path(path) as tmp:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(tmp, "wt", encoding="utf-8") as f:  # type: ignore[operator]
+            for line in dumps_jsonl(rows):
+                f.write(line)
+                n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------- fields
+
+def _json_type(v: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+
+
+class _Row:
+    """Field access with errors that say where: `_Row(row, where, line).text("post")`."""
+
+    def __init__(self, row: Any, where: str, line: int | None, prefix: str = ""):
+        self.row, self.where, self.line, self.prefix = row, where, line, prefix
+
+    def fail(self, key: str | None, problem: str) -> FormatError:
+        return FormatError(self.where, self.line, (self.prefix + key) if key else (self.prefix.rstrip(".") or None),
+                           problem)
+
+    def has(self, key: str) -> bool:
+        return self.row.get(key) is not None
+
+    def string(self, key: str, *, required: bool = True, nonempty: bool = False, max_len: int = MAX_TEXT) -> str:
+        value = self.row.get(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "missing")
+            return ""
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {_json_type(value)}")
+        if nonempty and not value.strip():
+            raise self.fail(key, "empty string")
+        if len(value) > max_len:
+            raise self.fail(key, f"longer than {max_len} characters")
+        if "\x00" in value:
+            raise self.fail(key, "contains a NUL character")
+        return value
+
+    def ident(self, key: str) -> str:
+        value = self.row.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return self.string(key, nonempty=True, max_len=MAX_ID)
+
+    def integer(self, key: str, lo: int, hi: int, *, required: bool = True) -> int | None:
+        value = self.row.get(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "missing")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected an integer, got {_json_type(value)}")
+        if not lo <= value <= hi:
+            raise self.fail(key, f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    def obj(self, key: str, *, required: bool = True) -> _Row | None:
+        value = self.row.get(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "missing")
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected an object, got {_json_type(value)}")
+        return _Row(value, self.where, self.line, f"{self.prefix}{key}.")
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+def parse_post(row: dict[str, Any], where: str = "<post>", line: int | None = None, prefix: str = "") -> Post:
+    """A `Post.to_dict()` row or an OpenAI TL;DR row {id, subreddit, title, post, summary}."""
+    r = _Row(row, where, line, prefix)
+    if "post" in row and "text" not in row:
+        return Post(id=r.ident("id"), text=r.string("post", nonempty=True), title=r.string("title", required=False),
+                    subreddit=r.string("subreddit", required=False, max_len=200),
+                    reference=r.string("summary", required=False) or None, source="tldr")
+    source = r.string("source", required=False) or "tldr"
+    if source not in ("tldr", "cnndm", "query"):
+        raise r.fail("source", "must be tldr, cnndm or query")
+    return Post(id=r.ident("id"), text=r.string("text", nonempty=True), title=r.string("title", required=False),
+                subreddit=r.string("subreddit", required=False, max_len=200),
+                reference=r.string("reference", required=False) or None, source=source)
+
+
+def parse_sample(row: dict[str, Any], where: str = "<sample>", line: int | None = None) -> Sample:
+    r = _Row(row, where, line)
+    eos = row.get("eos", True)
+    if not isinstance(eos, bool):
+        raise r.fail("eos", f"expected a boolean, got {_json_type(eos)}")
+    extra = row.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise r.fail("extra", f"expected an object, got {_json_type(extra)}")
+    return Sample(post_id=r.ident("post_id"), policy=r.string("policy", max_len=200),
+                  text=r.string("text", nonempty=True), n_tokens=r.integer("n_tokens", 0, 2**31) or 0,
+                  index=r.integer("index", 0, 2**31, required=False) or 0, eos=eos, extra=extra)
+
+
+@dataclass
+class PairRow:
+    """One row of a pairs file (or one task of the JSON API): a post and one or two summaries."""
+
+    post: Post | None
+    post_id: str
+    summary_a: str
+    policy_a: str
+    summary_b: str | None = None
+    policy_b: str | None = None
+    gold_choice: int | None = None
+    gold_confidence: int | None = None
+    split: str = ""
+
+
+def parse_gold(r: _Row) -> tuple[int | None, int | None]:
+    gold = r.obj("gold", required=False)
+    if gold is None:
+        return None, None
+    choice = gold.integer("choice", 0, 1)
+    confidence = gold.integer("confidence", CONFIDENCE_MIN, CONFIDENCE_MAX, required=False)
+    check_confidence(choice, confidence, lambda p: gold.fail("confidence", p))  # type: ignore[arg-type]
+    return choice, confidence
+
+
+def check_confidence(choice: int, confidence: int | None, fail) -> None:  # noqa: ANN001
+    """Confidence below 5 leans to summary 0 and above 5 to summary 1: it must agree with the choice."""
+    if confidence is None or confidence == CONFIDENCE_NO_PREFERENCE:
+        return
+    if (confidence < CONFIDENCE_NO_PREFERENCE) != (choice == 0):
+        raise fail(f"{confidence} leans to the other summary than choice {choice}")
+
+
+def parse_pair(row: dict[str, Any], where: str = "<pair>", line: int | None = None) -> PairRow:
+    r = _Row(row, where, line)
+    post = None
+    post_obj = r.obj("post", required=False)
+    if post_obj is not None:
+        post = parse_post(post_obj.row, where, line, "post.")
+        post_id = post.id
+    elif r.has("post_id"):
+        post_id = r.ident("post_id")
+    else:
+        raise r.fail("post", "missing (give `post` as an object or `post_id` with a posts file)")
+    a = r.obj("summary_a")
+    b = r.obj("summary_b", required=False)
+    choice, confidence = parse_gold(r)
+    if b is None and choice is not None:
+        raise r.fail("gold", "only comparison tasks (with summary_b) take a gold answer")
+    return PairRow(post=post, post_id=post_id, summary_a=a.string("text", nonempty=True),  # type: ignore[union-attr]
+                   policy_a=a.string("policy", required=False, max_len=200),  # type: ignore[union-attr]
+                   summary_b=b.string("text", nonempty=True) if b else None,
+                   policy_b=b.string("policy", required=False, max_len=200) if b else None,
+                   gold_choice=choice, gold_confidence=confidence,
+                   split=r.string("split", required=False, max_len=64))
+
+
+@dataclass
+class ComparisonRow:
+    """One OpenAI-schema comparison, as the app needs it (post, two summaries, choice, who)."""
+
+    post: Post
+    summaries: tuple[tuple[str, str, str], tuple[str, str, str]]  # (text, policy, note)
+    choice: int
+    confidence: int | None
+    worker: str
+    batch: str
+    split: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_openai_comparison(row: dict[str, Any], where: str = "<comparison>",
+                            line: int | None = None) -> ComparisonRow:
+    r = _Row(row, where, line)
+    info = r.obj("info")
+    assert info is not None
+    if info.row.get("post") is None and info.row.get("article") is not None:
+        post = Post(id=info.ident("id"), text=info.string("article", nonempty=True),
+                    title=info.string("title", required=False),
+                    subreddit=info.string("site", required=False, max_len=200), source="cnndm")
+    else:
+        post = Post(id=info.ident("id"), text=info.string("post", nonempty=True),
+                    title=info.string("title", required=False),
+                    subreddit=info.string("subreddit", required=False, max_len=200), source="tldr")
+    summaries = row.get("summaries")
+    if not isinstance(summaries, list) or len(summaries) != 2:
+        raise r.fail("summaries", "expected an array of exactly 2 summaries")
+    parsed = []
+    for i, s in enumerate(summaries):
+        if not isinstance(s, dict):
+            raise r.fail(f"summaries[{i}]", f"expected an object, got {_json_type(s)}")
+        sr = _Row(s, where, line, f"summaries[{i}].")
+        parsed.append((sr.string("text", nonempty=True), sr.string("policy", required=False, max_len=200),
+                       sr.string("note", required=False)))
+    extra_r = r.obj("extra", required=False)
+    extra = dict(extra_r.row) if extra_r else {}
+    confidence = extra_r.integer("confidence", CONFIDENCE_MIN, CONFIDENCE_MAX, required=False) if extra_r else None
+    extra.pop("confidence", None)
+    choice = r.integer("choice", 0, 1)
+    return ComparisonRow(post=post, summaries=(parsed[0], parsed[1]), choice=choice,  # type: ignore[arg-type]
+                         confidence=confidence, worker=r.string("worker", required=False, max_len=64),
+                         batch=r.string("batch", required=False, max_len=64),
+                         split=r.string("split", required=False, max_len=64), extra=extra)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+def openai_info(post_key: str, title: str, subreddit: str, text: str, source: str) -> dict[str, Any]:
+    if source == "cnndm":
+        return {"id": post_key, "site": subreddit, "title": title, "article": text}
+    return {"id": post_key, "post": text, "title": title, "subreddit": subreddit}
+
+
+def openai_comparison_row(*, info: dict[str, Any], summaries: list[dict[str, str]], choice: int,
+                          confidence: int | None, worker: str, batch: str, split: str,
+                          extra: dict[str, Any]) -> dict[str, Any]:
+    """A row in exactly the key order and types of OpenAI's release (see /shared/data/README.md)."""
+    extra = dict(extra)
+    if confidence is not None:
+        extra["confidence"] = confidence
+    return {"info": info, "split": split, "summaries": summaries, "choice": choice, "worker": worker,
+            "batch": batch, "extra": extra}

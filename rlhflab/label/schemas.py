@@ -1,0 +1,219 @@
+"""Pydantic models of the JSON API: strict (no type coercion, no unknown keys), bounded, NUL-free text.
+
+Anything that does not fit is a 422 with the field named — never a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from rlhflab.label.formats import MAX_TEXT
+
+
+def _no_nul(v: str) -> str:
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters")
+    return v
+
+
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_no_nul)]
+NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT, pattern=r"\S"),
+                         AfterValidator(_no_nul)]
+Short = Annotated[str, StringConstraints(max_length=200), AfterValidator(_no_nul)]
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S"), AfterValidator(_no_nul)]
+Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=256), AfterValidator(_no_nul)]
+Confidence = Annotated[int, Field(ge=1, le=9)]
+Rating = Annotated[int, Field(ge=1, le=7)]
+DbId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CsrfOut(BaseModel):
+    csrf_token: str
+
+
+class LoginIn(Strict):
+    username: Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_nul)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_nul)]
+
+
+class MeOut(BaseModel):
+    id: int
+    username: str
+    role: str
+    csrf_token: str
+
+
+class UserIn(Strict):
+    username: Username
+    password: Password
+    role: Literal["admin", "labeler"] = "labeler"
+
+
+class UserPatch(Strict):
+    active: bool | None = None
+    password: Password | None = None
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+    role: str
+    active: bool
+
+
+class ProjectIn(Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S"), AfterValidator(_no_nul)]
+    instructions: Annotated[str, StringConstraints(max_length=20000), AfterValidator(_no_nul)] = ""
+    labels_per_task: Annotated[int, Field(ge=1, le=50)] = 3
+    gold_rate: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.1
+    expiry_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 1800
+    flag_threshold: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.7
+    min_flag_answers: Annotated[int, Field(ge=1, le=10000)] = 3
+
+
+class ProjectPatch(Strict):
+    active: bool | None = None
+    labels_per_task: Annotated[int, Field(ge=1, le=50)] | None = None
+    gold_rate: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    expiry_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] | None = None
+    flag_threshold: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+
+
+class ProjectOut(BaseModel):
+    id: int
+    name: str
+    instructions: str
+    labels_per_task: int
+    gold_rate: float
+    expiry_s: int
+    flag_threshold: float
+    min_flag_answers: int
+    active: bool
+
+
+class PostIn(Strict):
+    id: Ident
+    text: NonEmptyText
+    title: Text = ""
+    subreddit: Short = ""
+    source: Literal["tldr", "cnndm", "query"] = "tldr"
+
+
+class SummaryIn(Strict):
+    text: NonEmptyText
+    policy: Short = ""
+
+
+class GoldIn(Strict):
+    choice: Annotated[int, Field(ge=0, le=1)]
+    confidence: Confidence | None = None
+
+
+class GoldSet(Strict):
+    choice: Annotated[int, Field(ge=0, le=1)] | None
+    confidence: Confidence | None = None
+
+
+class PairIn(Strict):
+    post: PostIn | None = None
+    post_id: Ident | None = None
+    summary_a: SummaryIn
+    summary_b: SummaryIn | None = None
+    gold: GoldIn | None = None
+    split: Short = ""
+
+
+class TasksIn(Strict):
+    posts: Annotated[list[PostIn], Field(max_length=10000)] = []
+    tasks: Annotated[list[PairIn], Field(min_length=1, max_length=10000)]
+
+
+class TasksOut(BaseModel):
+    created: int
+    task_ids: list[int]
+
+
+class ImportIn(Strict):
+    mode: Literal["tasks", "gold", "answers"] = "answers"
+    rows: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=10000)]
+
+
+class ImportOut(BaseModel):
+    rows: int
+    tasks: int
+    answers: int
+    skipped_duplicates: int
+
+
+class TaskOut(BaseModel):
+    id: int
+    kind: str
+    is_gold: bool
+    gold_choice: int | None
+    gold_confidence: int | None
+
+
+class PostView(BaseModel):
+    title: str
+    subreddit: str
+    text: str
+
+
+class AssignmentOut(BaseModel):
+    assignment_id: int
+    task_id: int
+    project_id: int
+    kind: Literal["comparison", "rating"]
+    post: PostView
+    left: str | None = None
+    right: str | None = None
+    summary: str | None = None
+    expires_at: str
+
+
+class NextOut(BaseModel):
+    assignment: AssignmentOut | None
+    answered: int
+
+
+class RatingsIn(Strict):
+    overall: Rating
+    accuracy: Rating
+    coverage: Rating
+    coherence: Rating
+
+
+class AnswerIn(Strict):
+    side: Literal["left", "right"] | None = None
+    confidence: Confidence | None = None
+    ratings: RatingsIn | None = None
+    note: Annotated[str, StringConstraints(max_length=5000), AfterValidator(_no_nul)] = ""
+    time_ms: Annotated[int, Field(ge=0, le=24 * 3600 * 1000)] | None = None
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_nul)] | None = None
+
+
+class AnswerOut(BaseModel):
+    answer_id: int
+    assignment_id: int
+    created: bool
+
+
+class Dashboard(BaseModel):
+    project: dict[str, Any]
+    tasks: dict[str, int]
+    answers: int
+    fleiss_kappa: float | None
+    shared_tasks: int
+    labelers: list[dict[str, Any]]
+
+
+class Health(BaseModel):
+    ok: bool
+    revision: str | None

@@ -1,0 +1,437 @@
+"""The labelling operations on a SQLAlchemy session. Routes and the CLI call these; they hold no HTTP.
+
+Errors a user can cause raise `Problem(status, message)`; the app turns them into that HTTP status.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, Post, Sample
+from rlhflab.label import assignment as assign
+from rlhflab.label import formats, quality
+from rlhflab.label.models import (RATING_AXES, ROLES, Answer, Assignment, Project, Task, User, utcnow)
+from rlhflab.label.models import Post as PostRow
+from rlhflab.label.security import Passwords
+from rlhflab.label.settings import ProjectDefaults
+
+
+class Problem(Exception):
+    """An error the caller made: `status` is the HTTP status the app answers with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+# ---------------------------------------------------------------------------------------------- users
+
+def create_user(s: Session, passwords: Passwords | None, username: str, password: str | None,
+                role: str = "labeler") -> User:
+    if role not in ROLES:
+        raise Problem(422, f"role must be one of {', '.join(ROLES)}")
+    if s.scalar(select(User.id).where(User.username == username)) is not None:
+        raise Problem(409, f"user {username!r} exists")
+    if role != "external" and (not password or passwords is None):
+        raise Problem(422, "a password is required")
+    user = User(username=username, role=role,
+                password_hash=passwords.hash(password) if password and passwords else None)
+    s.add(user)
+    s.flush()
+    return user
+
+
+def set_password(s: Session, passwords: Passwords, username: str, password: str) -> User:
+    user = s.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise Problem(404, f"no user {username!r}")
+    user.password_hash = passwords.hash(password)
+    return user
+
+
+def authenticate(s: Session, passwords: Passwords, username: str, password: str) -> User | None:
+    user = s.scalar(select(User).where(User.username == username))
+    ok = passwords.verify(user.password_hash if user else None, password)
+    if not ok or user is None or not user.active or user.role == "external":
+        return None
+    return user
+
+
+def list_users(s: Session) -> list[User]:
+    return list(s.scalars(select(User).order_by(User.id)))
+
+
+# ---------------------------------------------------------------------------------------------- projects
+
+def create_project(s: Session, name: str, *, instructions: str = "", defaults: ProjectDefaults | None = None,
+                   **params: Any) -> Project:
+    d = defaults or ProjectDefaults()
+    if s.scalar(select(Project.id).where(Project.name == name)) is not None:
+        raise Problem(409, f"project {name!r} exists")
+    values = {"labels_per_task": d.labels_per_task, "gold_rate": d.gold_rate, "expiry_s": d.expiry_s,
+              "flag_threshold": d.flag_threshold, "min_flag_answers": d.min_flag_answers}
+    values.update({k: v for k, v in params.items() if v is not None})
+    project = Project(name=name, instructions=instructions, **values)
+    s.add(project)
+    s.flush()
+    return project
+
+
+def get_project(s: Session, project_id: int) -> Project:
+    project = s.get(Project, project_id)
+    if project is None:
+        raise Problem(404, f"no project {project_id}")
+    return project
+
+
+def list_projects(s: Session, active_only: bool = False) -> list[Project]:
+    q = select(Project).order_by(Project.id)
+    if active_only:
+        q = q.where(Project.active.is_(True))
+    return list(s.scalars(q))
+
+
+def _post_rows(s: Session, project: Project, posts: Iterable[Post]) -> dict[str, PostRow]:
+    """Store the posts a project needs (once each) and return them by their source id."""
+    wanted = {p.id: p for p in posts}
+    existing = {r.post_key: r for r in s.scalars(select(PostRow).where(PostRow.project_id == project.id))}
+    for key, p in wanted.items():
+        if key not in existing:
+            row = PostRow(project_id=project.id, post_key=key, title=p.title, subreddit=p.subreddit, text=p.text,
+                          source=p.source)
+            s.add(row)
+            existing[key] = row
+    s.flush()
+    return existing
+
+
+def add_tasks(s: Session, project: Project, pairs: list[formats.PairRow], posts: dict[str, Post] | None = None
+              ) -> list[Task]:
+    """Comparison tasks (pairs with summary_b) and rating tasks (without) for a project."""
+    posts = dict(posts or {})
+    for pair in pairs:
+        if pair.post is not None:
+            posts.setdefault(pair.post.id, pair.post)
+    missing = sorted({p.post_id for p in pairs} - set(posts))
+    if missing:
+        raise Problem(422, f"{len(missing)} post id(s) not in the posts file, e.g. {missing[0]!r}")
+    rows = _post_rows(s, project, (posts[k] for k in {p.post_id for p in pairs}))
+    tasks = []
+    for pair in pairs:
+        if pair.summary_b is not None and pair.gold_choice is None and pair.gold_confidence is not None:
+            raise Problem(422, "a gold confidence needs a gold choice")
+        task = Task(project_id=project.id, post_id=rows[pair.post_id].id,
+                    kind="comparison" if pair.summary_b is not None else "rating",
+                    summary_a=pair.summary_a, policy_a=pair.policy_a, summary_b=pair.summary_b,
+                    policy_b=pair.policy_b, split=pair.split, is_gold=pair.gold_choice is not None,
+                    gold_choice=pair.gold_choice, gold_confidence=pair.gold_confidence)
+        s.add(task)
+        tasks.append(task)
+    s.flush()
+    return tasks
+
+
+def pairs_from_samples(samples: list[Sample], *, policies: list[str] | None = None, pairs_per_post: int = 1,
+                       ratings: bool = False, comparisons: bool = True, seed: int = 0) -> list[formats.PairRow]:
+    """Draw comparison pairs per post: two different policies at random, one of each one's samples. With
+    `ratings`, also one rating task per sample. Deterministic for a seed."""
+    rng = random.Random(seed)
+    by_post: dict[str, dict[str, list[Sample]]] = defaultdict(lambda: defaultdict(list))
+    for smp in samples:
+        if policies and smp.policy not in policies:
+            continue
+        by_post[smp.post_id][smp.policy].append(smp)
+    out: list[formats.PairRow] = []
+    for post_id in sorted(by_post):
+        by_policy = by_post[post_id]
+        names = sorted(by_policy)
+        if comparisons and len(names) >= 2:
+            all_pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+            rng.shuffle(all_pairs)
+            for j in range(pairs_per_post):
+                pa, pb = all_pairs[j % len(all_pairs)]
+                sa, sb = rng.choice(by_policy[pa]), rng.choice(by_policy[pb])
+                out.append(formats.PairRow(post=None, post_id=post_id, summary_a=sa.text, policy_a=pa,
+                                           summary_b=sb.text, policy_b=pb))
+        if ratings:
+            for name in names:
+                for smp in by_policy[name]:
+                    out.append(formats.PairRow(post=None, post_id=post_id, summary_a=smp.text, policy_a=name))
+    return out
+
+
+def set_gold(s: Session, task: Task, choice: int | None, confidence: int | None) -> Task:
+    if task.kind != "comparison":
+        raise Problem(422, "only comparison tasks take a gold answer")
+    if choice is None:
+        task.is_gold, task.gold_choice, task.gold_confidence = False, None, None
+        return task
+    formats.check_confidence(choice, confidence, lambda p: Problem(422, f"confidence: {p}"))
+    task.is_gold, task.gold_choice, task.gold_confidence = True, choice, confidence
+    return task
+
+
+@dataclass
+class ImportReport:
+    rows: int = 0
+    tasks: int = 0
+    answers: int = 0
+    skipped_duplicates: int = 0
+
+
+def import_comparisons(s: Session, project: Project, rows: list[formats.ComparisonRow], mode: str = "answers"
+                       ) -> ImportReport:
+    """OpenAI-format comparisons into a project. mode "tasks": as tasks to label; "gold": as gold tasks with the
+    row's choice as the researchers' answer; "answers": as tasks *and* answers by (external) workers, so that
+    an import followed by an export gives the same comparisons back."""
+    if mode not in ("tasks", "gold", "answers"):
+        raise Problem(422, "mode must be tasks, gold or answers")
+    report = ImportReport(rows=len(rows))
+    posts = _post_rows(s, project, (r.post for r in rows))
+    task_by_key: dict[tuple, Task] = {}
+    users: dict[str, User] = {}
+    seen_answers: set[tuple[int, int]] = set()
+    for r in rows:
+        (ta, pa, _), (tb, pb, _) = r.summaries
+        key = (r.post.id, ta, pa, tb, pb)
+        task = task_by_key.get(key)
+        if task is None or mode != "answers":
+            gold = mode == "gold"
+            task = Task(project_id=project.id, post_id=posts[r.post.id].id, kind="comparison", summary_a=ta,
+                        policy_a=pa, summary_b=tb, policy_b=pb, split=r.split, is_gold=gold,
+                        gold_choice=r.choice if gold else None, gold_confidence=r.confidence if gold else None)
+            s.add(task)
+            s.flush()
+            task_by_key[key] = task
+            report.tasks += 1
+        if mode != "answers":
+            continue
+        worker = r.worker or "unknown"
+        user = users.get(worker)
+        if user is None:
+            user = s.scalar(select(User).where(User.username == worker[:64]))
+            if user is None:
+                user = create_user(s, None, worker[:64], None, role="external")
+            users[worker] = user
+        if (task.id, user.id) in seen_answers:
+            report.skipped_duplicates += 1
+            continue
+        seen_answers.add((task.id, user.id))
+        now = utcnow()
+        a = Assignment(task_id=task.id, user_id=user.id, project_id=project.id, swapped=False, status="done",
+                       created_at=now, expires_at=now)
+        s.add(a)
+        s.flush()
+        s.add(Answer(assignment_id=a.id, task_id=task.id, user_id=user.id, project_id=project.id, choice=r.choice,
+                     confidence=r.confidence, note=str(r.extra.get("note", ""))[:10000], server_time_ms=0,
+                     client_time_ms=None, created_at=now))
+        report.answers += 1
+    s.flush()
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- labelling
+
+def next_assignment(s: Session, project: Project, user: User, rng: random.Random | None = None,
+                    now: datetime | None = None) -> Assignment | None:
+    """This labeler's open assignment in the project, or a new one, or None when nothing is left for them."""
+    rng = rng or random.Random()
+    now = now or utcnow()
+    if not project.active:
+        raise Problem(409, "the project is closed")
+    # Serialise assignment within a project (PostgreSQL row lock; SQLite transactions are BEGIN IMMEDIATE).
+    s.execute(select(Project.id).where(Project.id == project.id).with_for_update())
+    mine = s.scalars(select(Assignment).where(Assignment.user_id == user.id, Assignment.project_id == project.id,
+                                              Assignment.status == "open").order_by(Assignment.id)).all()
+    for a in mine:
+        if a.expires_at > now:
+            return a
+        a.status = "expired"
+    live = or_(Assignment.status == "done", and_(Assignment.status == "open", Assignment.expires_at > now))
+    taken = (select(Assignment.task_id, func.count().label("n")).where(Assignment.project_id == project.id, live)
+             .group_by(Assignment.task_id).subquery())
+    seen = select(Assignment.task_id).where(Assignment.user_id == user.id,
+                                            Assignment.project_id == project.id).scalar_subquery()
+    q = (select(Task.id, Task.is_gold, func.coalesce(taken.c.n, 0), case((Task.id.in_(seen), True), else_=False))
+         .outerjoin(taken, taken.c.task_id == Task.id).where(Task.project_id == project.id))
+    candidates = [assign.Candidate(task_id=tid, is_gold=bool(g), taken=int(n), seen=bool(sn))
+                  for tid, g, n, sn in s.execute(q)]
+    task_id = assign.pick_task(candidates, project.labels_per_task, project.gold_rate, rng)
+    if task_id is None:
+        return None
+    task = s.get(Task, task_id)
+    a = Assignment(task_id=task_id, user_id=user.id, project_id=project.id,
+                   swapped=assign.left_right(rng) if task and task.kind == "comparison" else False,
+                   status="open", created_at=now, expires_at=now + timedelta(seconds=project.expiry_s))
+    s.add(a)
+    s.flush()
+    return a
+
+
+def get_own_assignment(s: Session, user: User, assignment_id: int) -> Assignment:
+    a = s.get(Assignment, assignment_id)
+    if a is None or a.user_id != user.id:  # another labeler's assignment looks exactly like a missing one
+        raise Problem(404, f"no assignment {assignment_id} of yours")
+    return a
+
+
+def submit_answer(s: Session, user: User, assignment_id: int, *, side: str | None = None,
+                  confidence: int | None = None, ratings: dict[str, int] | None = None, note: str = "",
+                  client_time_ms: int | None = None, idempotency_key: str | None = None,
+                  now: datetime | None = None) -> tuple[Answer, bool]:
+    """Store the answer to one of this labeler's assignments. Idempotent: a second submission for the same
+    assignment (a retry) returns the stored answer and `False`, and stores nothing."""
+    now = now or utcnow()
+    a = get_own_assignment(s, user, assignment_id)
+    existing = s.scalar(select(Answer).where(Answer.assignment_id == a.id))
+    if existing is not None:
+        return existing, False
+    task = a.task
+    choice = conf = None
+    if task.kind == "comparison":
+        if side not in ("left", "right") or confidence is None:
+            raise Problem(422, "a comparison needs `side` (left or right) and `confidence` (1-9)")
+        if ratings:
+            raise Problem(422, "ratings are for rating tasks")
+        if confidence != CONFIDENCE_NO_PREFERENCE and (confidence < CONFIDENCE_NO_PREFERENCE) != (side == "left"):
+            raise Problem(422, "confidence below 5 means the left summary is better and above 5 the right one: "
+                               "it must agree with `side`")
+        choice, conf = assign.to_canonical(side, confidence, a.swapped)
+    else:
+        if side is not None or confidence is not None:
+            raise Problem(422, "a rating task takes `ratings`, not side/confidence")
+        if not ratings or set(ratings) != set(RATING_AXES):
+            raise Problem(422, f"ratings needs all of {', '.join(RATING_AXES)} (1-7)")
+    elapsed = int(max(0.0, (now - a.created_at).total_seconds()) * 1000)
+    answer = Answer(assignment_id=a.id, task_id=task.id, user_id=user.id, project_id=a.project_id, choice=choice,
+                    confidence=conf, ratings=dict(ratings) if ratings else None, note=note,
+                    client_time_ms=client_time_ms, server_time_ms=min(elapsed, 2**31 - 1),
+                    idempotency_key=idempotency_key, created_at=now)
+    try:
+        with s.begin_nested():
+            s.add(answer)
+            s.flush()
+    except IntegrityError:  # a concurrent retry stored it first
+        existing = s.scalar(select(Answer).where(Answer.assignment_id == a.id))
+        if existing is None:
+            raise
+        return existing, False
+    s.execute(update(Assignment).where(Assignment.id == a.id).values(status="done"))
+    return answer, True
+
+
+def task_view(a: Assignment) -> dict[str, Any]:
+    """What a labeler sees: the post and the summaries in screen order. Policies are not shown."""
+    t = a.task
+    post = t.post
+    view: dict[str, Any] = {"assignment_id": a.id, "task_id": t.id, "project_id": a.project_id, "kind": t.kind,
+                            "post": {"title": post.title, "subreddit": post.subreddit, "text": post.text},
+                            "expires_at": a.expires_at.isoformat() + "Z"}
+    if t.kind == "comparison":
+        left, right = (t.summary_b, t.summary_a) if a.swapped else (t.summary_a, t.summary_b)
+        view["left"], view["right"] = left, right
+    else:
+        view["summary"] = t.summary_a
+    return view
+
+
+def progress(s: Session, project: Project, user: User) -> dict[str, int]:
+    done = s.scalar(select(func.count()).select_from(Answer).where(Answer.project_id == project.id,
+                                                                    Answer.user_id == user.id)) or 0
+    return {"answered": int(done)}
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+def _answer_rows(s: Session, project: Project, kind: str) -> Iterator[tuple[Answer, Task, PostRow, User]]:
+    q = (select(Answer, Task, PostRow, User).join(Task, Answer.task_id == Task.id)
+         .join(PostRow, Task.post_id == PostRow.id).join(User, Answer.user_id == User.id)
+         .where(Answer.project_id == project.id, Task.kind == kind).order_by(Answer.id))
+    for row in s.execute(q).unique():
+        yield row.tuple()  # type: ignore[misc]
+
+
+def export_comparisons(s: Session, project: Project, include_gold: bool = True) -> Iterator[dict[str, Any]]:
+    """One OpenAI-schema row per comparison answer, the summaries in the order the labeler saw them."""
+    for ans, task, post, user in _answer_rows(s, project, "comparison"):
+        if task.is_gold and not include_gold:
+            continue
+        swapped = ans.assignment.swapped
+        a = {"text": task.summary_a, "policy": task.policy_a, "note": ""}
+        b = {"text": task.summary_b or "", "policy": task.policy_b or "", "note": ""}
+        summaries = [b, a] if swapped else [a, b]
+        choice, confidence = assign.to_display(ans.choice or 0, ans.confidence, swapped)
+        extra: dict[str, Any] = {"task_id": task.id, "answer_id": ans.id, "order": "BA" if swapped else "AB",
+                                 "time_ms": ans.client_time_ms if ans.client_time_ms is not None
+                                 else ans.server_time_ms}
+        if ans.note:
+            extra["note"] = ans.note
+        if task.is_gold:
+            extra["gold"] = True
+        yield formats.openai_comparison_row(
+            info=formats.openai_info(post.post_key, post.title, post.subreddit, post.text, post.source),
+            summaries=summaries, choice=choice, confidence=confidence, worker=user.username, batch=project.name,
+            split=task.split, extra=extra)
+
+
+def export_ratings(s: Session, project: Project) -> Iterator[dict[str, Any]]:
+    """One row per rating answer, shaped like OpenAI's axis evaluations: {info, split, summary: {text, policy,
+    note, axes}, worker, batch}."""
+    for ans, task, post, user in _answer_rows(s, project, "rating"):
+        yield {"info": formats.openai_info(post.post_key, post.title, post.subreddit, post.text, post.source),
+               "split": task.split,
+               "summary": {"text": task.summary_a, "policy": task.policy_a, "note": ans.note,
+                           "axes": dict(ans.ratings or {})},
+               "worker": user.username, "batch": project.name,
+               "extra": {"task_id": task.id, "answer_id": ans.id,
+                         "time_ms": ans.client_time_ms if ans.client_time_ms is not None else ans.server_time_ms}}
+
+
+# ---------------------------------------------------------------------------------------------- dashboard
+
+def dashboard(s: Session, project: Project, threshold: float | None = None) -> dict[str, Any]:
+    threshold = project.flag_threshold if threshold is None else threshold
+    counts = dict(s.execute(select(Task.kind, func.count()).where(Task.project_id == project.id)
+                            .group_by(Task.kind)).tuples().all())
+    gold_tasks = s.scalar(select(func.count()).select_from(Task).where(Task.project_id == project.id,
+                                                                        Task.is_gold.is_(True))) or 0
+    per_task = (select(Answer.task_id, func.count().label("n")).where(Answer.project_id == project.id)
+                .group_by(Answer.task_id).subquery())
+    complete = s.scalar(select(func.count()).select_from(per_task).join(Task, Task.id == per_task.c.task_id)
+                        .where(Task.is_gold.is_(False), per_task.c.n >= project.labels_per_task)) or 0
+    labels = []
+    ratings_by_user: dict[str, int] = defaultdict(int)
+    q = (select(Answer.task_id, Answer.choice, Answer.client_time_ms, Answer.server_time_ms, Answer.created_at,
+                User.username, Task.is_gold, Task.gold_choice, Task.kind)
+         .join(User, User.id == Answer.user_id).join(Task, Task.id == Answer.task_id)
+         .where(Answer.project_id == project.id))
+    for task_id, choice, cms, sms, created, username, is_gold, gold_choice, kind in s.execute(q):
+        if kind != "comparison":
+            ratings_by_user[username] += 1
+            continue
+        labels.append(quality.Label(user=username, task_id=task_id, choice=int(choice),
+                                    time_ms=int(cms if cms is not None else sms),
+                                    created_s=created.timestamp(), gold=gold_choice if is_gold else None))
+    stats = quality.labeler_stats(labels, threshold, project.min_flag_answers)
+    fleiss, shared = quality.project_fleiss([lab for lab in labels if lab.gold is None])
+    return {
+        "project": {"id": project.id, "name": project.name, "labels_per_task": project.labels_per_task,
+                    "gold_rate": project.gold_rate, "flag_threshold": threshold},
+        "tasks": {"comparison": int(counts.get("comparison", 0)), "rating": int(counts.get("rating", 0)),
+                  "gold": int(gold_tasks), "complete": int(complete)},
+        "answers": len(labels) + sum(ratings_by_user.values()),
+        "fleiss_kappa": fleiss, "shared_tasks": shared,
+        "labelers": [{**{k: v for k, v in vars(st).items()}, "flagged": st.flagged,
+                      "ratings": ratings_by_user.get(st.user, 0)} for st in stats]
+                    + [{"user": u, "answers": 0, "ratings": n, "flags": [], "flagged": False}
+                       for u, n in ratings_by_user.items() if u not in {st.user for st in stats}],
+    }
