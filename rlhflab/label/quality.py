@@ -88,8 +88,8 @@ class LabelerStats:
 
 
 def labeler_stats(labels: Sequence[Label], threshold: float, min_answers: int) -> list[LabelerStats]:
-    """Per labeler: agreement and Cohen's kappa with the researchers (gold) and with the other labelers on shared
-    tasks, median time per task, throughput; flagged when an agreement with ≥ `min_answers` items is below
+    """Per labeler: agreement and Cohen's kappa with the researchers (on gold tasks) and with the other labelers
+    (on the regular tasks they shared: every (mine, theirs) pair of answers), median time per task, throughput; flagged when an agreement with ≥ `min_answers` items is below
     `threshold`."""
     by_task: dict[int, list[Label]] = defaultdict(list)
     by_user: dict[str, list[Label]] = defaultdict(list)
@@ -104,8 +104,8 @@ def labeler_stats(labels: Sequence[Label], threshold: float, min_answers: int) -
         st.gold_answers = len(gold_pairs)
         st.gold_agreement = agreement_rate(gold_pairs)
         st.gold_kappa = cohen_kappa(gold_pairs)
-        peer_pairs = [(lab.choice, other.choice) for lab in mine for other in by_task[lab.task_id]
-                      if other.user != user]
+        peer_pairs = [(lab.choice, other.choice) for lab in mine if lab.gold is None
+                      for other in by_task[lab.task_id] if other.user != user]
         st.peer_pairs = len(peer_pairs)
         st.peer_agreement = agreement_rate(peer_pairs)
         st.peer_kappa = cohen_kappa(peer_pairs)

@@ -357,7 +357,7 @@ def _answer_rows(s: Session, project: Project, kind: str) -> Iterator[tuple[Answ
          .join(PostRow, Task.post_id == PostRow.id).join(User, Answer.user_id == User.id)
          .where(Answer.project_id == project.id, Task.kind == kind).order_by(Answer.id))
     for row in s.execute(q).unique():
-        yield row.tuple()  # type: ignore[misc]
+        yield tuple(row)  # type: ignore[misc]
 
 
 def export_comparisons(s: Session, project: Project, include_gold: bool = True) -> Iterator[dict[str, Any]]:
@@ -400,8 +400,8 @@ def export_ratings(s: Session, project: Project) -> Iterator[dict[str, Any]]:
 
 def dashboard(s: Session, project: Project, threshold: float | None = None) -> dict[str, Any]:
     threshold = project.flag_threshold if threshold is None else threshold
-    counts = dict(s.execute(select(Task.kind, func.count()).where(Task.project_id == project.id)
-                            .group_by(Task.kind)).tuples().all())
+    counts = {kind: n for kind, n in s.execute(select(Task.kind, func.count()).where(Task.project_id == project.id)
+                                               .group_by(Task.kind))}
     gold_tasks = s.scalar(select(func.count()).select_from(Task).where(Task.project_id == project.id,
                                                                         Task.is_gold.is_(True))) or 0
     per_task = (select(Answer.task_id, func.count().label("n")).where(Answer.project_id == project.id)
