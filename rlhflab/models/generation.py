@@ -1,0 +1,181 @@
+"""Sampling responses from left-padded queries, and recomputing their log-probs.
+
+Our own KV-cache loop, not HF `generate`: it returns the log-prob of each sampled token under softmax(logits / T)
+directly (what PPO needs) and is reproducible from a torch.Generator (HF `generate` only uses the global RNG).
+Measured on CPU (SmolLM2-135M, batch 8 x 48 new tokens, query 143 tokens): the same speed as HF `generate` within
+the noise of a shared machine (8.4 s vs 8.6 s on one thread, best of 3). Lengths always come from masks: the
+embedded tokenizer has pad == eos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Generation:
+    query_response: Tensor  # (B, Tq+Tr) left-padded queries then responses; tokens after the first EOS set to pad
+    attention_mask: Tensor  # (B, Tq+Tr) 1 on real tokens (query tokens and response tokens up to & incl. first EOS)
+    response: Tensor  # (B, Tr)
+    logprobs: Tensor  # (B, Tr) log-prob of each sampled token under softmax(logits / T) (T=1 for greedy); 0 after end
+    response_mask: Tensor  # (B, Tr) bool, True up to and including the first EOS
+    eos: Tensor  # (B,) bool: did the response contain EOS
+
+
+def pad_queries(tokenizer, queries: list[list[int]]) -> tuple[Tensor, Tensor]:
+    """Left-pad token lists into (B, Tq) ids and a (B, Tq) long mask (generation appends on the right)."""
+    if not queries:
+        raise ValueError("pad_queries: no queries")
+    width = max(len(q) for q in queries)
+    if width == 0:
+        raise ValueError("pad_queries: all queries are empty")
+    ids = torch.full((len(queries), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, Tq)
+    mask = torch.zeros((len(queries), width), dtype=torch.long)  # (B, Tq)
+    for b, q in enumerate(queries):
+        if q:
+            ids[b, width - len(q):] = torch.as_tensor(q, dtype=torch.long)
+            mask[b, width - len(q):] = 1
+    return ids, mask
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """(B, T) mask -> (B, T) positions counting real tokens only, so a left-padded row starts at position 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    query_ids: Tensor,
+    query_mask: Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.7,
+    top_p: float = 1.0,
+    stop_at_eos: bool = True,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Sample (temperature > 0, optionally nucleus) or decode greedily (temperature == 0) up to max_new_tokens.
+
+    stop_at_eos=True stops early once every row has produced EOS (Tr may be < max_new_tokens);
+    stop_at_eos=False always returns Tr == max_new_tokens (fixed shapes for PPO). Either way tokens after a row's
+    first EOS are replaced by pad and masked out.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    eos_id, pad_id = _eos_id(tokenizer), tokenizer.pad_token_id
+    device = _device(model)
+    query_ids, query_mask = query_ids.to(device), query_mask.to(device).long()
+    B = query_ids.shape[0]
+
+    mask = query_mask  # (B, T) grows by one column per step; generated tokens count as real while generating
+    positions = position_ids_from_mask(mask)  # (B, Tq)
+    input_ids, cache = query_ids, None
+    tokens, logprobs = [], []  # Tr tensors of (B,)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)  # only the last position's logits: (B, 1, V)
+        cache = out.past_key_values
+        logits = out.logits[:, -1, :].float()  # (B, V)
+        token, logprob = _pick(logits, temperature, top_p, generator)
+        tokens.append(token)
+        logprobs.append(logprob)
+        done = done | (token == eos_id)
+        if stop_at_eos and bool(done.all()):
+            break
+        input_ids = token[:, None]  # (B, 1)
+        positions = positions[:, -1:] + 1  # (B, 1)
+        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+
+    response = torch.stack(tokens, dim=1)  # (B, Tr)
+    response_mask = first_eos_mask(response, eos_id)  # (B, Tr)
+    response = response.masked_fill(~response_mask, pad_id)
+    logprob_t = torch.stack(logprobs, dim=1).masked_fill(~response_mask, 0.0)  # (B, Tr)
+    return Generation(
+        query_response=torch.cat([query_ids, response], dim=1),
+        attention_mask=torch.cat([query_mask, response_mask.long()], dim=1),
+        response=response,
+        logprobs=logprob_t,
+        response_mask=response_mask,
+        eos=(response == eos_id).logical_and(response_mask).any(dim=1),
+    )
+
+
+def first_eos_mask(response: Tensor, eos_id: int) -> Tensor:
+    """(B, Tr) ids -> (B, Tr) bool, True up to and including the first EOS (all True when there is none)."""
+    is_eos = (response == eos_id).long()  # (B, Tr)
+    eos_before = is_eos.cumsum(dim=1) - is_eos  # how many EOS strictly before each position
+    return eos_before == 0
+
+
+def response_logprobs(model, query_response: Tensor, attention_mask: Tensor, query_len: int,
+                      temperature: float) -> Tensor:
+    """(B, Tr) log-probs of the response tokens under softmax(logits / T), one forward pass; 0 where masked.
+
+    Not wrapped in no_grad: PPO differentiates through it. T == 0 (greedy) scores at T = 1, like `generate`.
+    """
+    device = _device(model)
+    query_response, attention_mask = query_response.to(device), attention_mask.to(device).long()
+    out = model(input_ids=query_response, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    logits = out.logits[:, query_len - 1 : -1, :].float()  # (B, Tr, V): position t predicts token t+1
+    logits = logits / (temperature if temperature > 0 else 1.0)
+    response = query_response[:, query_len:]  # (B, Tr)
+    # gather - logsumexp instead of log_softmax: no second (B, Tr, V) tensor, which dominates memory at V=49152
+    token_logp = logits.gather(-1, response[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, Tr)
+    return token_logp.masked_fill(attention_mask[:, query_len:] == 0, 0.0)
+
+
+def decode_responses(tokenizer, gen: Generation) -> list[str]:
+    """Response text of each row up to (not including) its first EOS."""
+    texts = []
+    for b in range(gen.response.shape[0]):
+        n = int(gen.response_mask[b].sum()) - int(gen.eos[b])
+        texts.append(tokenizer.decode(gen.response[b, :n].tolist(), skip_special_tokens=False))
+    return texts
+
+
+def _pick(logits: Tensor, temperature: float, top_p: float,
+          generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """(B, V) logits -> (B,) next tokens and their (B,) log-probs under softmax(logits / T) (T=1 when greedy).
+
+    The log-prob is the unfiltered one even with top_p < 1, so it equals what `response_logprobs` recomputes.
+    """
+    if temperature == 0:
+        logp = torch.log_softmax(logits, dim=-1)
+        token = logits.argmax(dim=-1)
+    else:
+        logp = torch.log_softmax(logits / temperature, dim=-1)
+        probs = logp.exp()
+        if top_p < 1.0:
+            probs = _top_p_filter(probs, top_p)
+        if generator is not None and generator.device != probs.device:  # e.g. a CPU generator, a GPU model
+            token = torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(probs.device)
+        else:
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+def _top_p_filter(probs: Tensor, top_p: float) -> Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches top_p (always at least one)."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)  # (B, V)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+
+
+def _eos_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token; generation needs one to end responses")
+    return int(tokenizer.eos_token_id)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
