@@ -110,14 +110,22 @@ def labeler_stats(labels: Sequence[Label], threshold: float, min_answers: int) -
         st.peer_agreement = agreement_rate(peer_pairs)
         st.peer_kappa = cohen_kappa(peer_pairs)
         st.median_time_s = statistics.median(lab.time_ms for lab in mine) / 1000.0
-        span_h = (max(lab.created_s for lab in mine) - min(lab.created_s for lab in mine)) / 3600.0
-        st.per_hour = len(mine) / span_h if span_h > 0 and len(mine) > 1 else None
+        st.per_hour = throughput_per_hour([lab.created_s for lab in mine], [lab.time_ms for lab in mine])
         if st.gold_answers >= min_answers and st.gold_agreement is not None and st.gold_agreement < threshold:
             st.flags.append(f"gold agreement {st.gold_agreement:.0%} < {threshold:.0%}")
         if st.peer_pairs >= min_answers and st.peer_agreement is not None and st.peer_agreement < threshold:
             st.flags.append(f"peer agreement {st.peer_agreement:.0%} < {threshold:.0%}")
         out.append(st)
     return out
+
+
+def throughput_per_hour(created_s: Sequence[float], time_ms: Sequence[int]) -> float | None:
+    """Answers per hour of work: the count over the time from first to last answer, but never over less than
+    the time the answers themselves took (so a burst of answers does not look like thousands an hour)."""
+    if not created_s:
+        return None
+    span_s = max(max(created_s) - min(created_s), sum(time_ms) / 1000.0)
+    return len(created_s) / span_s * 3600.0 if span_s > 0 else None
 
 
 def project_fleiss(labels: Sequence[Label]) -> tuple[float | None, int]:

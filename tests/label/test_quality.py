@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from rlhflab.label.quality import Label, agreement_rate, cohen_kappa, fleiss_kappa, labeler_stats, project_fleiss
+from rlhflab.label.quality import (Label, agreement_rate, cohen_kappa, fleiss_kappa, labeler_stats, project_fleiss,
+                                  throughput_per_hour)
 
 
 def test_agreement_rate():
@@ -74,12 +75,19 @@ def test_labeler_stats_gold_peers_flags():
     assert b.peer_pairs == 2 and b.peer_agreement == 0.0
     assert a.median_time_s == 1.0  # times 1,1,1,1,3,5 s
     assert a.per_hour == pytest.approx(6 / (240 / 3600))  # 6 answers between t=0 s and t=240 s
-    assert c.per_hour is None  # all at the same instant
+    assert c.per_hour == pytest.approx(2 / (2 / 3600))  # both at one instant: the 2 s they took is the floor
     assert not a.flagged and not c.flagged  # 67% peer agreement >= 60%
     assert b.flags == ["gold agreement 25% < 60%"]  # bob's 2 peer pairs are under min_answers=3
     # at a 70% threshold alice's and carol's 3 peer pairs at 67% are flagged too
     stats70 = {s.user: s for s in labeler_stats(labels, threshold=0.7, min_answers=3)}
     assert stats70["alice"].flagged and stats70["carol"].flagged
+
+
+def test_throughput():
+    assert throughput_per_hour([0.0, 1800.0, 3600.0], [1000, 1000, 1000]) == pytest.approx(3.0)
+    assert throughput_per_hour([0.0, 0.0], [30000, 30000]) == pytest.approx(120.0)  # 2 answers in 60 s of work
+    assert throughput_per_hour([], []) is None
+    assert throughput_per_hour([5.0], [0]) is None
 
 
 def test_project_fleiss_uses_shared_tasks_only():

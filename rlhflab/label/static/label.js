@@ -9,7 +9,7 @@
   if (!form) { return; }
   var started = performance.now();
   var kind = form.getAttribute("data-kind");
-  var submit = document.getElementById("submit");
+  var submit = document.getElementById("send");
   var hint = document.getElementById("hint");
   var note = document.getElementById("note");
   var submitted = false;

@@ -1,0 +1,244 @@
+"""Browser tests: Playwright drives Debian's Chromium (headless) against a real server on loopback.
+
+A labeler logs in and labels three tasks — the first with the mouse, two with the keyboard — and rates a summary
+with the keyboard; the researcher then sees the answers on the dashboard and in the export. Screenshots of the
+labelling page and the dashboard are written to the test's temporary folder, and also to
+$RLHFLAB_SCREENSHOTS_DIR when it is set (benchmarks/results/ keeps the committed ones).
+Skips without Chromium, unless RLHFLAB_REQUIRE_BROWSER=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhflab.label import service
+from rlhflab.label.models import User
+from tests.label.conftest import PASSWORD, make_app, post_row
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
+XSS = '<img src=x onerror="window.__xss=1">'
+
+
+def _chromium() -> str:
+    path = os.environ.get("RLHFLAB_CHROMIUM", "/usr/bin/chromium")
+    required = os.environ.get("RLHFLAB_REQUIRE_BROWSER") == "1"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        if required:
+            pytest.fail("RLHFLAB_REQUIRE_BROWSER=1 but playwright is not installed")
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    if not (Path(path).exists() or shutil.which(path)):
+        if required:
+            pytest.fail(f"RLHFLAB_REQUIRE_BROWSER=1 but Chromium is not at {path}")
+        pytest.skip(f"Chromium not found at {path} (apt-get install chromium, or set RLHFLAB_CHROMIUM)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The app with a seeded project, served by uvicorn in a thread on 127.0.0.1."""
+    import uvicorn
+
+    chromium = _chromium()
+    app = make_app(f"sqlite:///{tmp_path / 'b.db'}", {"root": "admin", "ann": "labeler", "bob": "labeler",
+                                                      "cat": "labeler", "dan": "labeler"})
+    ctx = app.state.ctx
+    with ctx.tx() as s:
+        project = service.create_project(s, "TL;DR comparisons", labels_per_task=4, gold_rate=0.0, flag_threshold=0.6,
+                                         instructions="Pick the summary that a reader of the post would prefer.")
+        posts = {f"t3_{i}": service.Post(id=f"t3_{i}", text=post_row(i)["text"] + "\n\nMore details follow here.",
+                                         title=f"Advice needed about situation {i}", subreddit="relationships")
+                 for i in range(3)}
+        from rlhflab.label.formats import PairRow
+
+        pairs = [PairRow(post=None, post_id=f"t3_{i}", summary_a=f" Summary A{i}: the short version.",
+                         policy_a="sft", summary_b=(XSS if i == 0 else f" Summary B{i}: a different take."),
+                         policy_b="ppo") for i in range(3)]
+        pairs += [PairRow(post=None, post_id="t3_0", summary_a=" gold A", policy_a="ref", summary_b=" gold B",
+                          policy_b="sft", gold_choice=0, gold_confidence=2)]
+        tasks = service.add_tasks(s, project, pairs, posts)
+        rating = service.create_project(s, "TL;DR ratings", gold_rate=0.0)
+        service.add_tasks(s, rating, [PairRow(post=None, post_id="t3_1", summary_a=" Rate this summary.",
+                                              policy_a="sft")], posts)
+        pid, rid = project.id, rating.id
+    # three other labelers answered already, so the dashboard has peers to compare with (dan disagrees)
+    for name, side_for_a in (("bob", True), ("cat", True), ("dan", False)):
+        with ctx.tx() as s:
+            user = s.scalar(service.select(User).where(User.username == name))
+            project = service.get_project(s, pid)
+            for _ in range(4):
+                a = service.next_assignment(s, project, user)
+                a_on_left = not a.swapped
+                side = "left" if a_on_left == side_for_a else "right"
+                service.submit_answer(s, user, a.id, side=side, confidence=2 if side == "left" else 8,
+                                      client_time_ms=20000 + 3000 * ord(name[0]) % 17000)
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    assert srv.started
+    yield {"url": f"http://127.0.0.1:{port}", "pid": pid, "rid": rid, "chromium": chromium,
+           "task_ids": [t.id for t in tasks]}
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def _save(page, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 5000
+    target = os.environ.get("RLHFLAB_SCREENSHOTS_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / name)
+
+
+def _login(page, base: str, user: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("#username", user)
+    page.fill("#password", PASSWORD)
+    page.press("#password", "Enter")
+    page.wait_for_load_state()
+
+
+def test_label_three_tasks_mouse_and_keyboard_then_dashboard_and_export(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, pid = server["url"], server["pid"]
+    dialogs: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=server["chromium"], headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            _login(page, base, "ann")
+            expect(page).to_have_url(f"{base}/label")
+            page.click(f"a[href='/label/{pid}']")
+            chosen: list[str] = []
+            shown_xss = False
+
+            def note_xss() -> None:  # the payload must appear as literal text in one of the summaries
+                nonlocal shown_xss
+                texts = [page.inner_text(f"#summary-{side} .summary-text") for side in ("left", "right")]
+                shown_xss = shown_xss or XSS in texts
+
+            # ann prefers summary A (as bob and cat do), wherever the page shows it
+            def a_side() -> str:
+                left = page.inner_text("#summary-left .summary-text")
+                return "left" if left.strip().startswith("Summary A") else "right"
+
+            def other(side: str) -> str:
+                return "right" if side == "left" else "left"
+
+            pressed: list[int] = []
+
+            # task 1 — the mouse: click the summary, click a confidence, click Submit
+            expect(page.locator("#answer-form")).to_be_visible()
+            expect(page.locator("#send")).to_be_disabled()
+            note_xss()
+            side = a_side()
+            page.click(f"#summary-{side}")
+            expect(page.locator(f"#summary-{side}")).to_have_attribute("aria-pressed", "true")
+            conf = 2 if side == "left" else 8
+            page.click(f"label.conf:has(#conf-{conf})")
+            expect(page.locator(f"#conf-{conf}")).to_be_checked()
+            expect(page.locator("#send")).to_be_enabled()
+            _save(page, tmp_path, "label_labelling.png")
+            chosen.append(page.inner_text(f"#summary-{side} .summary-text"))
+            pressed.append(conf)
+            page.click("#send")
+            expect(page.locator("#answered")).to_have_text("answered: 1")
+
+            # task 2 — the keyboard: ← or → picks a side, a digit the confidence, Enter submits
+            note_xss()
+            side = a_side()
+            page.keyboard.press("ArrowLeft" if side == "left" else "ArrowRight")
+            expect(page.locator(f"#summary-{side}")).to_have_attribute("aria-pressed", "true")
+            conf = 1 if side == "left" else 9
+            page.keyboard.press(str(conf))
+            expect(page.locator(f"#conf-{conf}")).to_be_checked()
+            chosen.append(page.inner_text(f"#summary-{side} .summary-text"))
+            pressed.append(conf)
+            page.keyboard.press("Enter")
+            expect(page.locator("#answered")).to_have_text("answered: 2")
+
+            # task 3 — the keyboard: a digit alone picks its side (7 = right is better, 3 = left); switching
+            # sides with the arrows mirrors the confidence; N opens the note, Esc leaves it, Enter submits
+            note_xss()
+            side = a_side()
+            wrong = 7 if side == "left" else 3
+            page.keyboard.press(str(wrong))
+            expect(page.locator(f"#summary-{other(side)}")).to_have_attribute("aria-pressed", "true")
+            page.keyboard.press("ArrowLeft" if side == "left" else "ArrowRight")
+            expect(page.locator(f"#conf-{10 - wrong}")).to_be_checked()
+            expect(page.locator(f"#summary-{side}")).to_have_attribute("aria-pressed", "true")
+            page.keyboard.press("n")
+            page.keyboard.type("close call, <b>both</b> fine")
+            page.keyboard.press("Escape")
+            chosen.append(page.inner_text(f"#summary-{side} .summary-text"))
+            pressed.append(10 - wrong)
+            page.keyboard.press("Enter")
+            expect(page.locator("#answered")).to_have_text("answered: 3")
+
+            # the XSS payload in one summary was shown as text and never ran
+            assert page.evaluate("window.__xss") is None and not dialogs
+            assert shown_xss, "the task with the payload in a summary was never shown"
+
+            # a rating task, keyboard only: 1-7 per axis (moves down by itself), Enter submits
+            page.goto(f"{base}/label/{server['rid']}")
+            for key in "5647":
+                page.keyboard.press(key)
+            expect(page.locator("#overall-5")).to_be_checked()
+            expect(page.locator("#coherence-7")).to_be_checked()
+            page.keyboard.press("Enter")
+            expect(page.locator("#all-done")).to_be_visible()
+
+            # the researcher sees ann on the dashboard ...
+            admin = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True).new_page()
+            _login(admin, base, "root")
+            expect(admin).to_have_url(f"{base}/admin")
+            admin.click(f"a[href='/admin/projects/{pid}']")
+            row = admin.locator("tr[data-user='ann']")
+            expect(row).to_be_visible()
+            expect(row.locator("td").nth(1)).to_have_text("3")
+            expect(admin.locator("tr[data-user='dan']")).to_have_class("flagged")
+            expect(row).not_to_have_class("flagged")
+            _save(admin, tmp_path, "label_dashboard.png")
+
+            # ... and in the export, with the summaries she chose
+            with admin.expect_download() as info:
+                admin.click("#export-comparisons")
+            rows = [json.loads(line) for line in Path(info.value.path()).read_text().splitlines()]
+        finally:
+            browser.close()
+    mine = [r for r in rows if r["worker"] == "ann"]
+    assert len(mine) == 3
+    assert [r["summaries"][r["choice"]]["text"] for r in mine] == chosen
+    assert [r["extra"]["confidence"] for r in mine] == pressed
+    assert all(r["summaries"][r["choice"]]["policy"] == "sft" for r in mine)
+    assert mine[2]["extra"]["note"] == "close call, <b>both</b> fine"
+    assert all(r["extra"]["time_ms"] > 0 for r in mine)
+    assert any(XSS in (s["text"] for s in r["summaries"]) for r in rows)
