@@ -1,0 +1,62 @@
+"""Pairwise preference losses for reward models (pure tensor math, torch only).
+
+`r_chosen` and `r_rejected` are the reward model's scores of the two summaries of each comparison, shape (B,).
+
+The confidence-aware loss uses a *soft target*: the labeler's 1–9 confidence says how sure they were, so the
+probability that the chosen summary is really better is taken to be
+
+    p(d) = 0.5 + 0.5 · d / 4        d = |confidence − 5| ∈ {1, 2, 3, 4}  →  p ∈ {0.625, 0.75, 0.875, 1.0}
+
+and the loss is the binary cross-entropy of σ(r_chosen − r_rejected) against p. A certain labeler (d = 4) gives
+exactly the pairwise loss; an unsure one (d = 1) asks only for a small margin (the loss is minimal at
+Δ = logit(0.625) ≈ 0.51 instead of pushing Δ → ∞). Rows without a confidence get p = 1 (the pairwise loss).
+Why a soft target rather than per-pair weights: weights still push every margin to infinity, only more slowly;
+a soft target lets the scores keep "slightly better" apart from "much better", which is what calibration needs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CONFIDENCE_NO_PREFERENCE = 5
+MAX_CONFIDENCE_DISTANCE = 4
+
+
+def preference_loss(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
+    """Bradley–Terry negative log-likelihood: −log σ(r_chosen − r_rejected), averaged. (B,), (B,) -> ()."""
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def confidence_target(distance: Tensor) -> Tensor:
+    """(B,) confidence distances |c − 5| (NaN or negative = unknown) -> (B,) soft targets p in [0.5, 1]."""
+    d = distance.float()
+    known = torch.isfinite(d) & (d >= 0)
+    p = 0.5 + 0.5 * d.clamp(0, MAX_CONFIDENCE_DISTANCE) / MAX_CONFIDENCE_DISTANCE
+    return torch.where(known, p, torch.ones_like(d))
+
+
+def confidence_preference_loss(r_chosen: Tensor, r_rejected: Tensor, distance: Tensor) -> Tensor:
+    """Soft-target loss: −[p·log σ(Δ) + (1−p)·log σ(−Δ)], Δ = r_chosen − r_rejected, p = confidence_target(d).
+
+    (B,), (B,), (B,) -> (). Equals `preference_loss` when every distance is 4 (or unknown).
+    """
+    margin = r_chosen - r_rejected  # (B,)
+    p = confidence_target(distance).to(margin.dtype)  # (B,)
+    return -(p * F.logsigmoid(margin) + (1 - p) * F.logsigmoid(-margin)).mean()
+
+
+def preference_accuracy(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
+    """Fraction of pairs where the chosen summary scores higher; an exact tie counts as half. (B,), (B,) -> ()."""
+    wins = (r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()  # (B,)
+    return wins.mean()
+
+
+def p_chosen(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
+    """The model's probability that the chosen summary is preferred: σ(r_chosen − r_rejected). (B,) -> (B,)."""
+    return torch.sigmoid(r_chosen - r_rejected)
+
+
+__all__ = ["confidence_preference_loss", "confidence_target", "p_chosen", "preference_accuracy",
+           "preference_loss"]
