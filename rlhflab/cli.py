@@ -18,12 +18,18 @@ STAGES = {
     # command: (module, config class, entry function, one-line help)
     "sft": ("rlhflab.train.sft", "SFTConfig", "train", "supervised fine-tuning on posts and reference summaries"),
     "sample": ("rlhflab.eval.sample", "SampleConfig", "sample", "write summaries of a post set as a samples JSONL"),
+    "rm": ("rlhflab.train.reward", "RewardConfig", "train", "train a reward model on human comparisons"),
+    "rm-eval": ("rlhflab.eval.rm_eval", "RMEvalConfig", "evaluate",
+                "reward-model accuracy (per confidence, policy pair, split, batch), length baseline, calibration"),
+    "score": ("rlhflab.eval.score", "ScoreConfig", "score", "add reward-model scores to a samples file"),
 }
 
 EPILOG = """examples:
   rlhflab sft --config configs/sft/smoke.yaml --out runs/sft/smoke
   rlhflab sft --config configs/sft/cpu.yaml --out runs/sft/cpu optim.lr=3e-5 max_steps=100
   rlhflab sample --config configs/sample/smoke.yaml --out runs/sample/sft model=runs/sft/smoke
+  rlhflab rm --config configs/rm/cpu.yaml --out runs/rm/cpu model=runs/sft/cpu
+  rlhflab rm-eval --config configs/rm-eval/cpu.yaml --out runs/rm-eval/cpu model=runs/rm/cpu split=dev
   rlhflab sft --show-config            # every key with its default
 re-running a command with the same --out resumes an interrupted run; a finished run (DONE.json) is left as is."""
 

@@ -1,0 +1,242 @@
+"""`rlhflab rm-eval`: how well a reward model agrees with people, and whether it only measures length.
+
+Writes `<out>/report.json` (and `<out>/reliability.png`):
+  - accuracy overall, per confidence distance |c − 5|, per policy pair, per split and per batch;
+  - ALWAYS next to it: `length_baseline_accuracy` — "the longer summary wins" on the same pairs (in batch13
+    people chose the longer one 69–71% of the time, so an RM that only measures length looks good) — and
+    `similar_length_accuracy`, the RM's accuracy on pairs whose lengths differ by at most 10%;
+  - calibration: pairs binned by the RM's confidence in its own pick, max(σ(Δ), 1 − σ(Δ)) with Δ = r_0 − r_1,
+    against how often that pick was the human's (a reliability diagram; the folded form does not depend on which
+    summary is listed first), and the expected calibration error;
+  - the worst errors: pairs the RM got wrong with the highest confidence (ids and summaries, never post text).
+
+Length is counted in characters of the stripped summary (tokenizer-independent). Ties (equal scores, equal
+lengths) count as half right.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from rlhflab.core.log import get_logger
+from rlhflab.core.rundir import RunDir
+from rlhflab.data.loaders import load_comparisons
+from rlhflab.data.records import Comparison
+from rlhflab.data.splits import split_by_post
+from rlhflab.models.reward import load_reward_model
+
+log = get_logger(__name__)
+
+
+@dataclass
+class RMEvalConfig:
+    model: str = "runs/rm/cpu"  # an `rlhflab rm` run directory (or a saved reward-model directory)
+    allow_partial: bool = False
+    comparisons: str = "../shared/data/comparisons/batch13.jsonl.gz"
+    split: Literal["all", "dev", "train"] = "all"  # "dev": only the posts the RM stage held out
+    dev_fraction: float = 0.15  # must match the RM run's data.dev_fraction / data.split_seed for split=dev
+    split_seed: int = 0
+    limit: int | None = None
+    skip_bad: bool = False
+    batch_size: int = 16  # sequences per forward
+    bf16: bool = False
+    similar_length_tolerance: float = 0.10  # |len a − len b| / max(len a, len b) ≤ this
+    calibration_bins: int = 5
+    n_worst: int = 20
+    plot: bool = True
+
+
+def text_length(text: str) -> int:
+    return len(text.strip())
+
+
+def similar_length(a: str, b: str, tolerance: float) -> bool:
+    la, lb = text_length(a), text_length(b)
+    return abs(la - lb) <= tolerance * max(la, lb, 1)
+
+
+def length_baseline_correct(c: Comparison) -> float:
+    """1 if the chosen summary is the longer one, 0 if shorter, 0.5 on a tie."""
+    lc, lr = text_length(c.chosen.text), text_length(c.rejected.text)
+    return 1.0 if lc > lr else 0.5 if lc == lr else 0.0
+
+
+def rm_correct(margin: float) -> float:
+    return 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
+
+
+def group_accuracy(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[str(r[key])].append(r)
+    return {k: accuracy_block(v) for k, v in sorted(groups.items())}
+
+
+def accuracy_block(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    if n == 0:
+        return {"n": 0, "accuracy": None, "length_baseline_accuracy": None}
+    return {"n": n, "accuracy": sum(r["correct"] for r in rows) / n,
+            "length_baseline_accuracy": sum(r["length_correct"] for r in rows) / n}
+
+
+def calibration(rows: list[dict[str, Any]], n_bins: int) -> dict[str, Any]:
+    """Bins of the RM's confidence in its pick (0.5..1) -> observed accuracy of that pick; ECE."""
+    edges = [0.5 + 0.5 * i / n_bins for i in range(n_bins + 1)]
+    bins = []
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = [r for r in rows if lo <= r["pick_confidence"] < hi or (hi == 1.0 and r["pick_confidence"] == 1.0)]
+        if inside:
+            pred = sum(r["pick_confidence"] for r in inside) / len(inside)
+            obs = sum(r["correct"] for r in inside) / len(inside)
+            ece += len(inside) / len(rows) * abs(pred - obs)
+        else:
+            pred = obs = None
+        bins.append({"lo": lo, "hi": hi, "n": len(inside), "mean_predicted": pred, "observed": obs})
+    return {"bins": bins, "expected_calibration_error": ece if rows else None,
+            "definition": "predicted = max(σ(r0 − r1), 1 − σ(r0 − r1)), the RM's probability that its pick is "
+                          "the human's; observed = how often it was"}
+
+
+def reliability_plot(cal: dict[str, Any], path, title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'rlhflab[train]'): no reliability plot")
+        return False
+    pts = [b for b in cal["bins"] if b["n"]]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0.5, 1.0], [0.5, 1.0], "--", color="grey", label="perfectly calibrated")
+    ax.plot([b["mean_predicted"] for b in pts], [b["observed"] for b in pts], "o-", label="reward model")
+    for b in pts:
+        ax.annotate(str(b["n"]), (b["mean_predicted"], b["observed"]), textcoords="offset points", xytext=(4, -10),
+                    fontsize=7)
+    ax.set_xlim(0.45, 1.02)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("predicted P(RM's pick is the human's)")
+    ax.set_ylabel("observed accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def select_split(rows: list[Comparison], cfg: RMEvalConfig) -> list[Comparison]:
+    if cfg.split == "all":
+        return rows
+    train, dev = split_by_post(rows, cfg.dev_fraction, seed=cfg.split_seed)
+    return dev if cfg.split == "dev" else train
+
+
+def evaluate(cfg: RMEvalConfig, out: str) -> dict:
+    run = RunDir(out)
+    if run.is_done():
+        return run.read_done()
+    run.start("rm-eval", cfg)
+    t_start = time.time()
+    rm = load_reward_model(cfg.model, allow_partial=cfg.allow_partial)
+    comparisons = select_split(list(load_comparisons(cfg.comparisons, limit=cfg.limit, skip_bad=cfg.skip_bad)), cfg)
+    if not comparisons:
+        raise ValueError(f"no comparisons to evaluate in {cfg.comparisons} (split={cfg.split})")
+    log.info("rm-eval: %d pairs from %s (split %s)", len(comparisons), cfg.comparisons, cfg.split)
+
+    # Score both summaries of every pair (each distinct (post, text) once).
+    keys: dict[tuple[str, str], int] = {}
+    posts, texts = [], []
+    for c in comparisons:
+        for s in c.summaries:
+            k = (c.post.id, s.text)
+            if k not in keys:
+                keys[k] = len(texts)
+                posts.append(c.post)
+                texts.append(s.text)
+    q_ids = [rm.encode_query(p) for p in posts]
+    r_ids = [rm.encode_response(t) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(q_ids[i]) + len(r_ids[i]))
+    scores_sorted = rm.score_ids([q_ids[i] for i in order], [r_ids[i] for i in order],
+                                 batch_size=cfg.batch_size, bf16=cfg.bf16)
+    scores = torch.empty(len(texts))
+    scores[torch.tensor(order)] = scores_sorted
+
+    rows = []
+    for i, c in enumerate(comparisons):
+        s0, s1 = (float(scores[keys[(c.post.id, s.text)]]) for s in c.summaries)
+        rc, rr = (s0, s1) if c.choice == 0 else (s1, s0)
+        margin = rc - rr
+        p0 = 1.0 / (1.0 + math.exp(-(s0 - s1)))
+        rows.append({
+            "index": i, "post_id": c.post.id, "r_chosen": rc, "r_rejected": rr, "margin": margin,
+            "p_chosen": 1.0 / (1.0 + math.exp(-margin)), "pick_confidence": max(p0, 1.0 - p0),
+            "correct": rm_correct(margin), "length_correct": length_baseline_correct(c),
+            "similar_length": similar_length(c.chosen.text, c.rejected.text, cfg.similar_length_tolerance),
+            "confidence": c.confidence, "confidence_distance": c.confidence_distance,
+            "policy_pair": " vs ".join(sorted((c.summaries[0].policy or "?", c.summaries[1].policy or "?"))),
+            "split": c.split or "?", "batch": c.batch or "?",
+            "chosen": c.chosen.text, "rejected": c.rejected.text,
+        })
+
+    overall = accuracy_block(rows)
+    similar = [r for r in rows if r["similar_length"]]
+    cal = calibration(rows, cfg.calibration_bins)
+    plot_path = run.path / "reliability.png"
+    plotted = cfg.plot and reliability_plot(cal, plot_path, f"{cfg.model} on {len(rows)} pairs ({cfg.split})")
+    worst = sorted((r for r in rows if r["correct"] < 1.0), key=lambda r: r["margin"])[: cfg.n_worst]
+    report = {
+        "model": cfg.model, "comparisons": cfg.comparisons, "split": cfg.split, "n_pairs": len(rows),
+        "accuracy": overall["accuracy"],
+        "length_baseline_accuracy": overall["length_baseline_accuracy"],
+        "similar_length_accuracy": accuracy_block(similar)["accuracy"],
+        "similar_length_n": len(similar),
+        "similar_length_tolerance": cfg.similar_length_tolerance,
+        "length_unit": "characters of the stripped summary",
+        "loss": sum(-math.log(max(r["p_chosen"], 1e-12)) for r in rows) / len(rows),
+        "mean_margin": sum(r["margin"] for r in rows) / len(rows),
+        "mean_score_chosen": sum(r["r_chosen"] for r in rows) / len(rows),
+        "mean_score_rejected": sum(r["r_rejected"] for r in rows) / len(rows),
+        "score_length_correlation": _correlation(
+            [r["r_chosen"] for r in rows] + [r["r_rejected"] for r in rows],
+            [text_length(r["chosen"]) for r in rows] + [text_length(r["rejected"]) for r in rows]),
+        "per_confidence": group_accuracy([r for r in rows if r["confidence_distance"] is not None],
+                                         "confidence_distance"),
+        "per_policy_pair": group_accuracy(rows, "policy_pair"),
+        "per_split": group_accuracy(rows, "split"),
+        "per_batch": group_accuracy(rows, "batch"),
+        "calibration": cal,
+        "reliability_plot": str(plot_path) if plotted else None,
+        "worst_errors": [{k: r[k] for k in ("post_id", "confidence", "p_chosen", "r_chosen", "r_rejected",
+                                            "chosen", "rejected")} for r in worst],
+        "normalisation": rm.normalisation,
+    }
+    from rlhflab.core.rundir import atomic_write_json
+
+    atomic_write_json(run.path / "report.json", report)
+    summary = {"stage": "rm-eval", "wall_s": time.time() - t_start, "report": str(run.path / "report.json"),
+               **{k: report[k] for k in ("n_pairs", "accuracy", "length_baseline_accuracy",
+                                         "similar_length_accuracy", "similar_length_n")}}
+    run.write_done(summary)
+    log.info("rm-eval: accuracy %.3f (length baseline %.3f, similar-length %s on %d pairs)", report["accuracy"],
+             report["length_baseline_accuracy"], report["similar_length_accuracy"], len(similar))
+    return summary
+
+
+def _correlation(xs: list[float], ys: list[float]) -> float | None:
+    n = len(xs)
+    if n < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sx = math.sqrt(sum((x - mx) ** 2 for x in xs))
+    sy = math.sqrt(sum((y - my) ** 2 for y in ys))
+    return sxy / (sx * sy) if sx > 0 and sy > 0 else None

@@ -1,0 +1,73 @@
+"""`rlhflab score`: add a reward model's scores to a samples file (`Sample.score`).
+
+Reads the samples JSONL (from `rlhflab sample`) and the posts they summarise (to rebuild each query), scores every
+(query, summary) with the RM — the summary gets EOS when the policy ended it itself (`Sample.eos`) — and writes
+`<out>/samples.jsonl` with `score` filled in, plus DONE.json with the mean score per policy and the mean length.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from rlhflab.core.log import get_logger
+from rlhflab.core.rundir import RunDir
+from rlhflab.data.jsonl import DataError
+from rlhflab.data.loaders import load_posts, load_samples, write_samples
+from rlhflab.models.reward import load_reward_model
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ScoreConfig:
+    model: str = "runs/rm/cpu"  # an `rlhflab rm` run directory (or a saved reward-model directory)
+    allow_partial: bool = False
+    samples: str = "runs/sample/sft/samples.jsonl"  # a samples file, or a `rlhflab sample` run directory
+    posts: str = "../shared/data/tldr/eval.jsonl.gz"  # the posts the samples summarise (for their queries)
+    posts_format: str = "auto"
+    batch_size: int = 16
+    bf16: bool = False
+
+
+def samples_path(spec: str) -> Path:
+    path = Path(spec)
+    return path / "samples.jsonl" if path.is_dir() else path
+
+
+def score(cfg: ScoreConfig, out: str) -> dict:
+    run = RunDir(out)
+    if run.is_done():
+        return run.read_done()
+    run.start("score", cfg)
+    t_start = time.time()
+    src = samples_path(cfg.samples)
+    samples = list(load_samples(src))
+    posts = {p.id: p for p in load_posts(cfg.posts, format=cfg.posts_format)}
+    missing = sorted({s.post_id for s in samples} - set(posts))
+    if missing:
+        raise DataError(cfg.posts, problem=f"has no post for {len(missing)} sample post ids (e.g. {missing[0]}); "
+                                           f"pass the posts file that {src} was sampled from")
+    rm = load_reward_model(cfg.model, allow_partial=cfg.allow_partial)
+    order = sorted(range(len(samples)), key=lambda i: len(posts[samples[i].post_id].text))
+    scores = [0.0] * len(samples)
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        s = rm.score([posts[samples[i].post_id] for i in idx], [samples[i].text for i in idx],
+                     eos=[samples[i].eos for i in idx], batch_size=cfg.batch_size, bf16=cfg.bf16)
+        for i, v in zip(idx, s.tolist()):
+            scores[i] = v
+    scored = [replace(smp, score=v) for smp, v in zip(samples, scores)]
+    write_samples(run.path / "samples.jsonl", scored)
+    per_policy: dict[str, list[float]] = defaultdict(list)
+    for smp in scored:
+        per_policy[smp.policy].append(smp.score or 0.0)
+    summary = {"stage": "score", "wall_s": time.time() - t_start, "n_samples": len(scored),
+               "samples": str(run.path / "samples.jsonl"),
+               "mean_score": sum(scores) / max(len(scores), 1),
+               "mean_score_per_policy": {k: sum(v) / len(v) for k, v in sorted(per_policy.items())},
+               "mean_tokens": sum(s.n_tokens for s in scored) / max(len(scored), 1)}
+    run.write_done(summary)
+    return summary

@@ -1,0 +1,255 @@
+"""Reward model: a causal LM's backbone + a scalar head read at the last real token of query+response.
+
+    score = head(h_last) + bias        h_last = the backbone's hidden state at the last non-pad token
+
+- The last real token is found from the attention mask, never from pad ids (the embedded tokenizer has
+  pad == eos, and a response ends with EOS, which is exactly the token that must be scored). Positions come from
+  the mask too, so left and right padding give the same score.
+- `bias` is the normalisation: after training it is set so the human reference summaries of a post set score 0
+  on average (`normalise`). It is stored apart from the head, in reward.json, so it is visible and auditable.
+
+A saved reward model is a directory (a run's `model/`):
+
+    config.json, model.safetensors, tokenizer files   the whole causal LM (save_pretrained), so PPO can start a
+                                                      value model from it and any tool can load the backbone
+    reward_head.safetensors                           head.weight (1, H), head.bias (1,)
+    reward.json                                       {"bias", "hidden_size", "base_model", token budgets, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rlhflab.core.rundir import RunDir, RunError, atomic_path, is_run_dir
+from rlhflab.data.format import format_query, format_reference
+from rlhflab.data.records import Post
+from rlhflab.models.generation import position_ids_from_mask
+from rlhflab.models.loading import ModelLoadError, load_model, save_model
+
+log = logging.getLogger(__name__)
+
+REWARD_JSON = "reward.json"
+HEAD_FILE = "reward_head.safetensors"
+FORMAT = "rlhflab-reward-model"
+
+
+class RewardModel(nn.Module):
+    """`lm` (a HF causal LM; only its `base_model` runs) + `head` (Linear(H, 1)) + a `bias` buffer."""
+
+    def __init__(self, lm: nn.Module, tokenizer, *, base_model: str = "", max_query_tokens: int = 512,
+                 max_response_tokens: int = 64, init_std: float | None = None, seed: int = 0):
+        super().__init__()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        hidden = lm.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        # Small random init (std 1/sqrt(H+1), as in OpenAI's lm-human-preferences): scores start near 0 and
+        # the backbone gets gradients from the first step (a zero head would block them for one step).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            nn.init.normal_(self.head.weight, std=init_std if init_std is not None else 1.0 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("bias", torch.zeros(()), persistent=False)
+        self.base_model_spec = base_model
+        self.max_query_tokens = max_query_tokens
+        self.max_response_tokens = max_response_tokens
+        self.normalisation: dict[str, Any] = {}
+
+    @property
+    def hidden_size(self) -> int:
+        return self.head.in_features
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, T) ids and mask (any padding side) -> (B,) float32 scores."""
+        position_ids = position_ids_from_mask(attention_mask)  # (B, T)
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids).last_hidden_state  # (B, T, H)
+        last = last_token_index(attention_mask)  # (B,)
+        h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+        return self.head(h_last).squeeze(-1).float() + self.bias  # (B,)
+
+    # ------------------------------------------------------------------------------------------- scoring helpers
+
+    def encode_query(self, query: Post | str) -> list[int]:
+        """A Post is formatted (and cut to max_query_tokens); a string is taken as an already formatted query."""
+        text = format_query(query, self.tokenizer, self.max_query_tokens) if isinstance(query, Post) else query
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def encode_response(self, text: str, eos: bool = True) -> list[int]:
+        return encode_response(self.tokenizer, text, eos=eos, max_tokens=self.max_response_tokens)
+
+    @torch.no_grad()
+    def score_ids(self, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+                  batch_size: int = 16, bf16: bool = False) -> Tensor:
+        """Scores of query+response token lists -> (B,) float32 (on CPU)."""
+        if len(query_ids) != len(response_ids):
+            raise ValueError(f"{len(query_ids)} queries but {len(response_ids)} responses")
+        seqs = [list(q) + list(r) for q, r in zip(query_ids, response_ids)]
+        device = next(self.parameters()).device
+        out = []
+        for i in range(0, len(seqs), batch_size):
+            ids, mask = pad_sequences(seqs[i : i + batch_size], self.tokenizer.pad_token_id)
+            with autocast(bf16, device.type):
+                out.append(self(ids.to(device), mask.to(device)).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def score(self, queries: Sequence[Post | str], responses: Sequence[str], eos: bool | Sequence[bool] = True,
+              batch_size: int = 16, bf16: bool = False) -> Tensor:
+        """Scores of (query, response text) pairs -> (B,). Queries: Posts (formatted here) or formatted strings.
+
+        Each response gets the SFT format (a leading space) and, where `eos` is true, the EOS token — as the
+        policy writes a summary that ended by itself.
+        """
+        eos_flags = [eos] * len(responses) if isinstance(eos, bool) else list(eos)
+        q_ids = [self.encode_query(q) for q in queries]
+        r_ids = [self.encode_response(t, e) for t, e in zip(responses, eos_flags)]
+        return self.score_ids(q_ids, r_ids, batch_size=batch_size, bf16=bf16)
+
+
+# ------------------------------------------------------------------------------------------------ functions
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """(B, T) mask -> (B,) index of the last 1 in each row (works for left and right padding)."""
+    T = attention_mask.shape[-1]
+    flipped = attention_mask.flip(-1).long()  # (B, T)
+    if bool((flipped.sum(-1) == 0).any()):
+        raise ValueError("a row has no real token (all-zero attention mask)")
+    return T - 1 - flipped.argmax(-1)
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[Tensor, Tensor]:
+    """Token lists -> (B, T) ids and (B, T) long mask, padded on `side`."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if not s:
+            raise ValueError("pad_sequences: an empty sequence")
+        sl = slice(0, len(s)) if side == "right" else slice(T - len(s), T)
+        ids[i, sl] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def encode_response(tokenizer, text: str, *, eos: bool = True, max_tokens: int | None = None) -> list[int]:
+    """A summary as the policy writes it after "TL;DR:": a leading space, then EOS if it ended by itself.
+    Cut to `max_tokens` (a cut summary loses its EOS, like the SFT targets)."""
+    ids = tokenizer.encode(format_reference(text, tokenizer.eos_token if eos else ""), add_special_tokens=False)
+    return ids[:max_tokens] if max_tokens else ids
+
+
+def autocast(bf16: bool, device_type: str = "cpu"):
+    import contextlib
+
+    return torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def new_reward_model(spec: str, *, max_query_tokens: int = 512, max_response_tokens: int = 64, seed: int = 0,
+                     allow_partial: bool = False) -> RewardModel:
+    """A fresh head on the backbone of any model spec (SFT run directory, embedded name, model dir, hub id)."""
+    lm, tokenizer = load_model(spec, allow_partial=allow_partial)
+    return RewardModel(lm, tokenizer, base_model=str(spec), max_query_tokens=max_query_tokens,
+                       max_response_tokens=max_response_tokens, seed=seed)
+
+
+@torch.no_grad()
+def normalise(rm: RewardModel, posts: Sequence[Post], batch_size: int = 16, bf16: bool = False,
+              source: str = "") -> dict[str, Any]:
+    """Set `rm.bias` so the human reference summaries of `posts` score 0 on average. Returns what was done."""
+    with_ref = [p for p in posts if p.reference]
+    if not with_ref:
+        raise ValueError("normalise: none of the posts has a reference summary")
+    rm.bias.zero_()
+    raw = rm.score(with_ref, [p.reference or "" for p in with_ref], eos=True, batch_size=batch_size, bf16=bf16)
+    offset = -float(raw.mean())
+    rm.bias.fill_(offset)
+    rm.normalisation = {"on": source, "n_references": len(with_ref), "raw_mean": -offset,
+                        "raw_std": float(raw.std()) if len(raw) > 1 else 0.0, "bias": offset}
+    return rm.normalisation
+
+
+def save_reward_model(rm: RewardModel, out_dir: str | Path) -> Path:
+    """Write the LM (save_pretrained) + tokenizer + head + reward.json into `out_dir`, atomically."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        save_model(rm.lm, rm.tokenizer, tmp)
+        save_file({"weight": rm.head.weight.detach().float().contiguous().cpu(),
+                   "bias": rm.head.bias.detach().float().contiguous().cpu()}, str(tmp / HEAD_FILE))
+        meta = {"format": FORMAT, "version": 1, "bias": float(rm.bias), "hidden_size": rm.hidden_size,
+                "base_model": rm.base_model_spec, "max_query_tokens": rm.max_query_tokens,
+                "max_response_tokens": rm.max_response_tokens, "normalisation": rm.normalisation}
+        (tmp / REWARD_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+def is_reward_model_dir(path: str | Path) -> bool:
+    return (Path(path) / REWARD_JSON).exists()
+
+
+def load_reward_model(spec: str | Path, allow_partial: bool = False, dtype: str = "float32") -> RewardModel:
+    """Load a reward model from a run directory (uses <run>/model) or a saved reward-model directory.
+
+    An unfinished run (no DONE.json) is an error unless `allow_partial`: then its last checkpoint (state/) is put
+    on the base model named in its config, with no normalisation (bias 0).
+    """
+    path = Path(spec).expanduser()
+    if is_run_dir(path):
+        run = RunDir(path)
+        run.require_done(allow_partial=allow_partial)
+        if run.is_done() or is_reward_model_dir(run.model_dir):
+            return _load_dir(run.model_dir, dtype)
+        return _load_partial(run)
+    if path.is_dir() and is_reward_model_dir(path):
+        return _load_dir(path, dtype)
+    raise ModelLoadError(f"{spec}: not a reward model — expected an `rlhflab rm` run directory or a directory "
+                         f"with {REWARD_JSON} (a language model alone has no reward head)")
+
+
+def _load_dir(model_dir: Path, dtype: str) -> RewardModel:
+    from safetensors.torch import load_file
+
+    if not is_reward_model_dir(model_dir):
+        raise RunError(f"{model_dir}: no {REWARD_JSON} — not a saved reward model")
+    meta = json.loads((model_dir / REWARD_JSON).read_text())
+    if meta.get("format") != FORMAT:
+        raise ModelLoadError(f"{model_dir / REWARD_JSON}: unknown format {meta.get('format')!r}")
+    lm, tokenizer = load_model(str(model_dir), dtype=dtype)
+    if lm.config.hidden_size != meta["hidden_size"]:
+        raise ModelLoadError(f"{model_dir}: backbone hidden size {lm.config.hidden_size} != reward.json "
+                             f"hidden_size {meta['hidden_size']}")
+    rm = RewardModel(lm, tokenizer, base_model=meta.get("base_model", ""),
+                     max_query_tokens=meta["max_query_tokens"], max_response_tokens=meta["max_response_tokens"])
+    head = load_file(str(model_dir / HEAD_FILE))
+    rm.head.load_state_dict(head)
+    rm.bias.fill_(float(meta["bias"]))
+    rm.normalisation = meta.get("normalisation", {})
+    rm.to(lm.dtype)
+    rm.bias.data = rm.bias.float()
+    return rm.eval()
+
+
+def _load_partial(run: RunDir) -> RewardModel:
+    weights_path = run.state_dir / "weights.pt"
+    if not weights_path.exists():
+        raise RunError(f"{run.path}: unfinished and has no checkpoint in {run.state_dir} yet")
+    cfg = run.read_config()["config"]
+    data = cfg.get("data", {})
+    rm = new_reward_model(cfg["model"], max_query_tokens=data.get("max_query_tokens", 512),
+                          max_response_tokens=data.get("max_response_tokens", 64), seed=cfg.get("seed", 0),
+                          allow_partial=True)
+    rm.load_state_dict(torch.load(weights_path, weights_only=True), strict=False)
+    log.warning("%s: using the last checkpoint of an unfinished run (not normalised)", run.path)
+    return rm.eval()
+
+
+__all__ = ["RewardModel", "encode_response", "is_reward_model_dir", "last_token_index", "load_reward_model",
+           "new_reward_model", "normalise", "pad_sequences", "save_reward_model"]

@@ -1,0 +1,362 @@
+"""Reward model training on human comparisons (the paper's RM stage).
+
+The loop in `train` reads top to bottom:
+  (1) load the backbone (an SFT run or any model) with a fresh scalar head, and the comparisons
+  (2) split off a dev set by post id; resolve repeated comparisons (duplicates and contradictions) on purpose
+  (3) for each optimiser step: chosen and rejected of a micro batch in ONE forward, loss, accumulate, clip, step
+  (4) log, dev accuracy, checkpoint on their periods; resume from state/ exactly
+  (5) normalise (human references average 0), save model/, then DONE.json with the dev accuracy
+
+Repeated comparisons. The same pair of summaries of one post is often labelled by several people (batch13: 40
+pairs carry 206 rows, and 26 of those pairs have both answers). Two policies, applied to train and dev alike:
+  - `contradictions` (same pair, opposite choices): "majority" (default) keeps the rows of the majority choice and
+    drops the pair on a tie; "drop" drops every row of a contradicted pair; "keep" keeps all rows (the
+    Bradley–Terry likelihood then pulls that pair's margin towards the labelers' split).
+  - `duplicates` (same pair, same choice — different labelers agreeing): "drop" (default) keeps the first row,
+    so no pair weighs 10× in training or in dev accuracy; "keep" keeps them all.
+Both are counted in metrics.jsonl (step 0) and DONE.json.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from tqdm import tqdm
+
+from rlhflab.core.log import get_logger
+from rlhflab.core.rundir import RunDir
+from rlhflab.core.seed import seed_everything
+from rlhflab.data.loaders import load_comparisons, load_posts
+from rlhflab.data.records import Comparison
+from rlhflab.data.splits import split_by_post
+from rlhflab.models.reward import (
+    RewardModel,
+    autocast,
+    new_reward_model,
+    normalise,
+    pad_sequences,
+    save_reward_model,
+)
+from rlhflab.ops.losses import confidence_preference_loss, preference_accuracy, preference_loss
+from rlhflab.train.common import (
+    OptimConfig,
+    batch_sizes,
+    freeze_lower_layers,
+    load_checkpoint,
+    make_optimizer,
+    save_checkpoint,
+)
+
+log = get_logger(__name__)
+
+
+@dataclass
+class RewardData:
+    comparisons: str = "../shared/data/comparisons/batch13.jsonl.gz"  # OpenAI schema or {post|query,chosen,rejected}
+    dev: str | None = None  # a separate dev file; None: hold out `dev_fraction` of the posts of `comparisons`
+    dev_fraction: float = 0.15
+    split_seed: int = 0  # the post-id hash seed of the dev split (rm-eval uses the same to find the dev pairs)
+    limit: int | None = None
+    max_query_tokens: int = 512
+    max_response_tokens: int = 64
+    skip_bad: bool = False
+    duplicates: Literal["drop", "keep"] = "drop"
+    contradictions: Literal["majority", "drop", "keep"] = "majority"
+
+
+@dataclass
+class RewardConfig:
+    model: str = "smollm2-135m"  # an SFT run directory, embedded name, model directory or hub id
+    allow_partial: bool = False  # start from an unfinished SFT run's last saved model
+    seed: int = 1
+    data: RewardData = field(default_factory=RewardData)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 16  # comparison pairs per optimiser step
+    micro_batch_size: int = 4  # pairs per forward/backward (2× sequences: chosen and rejected together)
+    loss: Literal["pairwise", "confidence"] = "pairwise"
+    bf16: bool = False
+    freeze_layers: int = 0
+    log_every: int = 1
+    eval_every: int = 20  # dev accuracy every this many steps; 0 = only at the start and the end
+    eval_batch_size: int = 16  # sequences per forward when scoring dev and references
+    save_every: int = 20
+    normalise_on: str | None = "../shared/data/tldr/train.jsonl.gz"  # posts whose references should average 0
+    normalise_limit: int = 256
+
+
+@dataclass(frozen=True)
+class PairExample:
+    query_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    distance: float  # |confidence − 5|, NaN when unknown
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def pair_key(c: Comparison) -> tuple[str, frozenset[str]]:
+    return c.post.id, frozenset((c.summaries[0].text, c.summaries[1].text))
+
+
+def resolve_repeats(comparisons: list[Comparison], duplicates: str, contradictions: str
+                    ) -> tuple[list[Comparison], dict[str, int]]:
+    """Apply the contradiction policy, then the duplicate policy (see the module docstring). Order is kept."""
+    groups: dict[Any, list[int]] = defaultdict(list)
+    for i, c in enumerate(comparisons):
+        groups[pair_key(c)].append(i)
+    keep = [True] * len(comparisons)
+    counts = {"rows_in": len(comparisons), "contradicted_pairs": 0, "contradiction_rows_dropped": 0,
+              "contradiction_ties_dropped": 0, "duplicate_rows": 0, "duplicate_rows_dropped": 0}
+    for rows in groups.values():
+        chosen_texts = [comparisons[i].chosen.text for i in rows]
+        votes: dict[str, int] = defaultdict(int)
+        for t in chosen_texts:
+            votes[t] += 1
+        if len(votes) > 1:
+            counts["contradicted_pairs"] += 1
+            if contradictions == "drop":
+                drop = rows
+            elif contradictions == "majority":
+                best = max(votes.values())
+                winners = [t for t, v in votes.items() if v == best]
+                if len(winners) > 1:
+                    counts["contradiction_ties_dropped"] += 1
+                    drop = rows
+                else:
+                    drop = [i for i in rows if comparisons[i].chosen.text != winners[0]]
+            else:
+                drop = []
+            for i in drop:
+                keep[i] = False
+            counts["contradiction_rows_dropped"] += len(drop)
+        seen: set[str] = set()
+        for i in rows:
+            if not keep[i]:
+                continue
+            t = comparisons[i].chosen.text
+            if t in seen:
+                counts["duplicate_rows"] += 1
+                if duplicates == "drop":
+                    keep[i] = False
+                    counts["duplicate_rows_dropped"] += 1
+            seen.add(t)
+    out = [c for c, k in zip(comparisons, keep) if k]
+    counts["rows_out"] = len(out)
+    return out, counts
+
+
+def build_pairs(comparisons: list[Comparison], rm: RewardModel) -> list[PairExample]:
+    """Tokenise each comparison: the query once, chosen and rejected with EOS (a finished summary)."""
+    out = []
+    for c in comparisons:
+        d = c.confidence_distance
+        out.append(PairExample(rm.encode_query(c.post), rm.encode_response(c.chosen.text),
+                               rm.encode_response(c.rejected.text), float("nan") if d is None else float(d)))
+    return out
+
+
+def load_data(cfg: RewardConfig) -> tuple[list[Comparison], list[Comparison], dict[str, int]]:
+    d = cfg.data
+    rows = list(load_comparisons(d.comparisons, limit=d.limit, skip_bad=d.skip_bad))
+    if d.dev:
+        train_rows, dev_rows = rows, list(load_comparisons(d.dev, skip_bad=d.skip_bad))
+        overlap = {c.post.id for c in train_rows} & {c.post.id for c in dev_rows}
+        if overlap:
+            raise ValueError(f"{len(overlap)} posts are in both {d.comparisons} and {d.dev} (e.g. "
+                             f"{sorted(overlap)[0]}): dev accuracy would be inflated")
+    else:
+        train_rows, dev_rows = split_by_post(rows, d.dev_fraction, seed=d.split_seed)
+    train_rows, train_counts = resolve_repeats(train_rows, d.duplicates, d.contradictions)
+    dev_rows, dev_counts = resolve_repeats(dev_rows, d.duplicates, d.contradictions)
+    counts = {f"data/train_{k}": v for k, v in train_counts.items()}
+    counts |= {f"data/dev_{k}": v for k, v in dev_counts.items()}
+    counts["data/train_posts"] = len({c.post.id for c in train_rows})
+    counts["data/dev_posts"] = len({c.post.id for c in dev_rows})
+    return train_rows, dev_rows, counts
+
+
+def collate_pairs(pairs: list[PairExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen sequences then rejected ones, in one right-padded batch: ids, mask (2m, T)."""
+    seqs = [p.query_ids + p.chosen_ids for p in pairs] + [p.query_ids + p.rejected_ids for p in pairs]
+    return pad_sequences(seqs, pad_id)
+
+
+def length_grouped_order(lengths: list[int], batch_size: int, seed: int) -> list[int]:
+    """A shuffled order of full batches whose pairs have similar lengths (less padding); depends on seed only."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    mega = 16 * batch_size
+    chunks = [sorted(perm[i : i + mega], key=lambda j: -lengths[j]) for i in range(0, len(perm), mega)]
+    flat = [j for chunk in chunks for j in chunk]
+    batches = [flat[i : i + batch_size] for i in range(0, len(flat) - batch_size + 1, batch_size)]
+    order = torch.randperm(len(batches), generator=g).tolist()
+    return [j for b in order for j in batches[b]]
+
+
+# ------------------------------------------------------------------------------------------------ loss, eval
+
+def pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, distance: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "confidence":
+        return confidence_preference_loss(r_chosen, r_rejected, distance)
+    return preference_loss(r_chosen, r_rejected)
+
+
+def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(r_chosen (m,), r_rejected (m,), real tokens) of one micro batch, in one forward of 2m sequences."""
+    ids, mask = collate_pairs(pairs, rm.tokenizer.pad_token_id)
+    with autocast(bf16):
+        scores = rm(ids, mask)  # (2m,)
+    m = len(pairs)
+    return scores[:m], scores[m:], int(mask.sum())
+
+
+@torch.no_grad()
+def evaluate(rm: RewardModel, pairs: list[PairExample], cfg: RewardConfig) -> dict[str, float]:
+    """Dev accuracy, loss and mean margin (pairs sorted by length, so the batches pad little)."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].query_ids))
+    per = max(1, cfg.eval_batch_size // 2)
+    rc, rr, dist = [], [], []
+    for i in range(0, len(order), per):
+        chunk = [pairs[j] for j in order[i : i + per]]
+        a, b, _ = forward_pairs(rm, chunk, cfg.bf16)
+        rc.append(a.float())
+        rr.append(b.float())
+        dist += [p.distance for p in chunk]
+    r_chosen, r_rejected = torch.cat(rc), torch.cat(rr)
+    return {"eval/accuracy": float(preference_accuracy(r_chosen, r_rejected)),
+            "eval/loss": float(preference_loss(r_chosen, r_rejected)),
+            "eval/margin": float((r_chosen - r_rejected).mean()), "eval/n_pairs": len(pairs)}
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
+    """Run (or resume) RM training into the run directory `out`. `stop_after` simulates an interruption."""
+    run = RunDir(out)
+    if run.is_done():
+        log.info("%s is already DONE; nothing to do", out)
+        return run.read_done()
+    seed_everything(cfg.seed)
+    run.start("rm", cfg)
+    sizes = batch_sizes(cfg.batch_size, cfg.micro_batch_size)
+    t_start = time.time()
+
+    # (1) backbone + fresh head, comparisons
+    train_rows, dev_rows, data_counts = load_data(cfg)
+    rm = new_reward_model(cfg.model, max_query_tokens=cfg.data.max_query_tokens,
+                          max_response_tokens=cfg.data.max_response_tokens, seed=cfg.seed,
+                          allow_partial=cfg.allow_partial)
+    freeze_lower_layers(rm.lm, cfg.freeze_layers)
+    trainable = sum(p.numel() for p in rm.parameters() if p.requires_grad)
+    rm.train()
+
+    # (2) tokenised train / dev pairs (the dev split and repeat policies were applied in load_data)
+    train_pairs, dev_pairs = build_pairs(train_rows, rm), build_pairs(dev_rows, rm)
+    per_epoch = len(train_pairs) // sizes.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{len(train_pairs)} training pairs is fewer than one batch of {sizes.batch_size}")
+    total_steps = min(per_epoch * cfg.epochs, cfg.max_steps) if cfg.max_steps else per_epoch * cfg.epochs
+    optimizer, scheduler = make_optimizer(rm, cfg.optim, total_steps)
+    pad_id = rm.tokenizer.pad_token_id
+    lengths = [len(p.query_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in train_pairs]
+    log.info("rm: %d train / %d dev pairs, %d steps (%d per epoch), batch %d pairs = %d micro × %d accum, "
+             "%.1fM trainable params, loss %s", len(train_pairs), len(dev_pairs), total_steps, per_epoch,
+             sizes.batch_size, sizes.micro_batch_size, sizes.grad_accum_steps, trainable / 1e6, cfg.loss)
+
+    step, pairs_seen = 0, 0
+    if run.has_state():
+        trainer = load_checkpoint(run, rm, optimizer, scheduler)
+        step, pairs_seen = trainer["step"], trainer["pairs_seen"]
+        run.truncate_metrics(step)
+        log.info("resumed from step %d", step)
+    else:  # the "before" picture: dev accuracy of the fresh head, and what the repeat policies did
+        before = evaluate(rm, dev_pairs, cfg) if dev_pairs else {}
+        run.log_metrics(0, {**data_counts, **before})
+
+    # (3) the loop
+    order, order_epoch = None, -1
+    bar = tqdm(total=total_steps, initial=step, desc="rm", unit="step", dynamic_ncols=True)
+    while step < total_steps:
+        epoch, position = divmod(step, per_epoch)
+        if epoch != order_epoch:  # depends only on (seed, epoch): resume needs nothing more
+            order, order_epoch = length_grouped_order(lengths, sizes.batch_size, cfg.seed + epoch), epoch
+        batch_idx = order[position * sizes.batch_size : (position + 1) * sizes.batch_size]
+        t0 = time.time()
+
+        # one optimiser step: the loss is the mean over the batch's pairs
+        loss_total, correct, margin_total, n_tokens = 0.0, 0.0, 0.0, 0
+        for i in range(0, len(batch_idx), sizes.micro_batch_size):
+            pairs = [train_pairs[j] for j in batch_idx[i : i + sizes.micro_batch_size]]
+            r_chosen, r_rejected, tokens = forward_pairs(rm, pairs, cfg.bf16)
+            distance = torch.tensor([p.distance for p in pairs])
+            loss = pair_loss(r_chosen, r_rejected, distance, cfg.loss)
+            (loss * len(pairs) / sizes.batch_size).backward()
+            loss_total += float(loss) * len(pairs)
+            correct += float(preference_accuracy(r_chosen.detach(), r_rejected.detach())) * len(pairs)
+            margin_total += float((r_chosen - r_rejected).detach().sum())
+            n_tokens += tokens
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in rm.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        pairs_seen += len(batch_idx)
+        dt = time.time() - t0
+
+        # (4) log, evaluate, checkpoint
+        n = len(batch_idx)
+        metrics: dict[str, float] = {
+            "train/loss": loss_total / n, "train/accuracy": correct / n, "train/margin": margin_total / n,
+            "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
+            "train/pairs_per_s": n / dt, "train/tokens_per_s": n_tokens / dt, "train/pairs_seen": pairs_seen,
+            "train/epoch": epoch + (position + 1) / per_epoch}
+        last = step == total_steps
+        if dev_pairs and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+            metrics |= evaluate(rm, dev_pairs, cfg)
+            rm.train()
+        if step % cfg.log_every == 0 or "eval/accuracy" in metrics or last:
+            run.log_metrics(step, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.2f}",
+                        pairs_s=f"{metrics['train/pairs_per_s']:.2f}")
+        if (cfg.save_every and step % cfg.save_every == 0) or last:
+            save_checkpoint(run, rm, optimizer, scheduler, {"step": step, "pairs_seen": pairs_seen})
+        if stop_after is not None and step >= stop_after and not last:
+            bar.close()
+            return {"stopped_at": step}
+    bar.close()
+
+    # (5) normalise on human references, save model/, DONE.json
+    rm.eval()
+    norm: dict[str, Any] = {}
+    if cfg.normalise_on:
+        posts = list(load_posts(cfg.normalise_on, limit=cfg.normalise_limit))
+        norm = normalise(rm, posts, batch_size=cfg.eval_batch_size, bf16=cfg.bf16, source=cfg.normalise_on)
+    save_reward_model(rm, run.model_dir)
+    rows = run.read_metrics()
+    evals = [r for r in rows if "eval/accuracy" in r]
+    best = max(evals, key=lambda r: r["eval/accuracy"]) if evals else None
+    summary = {"stage": "rm", "step": step, "wall_s": time.time() - t_start, "pairs_seen": pairs_seen,
+               "loss": cfg.loss, "train_pairs": len(train_pairs), "dev_pairs": len(dev_pairs),
+               "dev_accuracy": evals[-1]["eval/accuracy"] if evals else None,
+               "dev_accuracy_before": evals[0]["eval/accuracy"] if evals and evals[0]["step"] == 0 else None,
+               "dev_loss": evals[-1]["eval/loss"] if evals else None,
+               "best_dev_accuracy": best["eval/accuracy"] if best else None,
+               "best_dev_step": best["step"] if best else None,
+               "train_loss_final": next((r["train/loss"] for r in reversed(rows) if "train/loss" in r), None),
+               "normalisation": norm,
+               "data": next(({k: v for k, v in r.items() if k.startswith("data/")} for r in rows if r["step"] == 0),
+                            data_counts)}
+    if summary["dev_accuracy"] is not None and math.isnan(summary["dev_accuracy"]):
+        raise RuntimeError("dev accuracy is NaN")
+    run.write_done(summary)
+    log.info("rm done: dev accuracy %s after %d steps", summary["dev_accuracy"], step)
+    return summary
