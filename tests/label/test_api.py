@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from rlhflab.label.db import current_revision
 from rlhflab.label.models import Answer, Assignment, utcnow
-from tests.label.conftest import Api, answer_next, comparison_tasks, make_app, post_row, setup_project
+from labelkit import Api, answer_next, comparison_tasks, make_app, post_row, setup_project
 
 USERS = {"root": "admin", "ann": "labeler", "bob": "labeler", "cat": "labeler", "dan": "labeler"}
 

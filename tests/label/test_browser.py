@@ -21,7 +21,7 @@ import pytest
 
 from rlhflab.label import service
 from rlhflab.label.models import User
-from tests.label.conftest import PASSWORD, make_app, post_row
+from labelkit import PASSWORD, make_app, post_row
 
 pytestmark = pytest.mark.browser
 

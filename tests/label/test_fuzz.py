@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from tests.label.conftest import Api, comparison_tasks, make_app  # noqa: E402
+from labelkit import Api, comparison_tasks, make_app  # noqa: E402
 
 EXAMPLES = 30  # per operation and generation mode (valid-by-schema and deliberately invalid requests)
 SKIP = {("POST", "/api/logout")}  # cookie sessions are not revocable server-side: nothing to fuzz there

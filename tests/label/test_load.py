@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_module():

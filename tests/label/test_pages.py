@@ -6,7 +6,7 @@ import gzip
 import json
 import re
 
-from tests.label.conftest import PASSWORD, make_app
+from labelkit import PASSWORD, make_app
 
 
 def _token(html: str) -> str:

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from rlhflab.label.cli import main as label_main
-from tests.label.conftest import PASSWORD, Api, fast_settings
+from labelkit import PASSWORD, Api, fast_settings
 
 loaders = pytest.importorskip("rlhflab.data.loaders", reason="rlhflab.data.loaders is not available yet")
 load_comparisons = loaders.load_comparisons

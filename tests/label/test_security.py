@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import inspect, select
 
 from rlhflab.label.models import User
-from tests.label.conftest import PASSWORD, Api, make_app, post_row
+from labelkit import PASSWORD, Api, make_app, post_row
 
 USERS = {"root": "admin", "ann": "labeler", "bob": "labeler"}
 XSS = '<script>alert("xss")</script><img src=x onerror="alert(1)">'
