@@ -298,7 +298,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
             distance = torch.tensor([p.distance for p in pairs])
             loss = pair_loss(r_chosen, r_rejected, distance, cfg.loss)
             (loss * len(pairs) / sizes.batch_size).backward()
-            loss_total += float(loss) * len(pairs)
+            loss_total += float(loss.detach()) * len(pairs)
             correct += float(preference_accuracy(r_chosen.detach(), r_rejected.detach())) * len(pairs)
             margin_total += float((r_chosen - r_rejected).detach().sum())
             n_tokens += tokens

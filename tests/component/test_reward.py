@@ -1,0 +1,263 @@
+"""Reward model on tiny in-process models: the score's token, padding, normalisation, training, resume, rm-eval."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from rlhflab.cli import main  # noqa: E402
+from rlhflab.core.config import load_config  # noqa: E402
+from rlhflab.core.rundir import RunDir, RunError  # noqa: E402
+from rlhflab.data.loaders import load_comparisons  # noqa: E402
+from rlhflab.data.records import Comparison, Post, Summary  # noqa: E402
+from rlhflab.models.reward import (  # noqa: E402
+    last_token_index,
+    load_reward_model,
+    new_reward_model,
+    normalise,
+    pad_sequences,
+    save_reward_model,
+)
+from rlhflab.train.reward import RewardConfig, resolve_repeats, train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = "cat dog rent job car house friend money school trip phone boss game sister lease work".split()
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+# ------------------------------------------------------------------------------------------------ data helpers
+
+def synthetic_rows(n_posts: int = 48, seed: int = 0) -> list[dict]:
+    """OpenAI-schema comparisons where people always prefer the summary that says "good" (a learnable rule).
+    The chosen summary is the shorter one half the time, so length alone scores ~0.5."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n_posts):
+        topic = rng.sample(WORDS, 3)
+        post = f"My {topic[0]} and my {topic[1]} had a fight about the {topic[2]}. What now?"
+        for j in range(2):
+            base = " ".join(rng.sample(WORDS, 2))
+            good, bad = f" {base} good", f" {base} bad"
+            if rng.random() < 0.5:
+                good, bad = good + " ok so", bad
+            else:
+                good, bad = good, bad + " ok so"
+            choice = rng.randrange(2)
+            texts = [good, bad] if choice == 0 else [bad, good]
+            conf = rng.choice([1, 2, 3, 4]) if choice == 0 else rng.choice([6, 7, 8, 9])
+            rows.append({"info": {"id": f"p{i}", "post": post, "title": f"t{i}", "subreddit": "test"},
+                         "split": "valid1", "summaries": [{"text": texts[0], "policy": "a"},
+                                                          {"text": texts[1], "policy": "b"}],
+                         "choice": choice, "worker": f"w{j}", "batch": "synthetic", "extra": {"confidence": conf}})
+    return rows
+
+
+def synthetic_posts(n: int = 12) -> list[dict]:
+    return [{"id": f"r{i}", "subreddit": "test", "title": f"t{i}", "post": f"A post about the {WORDS[i % 16]}.",
+             "summary": f"{WORDS[(i + 3) % 16]} {'good' if i % 2 else 'bad'}"} for i in range(n)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    with gzip.open(path, "wt") if path.suffix == ".gz" else open(path, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_cfg(tmp_path: Path, **overrides) -> RewardConfig:
+    comparisons = write_jsonl(tmp_path / "cmp.jsonl", synthetic_rows())
+    posts = write_jsonl(tmp_path / "posts.jsonl", synthetic_posts())
+    base = {"data.comparisons": comparisons, "data.limit": "null", "data.dev_fraction": 0.25,
+            "data.max_query_tokens": 200, "normalise_on": posts, "epochs": 4, "optim.lr": 3e-3,
+            "optim.warmup_ratio": 0.0, "eval_every": 0, "save_every": 4}
+    base.update(overrides)
+    return load_config(RewardConfig, "configs/rm/tiny.yaml", [f"{k}={v}" for k, v in base.items()])
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+def test_last_token_index_from_mask_for_both_padding_sides():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert last_token_index(mask).tolist() == [2, 4, 4]
+    with pytest.raises(ValueError, match="no real token"):
+        last_token_index(torch.tensor([[0, 0]]))
+
+
+def test_left_and_right_padding_give_the_same_score():
+    rm = new_reward_model("tiny:3")
+    eos = rm.tokenizer.eos_token_id
+    seqs = [[5, 6, 7, 8, 9, 10, eos], [40, 41, eos], [70, 71, 72, 73, eos]]
+    with torch.no_grad():
+        right = rm(*pad_sequences(seqs, rm.tokenizer.pad_token_id, "right"))
+        left = rm(*pad_sequences(seqs, rm.tokenizer.pad_token_id, "left"))
+        alone = torch.cat([rm(*pad_sequences([s], eos)) for s in seqs])
+    torch.testing.assert_close(right, left, atol=1e-5, rtol=0)
+    torch.testing.assert_close(right, alone, atol=1e-5, rtol=0)
+
+
+def test_score_is_read_at_the_last_real_token_which_may_be_eos():
+    rm = new_reward_model("tiny:4")
+    eos = rm.tokenizer.eos_token_id  # == pad id: a pad-id search would stop at the response's EOS or miss it
+    assert eos == rm.tokenizer.pad_token_id
+    seqs = [[5, 6, 7, eos], [9, 10, 11, 12, 13, 14, eos]]
+    ids, mask = pad_sequences(seqs, eos)
+    with torch.no_grad():
+        base = rm(ids, mask)
+        after = ids.clone()
+        after[0, 4:] = 99  # tokens after the last real token (masked out) do not matter
+        assert torch.equal(rm(after, mask), base)
+        changed = ids.clone()
+        changed[0, 3] = 42  # the last real token (the EOS) does
+        assert not torch.isclose(rm(changed, mask)[0], base[0])
+        without_eos = rm(*pad_sequences([[5, 6, 7]], eos))
+        assert not torch.isclose(without_eos[0], base[0])  # the EOS itself is scored
+
+
+def test_normalisation_makes_references_average_zero_and_survives_save_load(tmp_path):
+    rm = new_reward_model("tiny:5", max_query_tokens=200)
+    posts = [Post(id=f"x{i}", text=f"post number {i} about a {WORDS[i]}", title="t", subreddit="s",
+                  reference=f"{WORDS[i]} summary") for i in range(10)]
+    info = normalise(rm, posts)
+    refs = rm.score(posts, [p.reference for p in posts])
+    assert float(refs.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert info["n_references"] == 10 and info["bias"] == pytest.approx(float(rm.bias))
+    save_reward_model(rm, tmp_path / "model")
+    assert {"reward_head.safetensors", "reward.json", "model.safetensors", "config.json"} <= {
+        p.name for p in (tmp_path / "model").iterdir()}
+    loaded = load_reward_model(tmp_path / "model")
+    torch.testing.assert_close(loaded.score(posts, [p.reference for p in posts]), refs, atol=1e-5, rtol=0)
+    assert float(loaded.score(posts, [p.reference for p in posts]).mean()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_a_plain_language_model_is_not_a_reward_model(tmp_path):
+    from rlhflab.models.loading import ModelLoadError, save_model, tiny_model_and_tokenizer
+
+    save_model(*tiny_model_and_tokenizer(), tmp_path / "lm")
+    with pytest.raises(ModelLoadError, match="not a reward model"):
+        load_reward_model(tmp_path / "lm")
+
+
+# ------------------------------------------------------------------------------------------------ data policies
+
+def cmp(post: str, a: str, b: str, choice: int) -> Comparison:
+    return Comparison(post=Post(id=post, text="x"), summaries=(Summary(a), Summary(b)), choice=choice)
+
+
+def test_duplicates_and_contradictions_are_resolved_and_counted():
+    rows = [cmp("p", "A", "B", 0), cmp("p", "B", "A", 1),  # a duplicate (same pair, same choice, swapped order)
+            cmp("p", "A", "B", 1),  # the contradiction: 2 votes for A, 1 for B
+            cmp("q", "C", "D", 0), cmp("q", "C", "D", 1),  # a tie
+            cmp("r", "E", "F", 1)]
+    out, n = resolve_repeats(rows, "drop", "majority")
+    assert [(c.post.id, c.chosen.text) for c in out] == [("p", "A"), ("r", "F")]
+    assert n["contradicted_pairs"] == 2 and n["contradiction_ties_dropped"] == 1
+    assert n["contradiction_rows_dropped"] == 3 and n["duplicate_rows"] == 1 and n["duplicate_rows_dropped"] == 1
+    kept, n2 = resolve_repeats(rows, "keep", "keep")
+    assert len(kept) == 6 and n2["duplicate_rows"] == 1 and n2["contradicted_pairs"] == 2
+    dropped, _ = resolve_repeats(rows, "keep", "drop")
+    assert [c.post.id for c in dropped] == ["r"]
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda r: r.update(choice=2), "choice"),
+    (lambda r: r["summaries"].pop(), "summaries"),
+    (lambda r: r["summaries"][1].pop("text"), "summaries[1].text"),
+    (lambda r: r["extra"].update(confidence=11), "extra.confidence"),
+])
+def test_bad_comparison_row_is_a_clear_cli_error_naming_the_line(tmp_path, capsys, mutate, field):
+    rows = synthetic_rows(n_posts=3)
+    mutate(rows[4])
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    code = main(["rm", "--config", "configs/rm/tiny.yaml", "--out", str(tmp_path / "run"),
+                 f"data.comparisons={path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "line 5" in err and field in err and "Traceback" not in err, err
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def test_tiny_rm_learns_a_synthetic_preference_and_beats_length(tmp_path):
+    out = tmp_path / "rm"
+    summary = train(tiny_cfg(tmp_path), str(out))
+    run = RunDir(out)
+    assert run.is_done() and (run.model_dir / "reward_head.safetensors").exists()
+    assert summary["dev_accuracy"] >= 0.9, summary
+    assert summary["dev_accuracy_before"] < 0.8
+    assert summary["normalisation"]["n_references"] == 12
+    assert summary["data"]["data/train_rows_in"] + summary["data"]["data/dev_rows_in"] == 96
+    rm = load_reward_model(out)  # from the run directory alone
+    ref_scores = rm.score([Post(id=p["id"], text=p["post"], title=p["title"], subreddit=p["subreddit"])
+                           for p in synthetic_posts()], [p["summary"] for p in synthetic_posts()])
+    assert float(ref_scores.mean()) == pytest.approx(0.0, abs=1e-4)
+
+    # rm-eval on the dev split: accuracy next to the length baseline, calibration, worst errors, plot
+    ev = tmp_path / "eval"
+    code = main(["rm-eval", "--config", "configs/rm-eval/tiny.yaml", "--out", str(ev), f"model={out}",
+                 f"comparisons={tmp_path / 'cmp.jsonl'}", "split=dev", "dev_fraction=0.25", "limit=null"])
+    assert code == 0
+    report = json.loads((ev / "report.json").read_text())
+    assert report["n_pairs"] == summary["dev_pairs"] + summary["data"]["data/dev_duplicate_rows_dropped"] + \
+        summary["data"]["data/dev_contradiction_rows_dropped"]
+    for key in ("accuracy", "length_baseline_accuracy", "similar_length_accuracy", "per_confidence",
+                "per_policy_pair", "per_split", "per_batch", "calibration", "worst_errors"):
+        assert key in report, key
+    assert report["accuracy"] >= 0.9 and report["length_baseline_accuracy"] < 0.8
+    assert set(report["per_confidence"]) <= {"1", "2", "3", "4"}
+    assert sum(b["n"] for b in report["calibration"]["bins"]) == report["n_pairs"]
+    assert (ev / "reliability.png").exists() or report["reliability_plot"] is None
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    cfg = tiny_cfg(tmp_path, epochs=1, save_every=3, eval_every=4)
+    train(cfg, str(tmp_path / "straight"))
+    assert train(cfg, str(tmp_path / "resumed"), stop_after=5) == {"stopped_at": 5}
+    assert not RunDir(tmp_path / "resumed").is_done()
+    with pytest.raises(RunError, match="unfinished"):
+        load_reward_model(tmp_path / "resumed")
+    assert load_reward_model(tmp_path / "resumed", allow_partial=True) is not None
+    train(cfg, str(tmp_path / "resumed"))  # resumes from the step-3 checkpoint
+
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "reward_head.safetensors"):
+        a = load_file(tmp_path / "straight/model" / name)
+        b = load_file(tmp_path / "resumed/model" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    rows_a, rows_b = RunDir(tmp_path / "straight").read_metrics(), RunDir(tmp_path / "resumed").read_metrics()
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
+    assert [r.get("train/loss") for r in rows_a] == [r.get("train/loss") for r in rows_b]
+    assert [r.get("eval/accuracy") for r in rows_a] == [r.get("eval/accuracy") for r in rows_b]
+
+
+def test_confidence_loss_trains_and_score_command_fills_sample_scores(tmp_path):
+    out = tmp_path / "rm"
+    summary = train(tiny_cfg(tmp_path, loss="confidence", epochs=1, normalise_on="null"), str(out))
+    assert summary["loss"] == "confidence" and summary["normalisation"] == {}
+    samples = tmp_path / "samples.jsonl"
+    write_jsonl(samples, [{"post_id": f"r{i}", "policy": "pi", "text": f" {w} good", "n_tokens": 5, "index": 0,
+                           "eos": i % 2 == 0} for i, w in enumerate(WORDS[:6])])
+    code = main(["score", "--config", "configs/score/tiny.yaml", "--out", str(tmp_path / "score"), f"model={out}",
+                 f"samples={samples}", f"posts={tmp_path / 'posts.jsonl'}"])
+    assert code == 0
+    scored = [json.loads(line) for line in (tmp_path / "score/samples.jsonl").read_text().splitlines()]
+    assert len(scored) == 6 and all(isinstance(r["score"], float) for r in scored)
+    assert RunDir(tmp_path / "score").read_done()["mean_score_per_policy"]["pi"] == pytest.approx(
+        sum(r["score"] for r in scored) / 6)
+
+
+def test_comparisons_with_a_plain_pair_file_load(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"query": "Q: x\nTL;DR:", "chosen": " a", "rejected": " b"}])
+    (c,) = load_comparisons(path)
+    assert c.chosen.text == " a" and c.post.source == "query"
