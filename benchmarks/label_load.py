@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +41,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "label_load.json"
 PASSWORD = "load-test-password"
 RETRYABLE = (httpx.TransportError,)
+
+
+def redact(text: str) -> str:
+    """Database passwords never go into the results file."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
 
 
 def free_port() -> int:
@@ -318,7 +324,7 @@ async def run_async(args: argparse.Namespace) -> dict:
         "database": db_url.split("://", 1)[0] if args.db else "sqlite (temporary file)",
         "client_errors": errors[:10],
         "server_log_tail": log_tail if errors else "",
-        "command": " ".join(["python", "benchmarks/label_load.py", *sys.argv[1:]]) if args.record_command else None,
+        "command": redact(" ".join(["python", "benchmarks/label_load.py", *sys.argv[1:]])),
         "machine": machine(), "versions": versions(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -342,7 +348,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chance that a client sends an acknowledged answer once more (a lost response)")
     p.add_argument("--cheap-hashes", action="store_true", help="low-cost argon2 (tests)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.set_defaults(record_command=True)
     return p
 
 

@@ -8,7 +8,6 @@ state-changing request (POST/PATCH/DELETE) must carry the session's CSRF token â
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 from collections.abc import Iterator
@@ -629,7 +628,3 @@ def _error(request: Request, status: int, message: str) -> Response:
         return render(request, "error.html", status_code=status, status=status, message=message)
     except Exception:  # noqa: BLE001 - never let an error page fail
         return JSONResponse({"detail": message}, status_code=status)
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj)
