@@ -91,8 +91,11 @@ def alembic_config(engine: Engine):
 
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` (alembic upgrade), in one connection."""
+    import logging
+
     from alembic import command
 
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin otherwise
     cfg = alembic_config(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
