@@ -28,6 +28,7 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.data.loaders import load_comparisons
 from rlhflab.data.records import Comparison
+from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
 from rlhflab.models.reward import load_reward_model
 
@@ -42,6 +43,8 @@ class RMEvalConfig:
     split: Literal["all", "dev", "train"] = "all"  # "dev": only the posts the RM stage held out
     dev_fraction: float = 0.15  # must match the RM run's data.dev_fraction / data.split_seed for split=dev
     split_seed: int = 0
+    duplicates: Literal["drop", "keep"] = "keep"  # repeated labels of one pair: every row counts by default;
+    contradictions: Literal["majority", "drop", "keep"] = "keep"  # set both as in the RM run to match its dev set
     limit: int | None = None
     skip_bad: bool = False
     batch_size: int = 16  # sequences per forward
@@ -133,11 +136,12 @@ def reliability_plot(cal: dict[str, Any], path, title: str) -> bool:
     return True
 
 
-def select_split(rows: list[Comparison], cfg: RMEvalConfig) -> list[Comparison]:
-    if cfg.split == "all":
-        return rows
-    train, dev = split_by_post(rows, cfg.dev_fraction, seed=cfg.split_seed)
-    return dev if cfg.split == "dev" else train
+def select_split(rows: list[Comparison], cfg: RMEvalConfig) -> tuple[list[Comparison], dict[str, int]]:
+    """The split's rows, with the repeat policies applied (and their counts)."""
+    if cfg.split != "all":
+        train, dev = split_by_post(rows, cfg.dev_fraction, seed=cfg.split_seed)
+        rows = dev if cfg.split == "dev" else train
+    return resolve_repeats(rows, cfg.duplicates, cfg.contradictions)
 
 
 def evaluate(cfg: RMEvalConfig, out: str) -> dict:
@@ -147,7 +151,8 @@ def evaluate(cfg: RMEvalConfig, out: str) -> dict:
     run.start("rm-eval", cfg)
     t_start = time.time()
     rm = load_reward_model(cfg.model, allow_partial=cfg.allow_partial)
-    comparisons = select_split(list(load_comparisons(cfg.comparisons, limit=cfg.limit, skip_bad=cfg.skip_bad)), cfg)
+    loaded = list(load_comparisons(cfg.comparisons, limit=cfg.limit, skip_bad=cfg.skip_bad))
+    comparisons, repeat_counts = select_split(loaded, cfg)
     if not comparisons:
         raise ValueError(f"no comparisons to evaluate in {cfg.comparisons} (split={cfg.split})")
     log.info("rm-eval: %d pairs from %s (split %s)", len(comparisons), cfg.comparisons, cfg.split)
@@ -218,6 +223,7 @@ def evaluate(cfg: RMEvalConfig, out: str) -> dict:
         "worst_errors": [{k: r[k] for k in ("post_id", "confidence", "p_chosen", "r_chosen", "r_rejected",
                                             "chosen", "rejected")} for r in worst],
         "normalisation": rm.normalisation,
+        "repeats": {"duplicates": cfg.duplicates, "contradictions": cfg.contradictions, **repeat_counts},
     }
     from rlhflab.core.rundir import atomic_write_json
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +32,7 @@ from rlhflab.core.rundir import RunDir
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.loaders import load_comparisons, load_posts
 from rlhflab.data.records import Comparison
+from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
 from rlhflab.models.reward import (
     RewardModel,
@@ -100,57 +100,6 @@ class PairExample:
 
 
 # ------------------------------------------------------------------------------------------------ data
-
-def pair_key(c: Comparison) -> tuple[str, frozenset[str]]:
-    return c.post.id, frozenset((c.summaries[0].text, c.summaries[1].text))
-
-
-def resolve_repeats(comparisons: list[Comparison], duplicates: str, contradictions: str
-                    ) -> tuple[list[Comparison], dict[str, int]]:
-    """Apply the contradiction policy, then the duplicate policy (see the module docstring). Order is kept."""
-    groups: dict[Any, list[int]] = defaultdict(list)
-    for i, c in enumerate(comparisons):
-        groups[pair_key(c)].append(i)
-    keep = [True] * len(comparisons)
-    counts = {"rows_in": len(comparisons), "contradicted_pairs": 0, "contradiction_rows_dropped": 0,
-              "contradiction_ties_dropped": 0, "duplicate_rows": 0, "duplicate_rows_dropped": 0}
-    for rows in groups.values():
-        chosen_texts = [comparisons[i].chosen.text for i in rows]
-        votes: dict[str, int] = defaultdict(int)
-        for t in chosen_texts:
-            votes[t] += 1
-        if len(votes) > 1:
-            counts["contradicted_pairs"] += 1
-            if contradictions == "drop":
-                drop = rows
-            elif contradictions == "majority":
-                best = max(votes.values())
-                winners = [t for t, v in votes.items() if v == best]
-                if len(winners) > 1:
-                    counts["contradiction_ties_dropped"] += 1
-                    drop = rows
-                else:
-                    drop = [i for i in rows if comparisons[i].chosen.text != winners[0]]
-            else:
-                drop = []
-            for i in drop:
-                keep[i] = False
-            counts["contradiction_rows_dropped"] += len(drop)
-        seen: set[str] = set()
-        for i in rows:
-            if not keep[i]:
-                continue
-            t = comparisons[i].chosen.text
-            if t in seen:
-                counts["duplicate_rows"] += 1
-                if duplicates == "drop":
-                    keep[i] = False
-                    counts["duplicate_rows_dropped"] += 1
-            seen.add(t)
-    out = [c for c, k in zip(comparisons, keep) if k]
-    counts["rows_out"] = len(out)
-    return out, counts
-
 
 def build_pairs(comparisons: list[Comparison], rm: RewardModel) -> list[PairExample]:
     """Tokenise each comparison: the query once, chosen and rejected with EOS (a finished summary)."""

@@ -15,7 +15,7 @@ from rlhflab.cli import main  # noqa: E402
 from rlhflab.core.config import load_config  # noqa: E402
 from rlhflab.core.rundir import RunDir, RunError  # noqa: E402
 from rlhflab.data.loaders import load_comparisons  # noqa: E402
-from rlhflab.data.records import Comparison, Post, Summary  # noqa: E402
+from rlhflab.data.records import Post  # noqa: E402
 from rlhflab.models.reward import (  # noqa: E402
     last_token_index,
     load_reward_model,
@@ -24,7 +24,7 @@ from rlhflab.models.reward import (  # noqa: E402
     pad_sequences,
     save_reward_model,
 )
-from rlhflab.train.reward import RewardConfig, resolve_repeats, train  # noqa: E402
+from rlhflab.train.reward import RewardConfig, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = "cat dog rent job car house friend money school trip phone boss game sister lease work".split()
@@ -146,26 +146,7 @@ def test_a_plain_language_model_is_not_a_reward_model(tmp_path):
         load_reward_model(tmp_path / "lm")
 
 
-# ------------------------------------------------------------------------------------------------ data policies
-
-def cmp(post: str, a: str, b: str, choice: int) -> Comparison:
-    return Comparison(post=Post(id=post, text="x"), summaries=(Summary(a), Summary(b)), choice=choice)
-
-
-def test_duplicates_and_contradictions_are_resolved_and_counted():
-    rows = [cmp("p", "A", "B", 0), cmp("p", "B", "A", 1),  # a duplicate (same pair, same choice, swapped order)
-            cmp("p", "A", "B", 1),  # the contradiction: 2 votes for A, 1 for B
-            cmp("q", "C", "D", 0), cmp("q", "C", "D", 1),  # a tie
-            cmp("r", "E", "F", 1)]
-    out, n = resolve_repeats(rows, "drop", "majority")
-    assert [(c.post.id, c.chosen.text) for c in out] == [("p", "A"), ("r", "F")]
-    assert n["contradicted_pairs"] == 2 and n["contradiction_ties_dropped"] == 1
-    assert n["contradiction_rows_dropped"] == 3 and n["duplicate_rows"] == 1 and n["duplicate_rows_dropped"] == 1
-    kept, n2 = resolve_repeats(rows, "keep", "keep")
-    assert len(kept) == 6 and n2["duplicate_rows"] == 1 and n2["contradicted_pairs"] == 2
-    dropped, _ = resolve_repeats(rows, "keep", "drop")
-    assert [c.post.id for c in dropped] == ["r"]
-
+# ------------------------------------------------------------------------------------------------ bad data
 
 @pytest.mark.parametrize("mutate, field", [
     (lambda r: r.update(choice=2), "choice"),
@@ -203,11 +184,12 @@ def test_tiny_rm_learns_a_synthetic_preference_and_beats_length(tmp_path):
     # rm-eval on the dev split: accuracy next to the length baseline, calibration, worst errors, plot
     ev = tmp_path / "eval"
     code = main(["rm-eval", "--config", "configs/rm-eval/tiny.yaml", "--out", str(ev), f"model={out}",
-                 f"comparisons={tmp_path / 'cmp.jsonl'}", "split=dev", "dev_fraction=0.25", "limit=null"])
+                 f"comparisons={tmp_path / 'cmp.jsonl'}", "split=dev", "dev_fraction=0.25", "limit=null",
+                 "duplicates=drop", "contradictions=majority"])
     assert code == 0
     report = json.loads((ev / "report.json").read_text())
-    assert report["n_pairs"] == summary["dev_pairs"] + summary["data"]["data/dev_duplicate_rows_dropped"] + \
-        summary["data"]["data/dev_contradiction_rows_dropped"]
+    assert report["n_pairs"] == summary["dev_pairs"]  # the RM run's own dev pairs
+    assert report["accuracy"] == pytest.approx(summary["dev_accuracy"])
     for key in ("accuracy", "length_baseline_accuracy", "similar_length_accuracy", "per_confidence",
                 "per_policy_pair", "per_split", "per_batch", "calibration", "worst_errors"):
         assert key in report, key
