@@ -1,7 +1,8 @@
 """Round trip: what the app exports is what rlhflab's comparison loader (the reward model's input) reads.
 
 `rlhflab.data.loaders.load_comparisons` is the loader the reward-model stage trains from; these tests skip only
-when it cannot be imported. (They read /shared/data, and skip without it.)
+when it cannot be imported (the ones using /shared/data skip without it). The last test trains the reward model
+(`rlhflab rm`, tiny in-process model) on an export, and skips without the training stack.
 """
 
 from __future__ import annotations
@@ -86,3 +87,52 @@ def test_labels_from_the_app_load_as_comparisons(tmp_path, shared_data):
         assert c.chosen.text == picked[c.extra["task_id"]]
         assert c.confidence in (3, 8) and (c.confidence < 5) == (c.choice == 0)
         assert {s.policy for s in c.summaries} <= {"sft", "ppo", "ref"}
+
+
+def test_export_trains_the_reward_model_unchanged(tmp_path):
+    """Labels made in the app -> `rlhflab label export` -> `rlhflab rm` (tiny in-process model) trains on the file
+    as it is. Skips where the training stack (torch, transformers) is not installed."""
+    pytest.importorskip("torch", reason="the reward-model stage needs torch")
+    reward = pytest.importorskip("rlhflab.train.reward", reason="the reward-model stage is not available")
+    from rlhflab.cli import main as rlhflab_main
+    from rlhflab.core.rundir import RunDir
+    from rlhflab.label import db as dbm
+    from rlhflab.label import service
+
+    words = ["cat", "dog", "rent", "job", "boss", "sister", "car", "loan", "trip", "exam", "flat", "game"]
+    posts = [{"id": f"r{i}", "subreddit": "test", "title": f"t{i}",
+              "post": f"A post about the {words[i % 12]} number {i}.", "summary": f" about the {words[i % 12]}"}
+             for i in range(40)]
+    posts_file, samples_file = tmp_path / "posts.jsonl", tmp_path / "samples.jsonl"
+    posts_file.write_text("".join(json.dumps(p) + "\n" for p in posts))
+    samples = [{"post_id": p["id"], "policy": pol, "text": text, "n_tokens": 4}
+               for p in posts for pol, text in (("good", f" the {p['post'].split()[4]}"), ("bad", " nothing"))]
+    samples_file.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    assert _cli("create-project", "--db", db, "--name", "rm", "--samples", str(samples_file), "--posts",
+                str(posts_file), "--k", "1", "--gold-rate", "0") == 0
+    factory = dbm.session_factory(dbm.make_engine(db))
+    for name in ("ann", "bob", "cat"):  # three labelers share the 40 tasks: "good" is better
+        with dbm.session_scope(factory) as s:
+            user = service.create_user(s, None, name, None, role="external")
+            user.role = "labeler"
+            project = service.get_project(s, 1)
+            for _ in range(14):
+                a = service.next_assignment(s, project, user)
+                if a is None:
+                    break
+                good_left = (a.task.policy_a == "good") != a.swapped
+                side = "left" if good_left else "right"
+                service.submit_answer(s, user, a.id, side=side, confidence=2 if side == "left" else 8)
+    export = tmp_path / "labels.jsonl"
+    assert _cli("export", "--db", db, "--project", "rm", "--out", str(export)) == 0
+    assert len(export.read_text().splitlines()) == 40
+    out = tmp_path / "rm-run"
+    code = rlhflab_main(["rm", "--config", "configs/rm/tiny.yaml", "--out", str(out), f"data.comparisons={export}",
+                         "data.limit=null", "data.dev_fraction=0.25", "data.max_query_tokens=200",
+                         f"normalise_on={posts_file}", "epochs=1", "eval_every=0", "save_every=100"])
+    assert code == 0
+    done = RunDir(out).read_done()
+    assert RunDir(out).is_done() and reward is not None
+    rows_in = {k: v for k, v in done.get("data", {}).items() if k.endswith("_rows_in")}
+    assert sum(rows_in.values()) == 40, done
