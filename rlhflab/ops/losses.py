@@ -38,7 +38,7 @@ def confidence_target(distance: Tensor) -> Tensor:
 
 
 def confidence_preference_loss(r_chosen: Tensor, r_rejected: Tensor, distance: Tensor) -> Tensor:
-    """Soft-target loss: −[p·log σ(Δ) + (1−p)·log σ(−Δ)], Δ = r_chosen − r_rejected, p = confidence_target(d).
+    """Soft-target loss −[p·log σ(Δ) + (1−p)·log σ(−Δ)], Δ = r_chosen − r_rejected, p = confidence_target(d).
 
     (B,), (B,), (B,) -> (). Equals `preference_loss` when every distance is 4 (or unknown).
     """
