@@ -308,6 +308,24 @@ def add_tasks(project_id: ProjectId, body: schemas.TasksIn, _: Admin, request: R
         return {"created": len(tasks), "task_ids": [t.id for t in tasks]}
 
 
+@api.post("/projects/{project_id}/samples", response_model=schemas.TasksOut, status_code=201, tags=["admin"],
+          dependencies=[CSRF])
+def add_samples(project_id: ProjectId, body: schemas.SamplesIn, _: Admin, request: Request) -> Any:
+    """Tasks from samples: per post, `pairs_per_post` pairs of two different policies drawn at random (seeded),
+    and with `ratings` one rating task per sample."""
+    from rlhflab.data.records import Sample
+
+    posts = {p.id: formats.parse_post(p.model_dump()) for p in body.posts}
+    samples = [Sample(**smp.model_dump()) for smp in body.samples]
+    pairs = service.pairs_from_samples(samples, policies=body.policies, pairs_per_post=body.pairs_per_post,
+                                       ratings=body.ratings, comparisons=body.comparisons, seed=body.seed)
+    if not pairs:
+        raise Problem(422, "no tasks: comparisons need two policies for a post (or set ratings)")
+    with ctx_of(request).tx() as s:
+        tasks = service.add_tasks(s, service.get_project(s, project_id), pairs, posts)
+        return {"created": len(tasks), "task_ids": [t.id for t in tasks]}
+
+
 @api.post("/projects/{project_id}/import", response_model=schemas.ImportOut, status_code=201, tags=["admin"],
           dependencies=[CSRF])
 def import_comparisons(project_id: ProjectId, body: schemas.ImportIn, _: Admin, request: Request) -> Any:

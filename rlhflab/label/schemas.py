@@ -135,6 +135,29 @@ class TasksIn(Strict):
     tasks: Annotated[list[PairIn], Field(min_length=1, max_length=10000)]
 
 
+class SampleIn(Strict):
+    post_id: Ident
+    policy: Short
+    text: NonEmptyText
+    n_tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    index: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    eos: bool = True
+    score: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    extra: dict[str, Any] = {}
+
+
+class SamplesIn(Strict):
+    """Samples (`Sample.to_dict()` rows) and their posts: pairs of policies are drawn per post."""
+
+    posts: Annotated[list[PostIn], Field(min_length=1, max_length=10000)]
+    samples: Annotated[list[SampleIn], Field(min_length=1, max_length=100000)]
+    policies: Annotated[list[Short], Field(max_length=100)] | None = None
+    pairs_per_post: Annotated[int, Field(ge=1, le=100)] = 1
+    ratings: bool = False
+    comparisons: bool = True
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+
+
 class TasksOut(BaseModel):
     created: int
     task_ids: list[int]

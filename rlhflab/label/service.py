@@ -142,8 +142,9 @@ def add_tasks(s: Session, project: Project, pairs: list[formats.PairRow], posts:
 
 def pairs_from_samples(samples: list[Sample], *, policies: list[str] | None = None, pairs_per_post: int = 1,
                        ratings: bool = False, comparisons: bool = True, seed: int = 0) -> list[formats.PairRow]:
-    """Draw comparison pairs per post: two different policies at random, one of each one's samples. With
-    `ratings`, also one rating task per sample. Deterministic for a seed."""
+    """Draw comparison pairs per post: two different policies at random, one of each one's samples, never the
+    same two samples twice (so a post gets fewer pairs when it has fewer distinct ones). With `ratings`, also
+    one rating task per sample. Deterministic for a seed."""
     rng = random.Random(seed)
     by_post: dict[str, dict[str, list[Sample]]] = defaultdict(lambda: defaultdict(list))
     for smp in samples:
@@ -155,13 +156,22 @@ def pairs_from_samples(samples: list[Sample], *, policies: list[str] | None = No
         by_policy = by_post[post_id]
         names = sorted(by_policy)
         if comparisons and len(names) >= 2:
-            all_pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-            rng.shuffle(all_pairs)
-            for j in range(pairs_per_post):
-                pa, pb = all_pairs[j % len(all_pairs)]
-                sa, sb = rng.choice(by_policy[pa]), rng.choice(by_policy[pb])
-                out.append(formats.PairRow(post=None, post_id=post_id, summary_a=sa.text, policy_a=pa,
-                                           summary_b=sb.text, policy_b=pb))
+            # for each pair of policies, its sample pairs in random order; then take them round-robin
+            pools = []
+            for i, pa in enumerate(names):
+                for pb in names[i + 1:]:
+                    pool = [(sa, sb) for sa in by_policy[pa] for sb in by_policy[pb]]
+                    rng.shuffle(pool)
+                    pools.append(pool)
+            rng.shuffle(pools)
+            taken = 0
+            while taken < pairs_per_post and any(pools):
+                for pool in pools:
+                    if pool and taken < pairs_per_post:
+                        sa, sb = pool.pop()
+                        out.append(formats.PairRow(post=None, post_id=post_id, summary_a=sa.text,
+                                                   policy_a=sa.policy, summary_b=sb.text, policy_b=sb.policy))
+                        taken += 1
         if ratings:
             for name in names:
                 for smp in by_policy[name]:

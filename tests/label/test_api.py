@@ -253,3 +253,29 @@ def test_project_validation(db_url):
         r = admin.post(f"/api/projects/{pid}/tasks", {"tasks": [t]})
         assert r.status_code == 422, (t, r.text)
     assert admin.patch(f"/api/projects/{pid}", {"active": False}).json()["active"] is False
+
+
+def test_tasks_from_samples(db_url):
+    app = make_app(db_url, USERS)
+    admin = Api(app).login("root")
+    pid = admin.post("/api/projects", {"name": "samples", "gold_rate": 0.0}).json()["id"]
+    samples = [{"post_id": f"t3_{i}", "policy": pol, "text": f" {pol} {i}.{j}", "n_tokens": 3, "index": j}
+               for i in range(3) for pol in ("sft", "ppo", "ref") for j in range(2)]
+    body = {"posts": [post_row(i) for i in range(3)], "samples": samples, "policies": ["sft", "ppo"],
+            "pairs_per_post": 2, "seed": 7}
+    r = admin.post(f"/api/projects/{pid}/samples", body)
+    assert r.status_code == 201 and r.json()["created"] == 6
+    ann = Api(app).login("ann")
+    seen = set()
+    while (a := answer_next(ann, pid)) is not None:
+        seen.add((a["left"], a["right"]))
+        assert {a["left"].split()[0], a["right"].split()[0]} == {"sft", "ppo"}  # the two chosen policies only
+    assert len(seen) == 6  # never the same two samples twice
+    r = admin.post(f"/api/projects/{pid}/samples", {**body, "pairs_per_post": 50})
+    assert r.json()["created"] == 12  # only 2 x 2 distinct sample pairs per post exist
+    r = admin.post(f"/api/projects/{pid}/samples", {**body, "ratings": True, "comparisons": False})
+    assert r.json()["created"] == 12  # one rating task per sample of the two policies (3 posts x 2 x 2)
+    r = admin.post(f"/api/projects/{pid}/samples", {**body, "policies": ["sft"]})
+    assert r.status_code == 422  # one policy: no pairs
+    r = admin.post(f"/api/projects/{pid}/samples", {**body, "posts": [post_row(0)]})
+    assert r.status_code == 422 and "not in the posts" in r.json()["detail"]

@@ -47,3 +47,23 @@ def test_swapped_mapping_by_hand():
     assert to_canonical("left", 1, swapped=True) == (1, 9)
     assert to_canonical("right", 7, swapped=True) == (0, 3)
     assert to_canonical("right", 7, swapped=False) == (1, 7)
+
+
+def test_pairs_from_samples_draws_distinct_policy_pairs_deterministically():
+    from rlhflab.data.records import Sample
+    from rlhflab.label.service import pairs_from_samples
+
+    samples = [Sample(post_id=f"p{i}", policy=pol, text=f" {pol}{i}.{j}", n_tokens=1, index=j)
+               for i in range(20) for pol in ("a", "b", "c") for j in range(2)]
+    pairs = pairs_from_samples(samples, pairs_per_post=3, seed=3)
+    assert pairs == pairs_from_samples(samples, pairs_per_post=3, seed=3)
+    assert len(pairs) == 60
+    for p in pairs:
+        assert p.policy_a != p.policy_b and p.summary_b is not None
+    # three pairs per post, round-robin over the 3 policy pairs: each post gets every pair of policies once
+    for i in range(20):
+        mine = {(p.policy_a, p.policy_b) for p in pairs if p.post_id == f"p{i}"}
+        assert mine == {("a", "b"), ("a", "c"), ("b", "c")}
+    assert pairs_from_samples(samples, policies=["a"], seed=0) == []
+    ratings = pairs_from_samples(samples, ratings=True, comparisons=False)
+    assert len(ratings) == 120 and all(p.summary_b is None for p in ratings)
