@@ -3,6 +3,7 @@
     rlhflab label serve --db sqlite:///label.db [--host 127.0.0.1 --port 8000]
     rlhflab label migrate --db URL
     rlhflab label add-user --db URL --username NAME [--role admin|labeler] [--password-stdin]
+    rlhflab label set-password --db URL --username NAME [--password-stdin]
     rlhflab label create-project --db URL --name NAME (--samples FILE --posts FILE | --pairs FILE [--posts FILE])
                                  [--policies A,B] [--pairs-per-post N] [--ratings] [--k 3] [--gold-rate 0.1]
     rlhflab label add-tasks --db URL --project NAME (--samples FILE --posts FILE | --pairs FILE [--posts FILE])
@@ -49,6 +50,11 @@ def add_label_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = with_db(sub.add_parser("add-user", help="create an account (admin = researcher)"))
     p.add_argument("--username", required=True)
     p.add_argument("--role", choices=["admin", "labeler"], default="labeler")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from stdin (else $RLHFLAB_LABEL_PASSWORD, else a prompt)")
+
+    p = with_db(sub.add_parser("set-password", help="set a user's password (and re-activate the account)"))
+    p.add_argument("--username", required=True)
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password from stdin (else $RLHFLAB_LABEL_PASSWORD, else a prompt)")
 
@@ -192,7 +198,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"database at revision {db.current_revision(engine)}")
         return 0
     factory = _session(args)
-    if cmd == "add-user":
+    if cmd in ("add-user", "set-password"):
         from rlhflab.label.security import Passwords
 
         if args.password_stdin:
@@ -202,6 +208,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if len(password) < 8:
             raise CLIError("the password needs at least 8 characters")
         with db.session_scope(factory) as s:
+            if cmd == "set-password":
+                user = service.set_password(s, Passwords(_settings(args)), args.username, password)
+                user.active = True
+                print(f"password set for {user.username}")
+                return 0
             user = service.create_user(s, Passwords(_settings(args)), args.username, password, args.role)
             print(f"created {user.role} {user.username} (id {user.id})")
         return 0

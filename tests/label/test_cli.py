@@ -27,6 +27,15 @@ def test_cli_projects_users_stats(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RLHFLAB_LABEL_PASSWORD", "long password")
     assert _cli("add-user", "--db", db, "--username", "root", "--role", "admin") == 0
     assert _cli("add-user", "--db", db, "--username", "root") == 2  # exists
+    monkeypatch.setenv("RLHFLAB_LABEL_PASSWORD", "another long one")
+    assert _cli("set-password", "--db", db, "--username", "root") == 0
+    assert _cli("set-password", "--db", db, "--username", "nobody") == 2
+    from rlhflab.label.security import Passwords
+    from rlhflab.label.settings import LabelSettings
+
+    with dbm.session_factory(dbm.make_engine(db))() as s:
+        stored = s.scalar(select(User.password_hash).where(User.username == "root"))
+    assert Passwords(LabelSettings()).verify(stored, "another long one")
     posts = _write(tmp_path / "posts.jsonl", [{"id": f"p{i}", "text": f"post {i}", "title": "t", "subreddit": "s",
                                               "reference": None, "source": "tldr"} for i in range(4)])
     samples = _write(tmp_path / "samples.jsonl", [
