@@ -75,7 +75,7 @@ class RewardConfig:
     allow_partial: bool = False  # start from an unfinished SFT run's last saved model
     seed: int = 1
     data: RewardData = field(default_factory=RewardData)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
+    optim: OptimConfig = field(default_factory=OptimConfig)  # the profiles set lr (1.5e-5 to 3e-5 for 135M)
     epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 16  # comparison pairs per optimiser step
