@@ -15,7 +15,7 @@ from rlhflab.cli import main  # noqa: E402
 from rlhflab.core.config import load_config  # noqa: E402
 from rlhflab.core.rundir import RunDir, RunError  # noqa: E402
 from rlhflab.data.loaders import load_comparisons  # noqa: E402
-from rlhflab.data.records import Post  # noqa: E402
+from rlhflab.data.records import Comparison, Post, Summary  # noqa: E402
 from rlhflab.models.reward import (  # noqa: E402
     last_token_index,
     load_reward_model,
@@ -243,3 +243,23 @@ def test_comparisons_with_a_plain_pair_file_load(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", [{"query": "Q: x\nTL;DR:", "chosen": " a", "rejected": " b"}])
     (c,) = load_comparisons(path)
     assert c.chosen.text == " a" and c.post.source == "query"
+
+
+def test_length_baseline_similar_length_and_calibration_by_hand(tmp_path):
+    from rlhflab.eval.rm_eval import calibration, length_baseline_correct, reliability_plot, similar_length
+
+    def c(chosen: str, rejected: str) -> Comparison:
+        return Comparison(post=Post(id="p", text="x"), summaries=(Summary(chosen), Summary(rejected)), choice=0)
+
+    assert length_baseline_correct(c(" longer one", " short")) == 1.0
+    assert length_baseline_correct(c(" ab", " abcd")) == 0.0
+    assert length_baseline_correct(c(" abc ", "xyz")) == 0.5  # lengths of the stripped text
+    assert similar_length("a" * 100, "b" * 90, 0.10) and not similar_length("a" * 100, "b" * 89, 0.10)
+    rows = [{"pick_confidence": p, "correct": k} for p, k in [(0.55, 1.0), (0.58, 0.0), (0.95, 1.0), (1.0, 1.0)]]
+    cal = calibration(rows, n_bins=2)  # bins [0.5, 0.75) and [0.75, 1.0]
+    assert [b["n"] for b in cal["bins"]] == [2, 2]
+    assert cal["bins"][0]["mean_predicted"] == pytest.approx(0.565) and cal["bins"][0]["observed"] == 0.5
+    assert cal["bins"][1]["mean_predicted"] == pytest.approx(0.975) and cal["bins"][1]["observed"] == 1.0
+    assert cal["expected_calibration_error"] == pytest.approx(0.5 * 0.065 + 0.5 * 0.025)
+    pytest.importorskip("matplotlib")
+    assert reliability_plot(cal, tmp_path / "r.png", "test") and (tmp_path / "r.png").stat().st_size > 1000
