@@ -231,6 +231,8 @@ def import_comparisons(s: Session, project: Project, rows: list[formats.Comparis
             user = s.scalar(select(User).where(User.username == worker[:64]))
             if user is None:
                 user = create_user(s, None, worker[:64], None, role="external")
+            elif user.role != "external":  # never file imported labels under a real account
+                raise Problem(409, f"worker {worker[:64]!r} in the file is also the name of an account here")
             users[worker] = user
         if (task.id, user.id) in seen_answers:
             report.skipped_duplicates += 1
@@ -242,7 +244,8 @@ def import_comparisons(s: Session, project: Project, rows: list[formats.Comparis
         s.add(a)
         s.flush()
         s.add(Answer(assignment_id=a.id, task_id=task.id, user_id=user.id, project_id=project.id, choice=r.choice,
-                     confidence=r.confidence, note=str(r.extra.get("note", ""))[:10000], server_time_ms=0,
+                     confidence=r.confidence, note=str(r.extra.get("note", "")).replace("\x00", "")[:10000],
+                     server_time_ms=0,
                      client_time_ms=None, created_at=now))
         report.answers += 1
     s.flush()

@@ -211,6 +211,11 @@ def test_import_export_round_trip_via_api(db_url, shared_data):
     r = admin.post(f"/api/projects/{pid2}/import", {"mode": "gold", "rows": rows[:5]})
     assert r.json() == {"rows": 5, "tasks": 5, "answers": 0, "skipped_duplicates": 0}
     assert admin.get(f"/api/projects/{pid2}/dashboard").json()["tasks"]["gold"] == 5
+    # a worker name that is a real account here is refused (labels are never filed under someone else)
+    clash = dict(rows[0], worker="ann")
+    pid3 = admin.post("/api/projects", {"name": "clash"}).json()["id"]
+    r = admin.post(f"/api/projects/{pid3}/import", {"mode": "answers", "rows": [clash]})
+    assert r.status_code == 409 and "ann" in r.json()["detail"]
     bad = dict(rows[0], choice=2)
     r = admin.post(f"/api/projects/{pid2}/import", {"mode": "gold", "rows": [bad]})
     assert r.status_code == 422 and "choice" in r.json()["detail"]

@@ -22,8 +22,9 @@ EXAMPLES = 30  # per operation and generation mode (valid-by-schema and delibera
 SKIP = {("POST", "/api/logout")}  # cookie sessions are not revocable server-side: nothing to fuzz there
 
 
-def test_fuzz_api_finds_no_server_errors(tmp_path):
-    app = make_app(f"sqlite:///{tmp_path / 'f.db'}", {"root": "admin", "ann": "labeler"})
+def test_fuzz_api_finds_no_server_errors(db_url):
+    """Against SQLite and PostgreSQL (which, unlike SQLite, enforces column lengths and rejects NUL bytes)."""
+    app = make_app(db_url, {"root": "admin", "ann": "labeler"})
     admin = Api(app).login("root")
     pid = admin.post("/api/projects", {"name": "fuzz"}).json()["id"]
     admin.post(f"/api/projects/{pid}/tasks", {"tasks": comparison_tasks(5)})
