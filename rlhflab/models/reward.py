@@ -75,6 +75,43 @@ class RewardModel(nn.Module):
         h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         return self.head(h_last).squeeze(-1).float() + self.bias  # (B,)
 
+    def forward_pairs(self, query_ids: Sequence[Sequence[int]], chosen_ids: Sequence[Sequence[int]],
+                      rejected_ids: Sequence[Sequence[int]], share_query: bool = True) -> tuple[Tensor, Tensor]:
+        """(r_chosen (m,), r_rejected (m,)) for m comparisons, both summaries of a pair in the same batch.
+
+        share_query=True: the query runs ONCE per pair and its KV cache is shared by the chosen and the rejected
+        summary (the 2m summaries then run in one forward on top of it). Queries are ~90% of the tokens, so this
+        nearly halves the work of a step; the scores (and gradients) are those of the plain path.
+        share_query=False: one forward over the 2m full query+response sequences, chosen rows then rejected rows.
+        """
+        m = len(query_ids)
+        device = self.head.weight.device
+        pad = self.tokenizer.pad_token_id
+        if not share_query:
+            seqs = [list(q) + list(c) for q, c in zip(query_ids, chosen_ids)]
+            seqs += [list(q) + list(r) for q, r in zip(query_ids, rejected_ids)]
+            ids, mask = pad_sequences(seqs, pad)
+            scores = self(ids.to(device), mask.to(device))  # (2m,)
+            return scores[:m], scores[m:]
+        q_ids, q_mask = pad_sequences(query_ids, pad, side="left")  # (m, Tq)
+        q_ids, q_mask = q_ids.to(device), q_mask.to(device)
+        responses = [list(x) for pair in zip(chosen_ids, rejected_ids) for x in pair]  # c0, r0, c1, r1, ...
+        r_ids, r_mask = pad_sequences(responses, pad, side="right")  # (2m, Tr)
+        r_ids, r_mask = r_ids.to(device), r_mask.to(device)
+        out = self.lm.base_model(input_ids=q_ids, attention_mask=q_mask, position_ids=position_ids_from_mask(q_mask),
+                                 use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(2)  # each query's keys/values serve its two summaries (grads add up)
+        q_mask2 = q_mask.repeat_interleave(2, dim=0)  # (2m, Tq)
+        full_mask = torch.cat([q_mask2, r_mask], dim=1)  # (2m, Tq+Tr)
+        positions = q_mask2.sum(-1, keepdim=True) + torch.arange(r_ids.shape[1], device=device)[None]  # (2m, Tr)
+        hidden = self.lm.base_model(input_ids=r_ids, attention_mask=full_mask, position_ids=positions,
+                                    past_key_values=cache, use_cache=True).last_hidden_state  # (2m, Tr, H)
+        last = last_token_index(full_mask) - q_ids.shape[1]  # (2m,) the last real token is in the response
+        h_last = hidden[torch.arange(2 * m, device=device), last]  # (2m, H)
+        scores = (self.head(h_last).squeeze(-1).float() + self.bias).view(m, 2)  # (m, 2)
+        return scores[:, 0], scores[:, 1]
+
     # ------------------------------------------------------------------------------------------- scoring helpers
 
     def encode_query(self, query: Post | str) -> list[int]:

@@ -3,7 +3,8 @@
 The loop in `train` reads top to bottom:
   (1) load the backbone (an SFT run or any model) with a fresh scalar head, and the comparisons
   (2) split off a dev set by post id; resolve repeated comparisons (duplicates and contradictions) on purpose
-  (3) for each optimiser step: chosen and rejected of a micro batch in ONE forward, loss, accumulate, clip, step
+  (3) for each optimiser step: chosen and rejected of a micro batch together (the query once, both summaries on
+      its KV cache — or, with share_query=false, one forward of both full sequences), loss, accumulate, clip, step
   (4) log, dev accuracy, checkpoint on their periods; resume from state/ exactly
   (5) normalise (human references average 0), save model/, then DONE.json with the dev accuracy
 
@@ -39,7 +40,6 @@ from rlhflab.models.reward import (
     autocast,
     new_reward_model,
     normalise,
-    pad_sequences,
     save_reward_model,
 )
 from rlhflab.ops.losses import confidence_preference_loss, preference_accuracy, preference_loss
@@ -81,6 +81,7 @@ class RewardConfig:
     batch_size: int = 16  # comparison pairs per optimiser step
     micro_batch_size: int = 4  # pairs per forward/backward (2× sequences: chosen and rejected together)
     loss: Literal["pairwise", "confidence"] = "pairwise"
+    share_query: bool = True  # run each query once, both summaries on its KV cache (same scores, ~half the work)
     bf16: bool = False
     freeze_layers: int = 0
     log_every: int = 1
@@ -131,12 +132,6 @@ def load_data(cfg: RewardConfig) -> tuple[list[Comparison], list[Comparison], di
     return train_rows, dev_rows, counts
 
 
-def collate_pairs(pairs: list[PairExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen sequences then rejected ones, in one right-padded batch: ids, mask (2m, T)."""
-    seqs = [p.query_ids + p.chosen_ids for p in pairs] + [p.query_ids + p.rejected_ids for p in pairs]
-    return pad_sequences(seqs, pad_id)
-
-
 def length_grouped_order(lengths: list[int], batch_size: int, seed: int) -> list[int]:
     """A shuffled order of full batches whose pairs have similar lengths (less padding); depends on seed only."""
     g = torch.Generator().manual_seed(seed)
@@ -157,13 +152,16 @@ def pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, distance: torch.
     return preference_loss(r_chosen, r_rejected)
 
 
-def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(r_chosen (m,), r_rejected (m,), real tokens) of one micro batch, in one forward of 2m sequences."""
-    ids, mask = collate_pairs(pairs, rm.tokenizer.pad_token_id)
+def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_query: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(r_chosen (m,), r_rejected (m,), tokens processed) of one micro batch: chosen and rejected together —
+    the query once and both summaries on its cache (share_query), or one forward of the 2m full sequences."""
     with autocast(bf16):
-        scores = rm(ids, mask)  # (2m,)
-    m = len(pairs)
-    return scores[:m], scores[m:], int(mask.sum())
+        r_chosen, r_rejected = rm.forward_pairs([p.query_ids for p in pairs], [p.chosen_ids for p in pairs],
+                                                [p.rejected_ids for p in pairs], share_query=share_query)
+    per_query = 1 if share_query else 2
+    tokens = sum(per_query * len(p.query_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    return r_chosen, r_rejected, tokens
 
 
 @torch.no_grad()
@@ -174,7 +172,7 @@ def evaluate(rm: RewardModel, pairs: list[PairExample], cfg: RewardConfig) -> di
     rc, rr, dist = [], [], []
     for i in range(0, len(order), per):
         chunk = [pairs[j] for j in order[i : i + per]]
-        a, b, _ = forward_pairs(rm, chunk, cfg.bf16)
+        a, b, _ = forward_pairs(rm, chunk, cfg.bf16, cfg.share_query)
         rc.append(a.float())
         rr.append(b.float())
         dist += [p.distance for p in chunk]
@@ -243,7 +241,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         loss_total, correct, margin_total, n_tokens = 0.0, 0.0, 0.0, 0
         for i in range(0, len(batch_idx), sizes.micro_batch_size):
             pairs = [train_pairs[j] for j in batch_idx[i : i + sizes.micro_batch_size]]
-            r_chosen, r_rejected, tokens = forward_pairs(rm, pairs, cfg.bf16)
+            r_chosen, r_rejected, tokens = forward_pairs(rm, pairs, cfg.bf16, cfg.share_query)
             distance = torch.tensor([p.distance for p in pairs])
             loss = pair_loss(r_chosen, r_rejected, distance, cfg.loss)
             (loss * len(pairs) / sizes.batch_size).backward()

@@ -122,6 +122,29 @@ def test_score_is_read_at_the_last_real_token_which_may_be_eos():
         assert not torch.isclose(without_eos[0], base[0])  # the EOS itself is scored
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_shared_query_pairs_match_full_sequences_in_scores_and_gradients(bf16):
+    rm = new_reward_model("tiny:6")
+    eos = rm.tokenizer.eos_token_id
+    queries = [[1, 2, 3, 4, 5, 6], [9, 8], [30, 31, 32]]
+    chosen = [[11, 12, eos], [13, eos], [50, 51, 52, 53, 54, eos]]
+    rejected = [[21, eos], [22, 23, 24, 25, eos], [60, eos]]
+    results = []
+    for share in (True, False):
+        rm.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            rc, rr = rm.forward_pairs(queries, chosen, rejected, share_query=share)
+        (rc - 2 * rr).sum().backward()
+        results.append((rc.detach(), rr.detach(), {n: p.grad.clone() for n, p in rm.named_parameters()}))
+    (c1, r1, g1), (c2, r2, g2) = results
+    tol = 5e-2 if bf16 else 1e-5
+    torch.testing.assert_close(c1, c2, atol=tol, rtol=0)
+    torch.testing.assert_close(r1, r2, atol=tol, rtol=0)
+    if not bf16:
+        for name in g1:
+            torch.testing.assert_close(g1[name], g2[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_normalisation_makes_references_average_zero_and_survives_save_load(tmp_path):
     rm = new_reward_model("tiny:5", max_query_tokens=200)
     posts = [Post(id=f"x{i}", text=f"post number {i} about a {WORDS[i]}", title="t", subreddit="s",
