@@ -40,7 +40,7 @@ def main(data_path: str, model_dir: str, out_path: str, micro: int, accum: int, 
     config = SFTConfig(
         output_dir="/tmp/trl-sft-bench", use_cpu=True, bf16=True, per_device_train_batch_size=micro,
         gradient_accumulation_steps=accum, num_train_epochs=1, learning_rate=lr, lr_scheduler_type="cosine",
-        warmup_ratio=0.05, max_grad_norm=1.0, adam_beta2=0.95, logging_steps=1, save_strategy="no",
+        warmup_steps=1, max_grad_norm=1.0, adam_beta2=0.95, logging_steps=1, save_strategy="no",
         report_to=[], max_length=None, dataloader_num_workers=0,
         gradient_checkpointing=False,  # TRL's default is on; off is its fastest setting (and matches rlhflab)
     )

@@ -95,7 +95,7 @@ def throughput(result: dict) -> float:
 def prepare(n: int, work: Path):
     """Tokenise the posts exactly as rlhflab's SFT does and write them for TRL, plus a posts file for rlhflab."""
     from rlhflab.data.loaders import load_tldr, write_posts
-    from rlhflab.models.loading import EMBEDDED_NAME, load_model, embedded_cache_dir
+    from rlhflab.models.loading import EMBEDDED_NAME, cache_dir, load_model
     from rlhflab.train.sft import SFTData, build_examples
 
     model, tokenizer = load_model(EMBEDDED_NAME)  # creates the safetensors cache both trainers load
@@ -107,7 +107,7 @@ def prepare(n: int, work: Path):
     examples_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     posts_path = work / "posts.jsonl"
     write_posts(posts_path, posts)
-    return model.config, rows, examples_path, posts_path, embedded_cache_dir()
+    return model.config, rows, examples_path, posts_path, cache_dir() / EMBEDDED_NAME
 
 
 def main() -> None:
