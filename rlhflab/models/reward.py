@@ -40,6 +40,10 @@ HEAD_FILE = "reward_head.safetensors"
 FORMAT = "rlhflab-reward-model"
 
 
+class NotARewardModelError(RunError, ModelLoadError):
+    """A path that holds no reward model (e.g. an SFT run given to rm-eval); the CLI reports it without a trace."""
+
+
 class RewardModel(nn.Module):
     """`lm` (a HF causal LM; only its `base_model` runs) + `head` (Linear(H, 1)) + a `bias` buffer."""
 
@@ -247,7 +251,7 @@ def load_reward_model(spec: str | Path, allow_partial: bool = False, dtype: str 
         return _load_partial(run)
     if path.is_dir() and is_reward_model_dir(path):
         return _load_dir(path, dtype)
-    raise ModelLoadError(f"{spec}: not a reward model — expected an `rlhflab rm` run directory or a directory "
+    raise NotARewardModelError(f"{spec}: not a reward model — expected an `rlhflab rm` run directory or a directory "
                          f"with {REWARD_JSON} (a language model alone has no reward head)")
 
 
@@ -255,10 +259,11 @@ def _load_dir(model_dir: Path, dtype: str) -> RewardModel:
     from safetensors.torch import load_file
 
     if not is_reward_model_dir(model_dir):
-        raise RunError(f"{model_dir}: no {REWARD_JSON} — not a saved reward model")
+        raise NotARewardModelError(f"{model_dir}: no {REWARD_JSON} — not a reward model (is this an `rlhflab rm` "
+                                   "run?)")
     meta = json.loads((model_dir / REWARD_JSON).read_text())
     if meta.get("format") != FORMAT:
-        raise ModelLoadError(f"{model_dir / REWARD_JSON}: unknown format {meta.get('format')!r}")
+        raise NotARewardModelError(f"{model_dir / REWARD_JSON}: unknown format {meta.get('format')!r}")
     lm, tokenizer = load_model(str(model_dir), dtype=dtype)
     if lm.config.hidden_size != meta["hidden_size"]:
         raise ModelLoadError(f"{model_dir}: backbone hidden size {lm.config.hidden_size} != reward.json "

@@ -161,12 +161,16 @@ def test_normalisation_makes_references_average_zero_and_survives_save_load(tmp_
     assert float(loaded.score(posts, [p.reference for p in posts]).mean()) == pytest.approx(0.0, abs=1e-5)
 
 
-def test_a_plain_language_model_is_not_a_reward_model(tmp_path):
+def test_a_plain_language_model_is_not_a_reward_model(tmp_path, capsys):
     from rlhflab.models.loading import ModelLoadError, save_model, tiny_model_and_tokenizer
 
     save_model(*tiny_model_and_tokenizer(), tmp_path / "lm")
     with pytest.raises(ModelLoadError, match="not a reward model"):
         load_reward_model(tmp_path / "lm")
+    code = main(["rm-eval", "--config", "configs/rm-eval/tiny.yaml", "--out", str(tmp_path / "ev"),
+                 f"model={tmp_path / 'lm'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a reward model" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------------------ bad data
