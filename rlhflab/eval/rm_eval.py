@@ -30,6 +30,7 @@ from rlhflab.data.loaders import load_comparisons
 from rlhflab.data.records import Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
+from rlhflab.models.device import resolve_device
 from rlhflab.models.reward import load_reward_model
 
 log = get_logger(__name__)
@@ -49,6 +50,7 @@ class RMEvalConfig:
     skip_bad: bool = False
     batch_size: int = 16  # sequences per forward
     bf16: bool = False
+    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
     similar_length_tolerance: float = 0.10  # |len a − len b| / max(len a, len b) ≤ this
     calibration_bins: int = 5
     n_worst: int = 20
@@ -151,6 +153,7 @@ def evaluate(cfg: RMEvalConfig, out: str) -> dict:
     run.start("rm-eval", cfg)
     t_start = time.time()
     rm = load_reward_model(cfg.model, allow_partial=cfg.allow_partial)
+    rm.to(resolve_device(cfg.device))
     loaded = list(load_comparisons(cfg.comparisons, limit=cfg.limit, skip_bad=cfg.skip_bad))
     comparisons, repeat_counts = select_split(loaded, cfg)
     if not comparisons:

@@ -21,6 +21,7 @@ from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_query
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.records import Post, Sample
+from rlhflab.models.device import autocast, resolve_device
 from rlhflab.models.generation import generate, pad_queries
 from rlhflab.models.loading import load_model
 
@@ -42,6 +43,7 @@ class SampleConfig:
     batch_size: int = 8
     seed: int = 1
     bf16: bool = False
+    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
     allow_partial: bool = False  # sample from an unfinished run's last checkpoint
 
 
@@ -81,7 +83,7 @@ def sample(cfg: SampleConfig, out: str) -> dict:
     done = done_keys(samples_path)
 
     model, tokenizer = load_model(cfg.model, allow_partial=cfg.allow_partial)
-    model.eval()
+    model.to(resolve_device(cfg.device)).eval()
     posts: list[Post] = list(load_posts(cfg.posts, format=cfg.format, limit=cfg.limit))
     name = policy_name(cfg)
     todo = [(p, i) for p in posts for i in range(cfg.n) if (p.id, i) not in done]
@@ -116,8 +118,7 @@ def sample_batch(model, tokenizer, chunk: list[tuple[Post, int]], name: str, cfg
     queries = [tokenizer.encode(format_query(p, tokenizer, cfg.max_query_tokens), add_special_tokens=False)
                for p, _ in chunk]
     query_ids, query_mask = pad_queries(tokenizer, queries)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
-    with autocast:
+    with autocast(model.device, cfg.bf16):
         gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.max_new_tokens,
                        temperature=cfg.temperature, top_p=cfg.top_p, generator=generator)
     rows = []

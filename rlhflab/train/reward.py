@@ -35,6 +35,7 @@ from rlhflab.data.loaders import load_comparisons, load_posts
 from rlhflab.data.records import Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
+from rlhflab.models.device import resolve_device
 from rlhflab.models.reward import (
     RewardModel,
     autocast,
@@ -83,6 +84,7 @@ class RewardConfig:
     loss: Literal["pairwise", "confidence"] = "pairwise"
     share_query: bool = True  # run each query once, both summaries on its KV cache (same scores, ~half the work)
     bf16: bool = False
+    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
     freeze_layers: int = 0
     log_every: int = 1
     eval_every: int = 20  # dev accuracy every this many steps; 0 = only at the start and the end
@@ -156,7 +158,7 @@ def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_q
                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(r_chosen (m,), r_rejected (m,), tokens processed) of one micro batch: chosen and rejected together —
     the query once and both summaries on its cache (share_query), or one forward of the 2m full sequences."""
-    with autocast(bf16):
+    with autocast(bf16, rm.head.weight.device.type):
         r_chosen, r_rejected = rm.forward_pairs([p.query_ids for p in pairs], [p.chosen_ids for p in pairs],
                                                 [p.rejected_ids for p in pairs], share_query=share_query)
     per_query = 1 if share_query else 2
@@ -200,6 +202,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     rm = new_reward_model(cfg.model, max_query_tokens=cfg.data.max_query_tokens,
                           max_response_tokens=cfg.data.max_response_tokens, seed=cfg.seed,
                           allow_partial=cfg.allow_partial)
+    rm.to(resolve_device(cfg.device))
     freeze_lower_layers(rm.lm, cfg.freeze_layers)
     trainable = sum(p.numel() for p in rm.parameters() if p.requires_grad)
     rm.train()

@@ -10,7 +10,6 @@ The loop in `train` reads top to bottom:
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,6 +24,7 @@ from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_query, format_reference
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.records import Post
+from rlhflab.models.device import autocast, resolve_device
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model, save_model
 from rlhflab.train.common import (
@@ -64,6 +64,7 @@ class SFTConfig:
     micro_batch_size: int = 4  # sequences per forward/backward (gradient accumulation makes up the rest)
     loss_on: Literal["response", "sequence"] = "response"
     bf16: bool = False  # bf16 autocast for forward/backward; weights and optimiser stay fp32
+    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
     freeze_layers: int = 0  # freeze the embeddings and this many lowest layers
     log_every: int = 1
     eval_every: int = 50  # 0 = only at the start and the end
@@ -130,6 +131,8 @@ def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
     ~30 of ~400 positions: the (T, V=49152) logits of the query — a fifth of the model's FLOPs and most of its
     activation memory — are never computed.
     """
+    device = model.get_output_embeddings().weight.device
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
     keep = targets != -100  # (B, T-1)
@@ -138,17 +141,13 @@ def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
     return loss_sum, int(keep.sum().item())
 
 
-def autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def eval_loss(model, examples: list[Example], pad_id: int, cfg: SFTConfig) -> float:
     """Mean cross-entropy per reference token on the eval set."""
     total, count = 0.0, 0
     for i in range(0, len(examples), cfg.micro_batch_size):
         batch = collate(examples[i : i + cfg.micro_batch_size], pad_id, "response")
-        with autocast(cfg.bf16):
+        with autocast(model.device, cfg.bf16):
             loss_sum, n = token_losses(model, batch)
         total, count = total + loss_sum.item(), count + n
     return total / max(count, 1)
@@ -158,7 +157,7 @@ def eval_loss(model, examples: list[Example], pad_id: int, cfg: SFTConfig) -> fl
 def sample_table(model, tokenizer, posts: list[Post], examples: list[Example], cfg: SFTConfig) -> list[dict]:
     """Greedy summaries of a few eval posts, next to their references."""
     query_ids, query_mask = pad_queries(tokenizer, [e.query_ids for e in examples])
-    with autocast(cfg.bf16):
+    with autocast(model.device, cfg.bf16):
         gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.sample_max_tokens, temperature=0.0)
     texts = decode_responses(tokenizer, gen)
     return [{"post_id": p.id, "reference": p.reference, "response": t} for p, t in zip(posts, texts)]
@@ -195,6 +194,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
 
     # (1) model and data
     model, tokenizer = load_model(cfg.model)
+    model.to(resolve_device(cfg.device))
     trainable = freeze_lower_layers(model, cfg.freeze_layers)
     model.train()  # dropout is already 0 in the config; train() only matters for layers that check it
     train_posts, train_ex, eval_posts, eval_ex = load_data(cfg, tokenizer)
@@ -234,7 +234,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         loss_total = 0.0
         for b in batches:
-            with autocast(cfg.bf16):
+            with autocast(model.device, cfg.bf16):
                 loss_sum, _ = token_losses(model, b)
             (loss_sum / n_target).backward()
             loss_total += loss_sum.item()
