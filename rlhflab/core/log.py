@@ -8,15 +8,27 @@ import sys
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time, not the stream that existed when logging was set up
+    (which test runners and notebooks replace and close)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; ignore
+        pass
+
+
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
 def setup_logging(level: str | int = "INFO") -> None:
     root = logging.getLogger()
-    if not any(getattr(h, "_rlhflab", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _CurrentStderrHandler) for h in root.handlers):
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
-        handler._rlhflab = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
