@@ -83,7 +83,8 @@ def prepare(args_rm: list[str], work: Path):
     TRL as query+summary ids, in the order rlhflab's first epoch visits them."""
     from rlhflab.core.config import load_config
     from rlhflab.models.reward import new_reward_model
-    from rlhflab.train.reward import RewardConfig, build_pairs, length_grouped_order, load_data
+    from rlhflab.train.common import length_grouped_order
+    from rlhflab.train.reward import RewardConfig, build_pairs, load_data
 
     cfg = load_config(RewardConfig, None, args_rm)
     train_rows, dev_rows, _ = load_data(cfg)

@@ -50,6 +50,31 @@ def batch_sizes(batch_size: int, micro_batch_size: int, world_size: int = 1) -> 
     return BatchSizes(batch_size, micro_batch_size, world_size, batch_size // per_process)
 
 
+def plan_steps(n_examples: int, batch_size: int, epochs: int, max_steps: int | None) -> tuple[int, int]:
+    """(steps per epoch, total steps). Incomplete last batches are dropped so every step has the same size."""
+    per_epoch = n_examples // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{n_examples} training examples is fewer than one batch of {batch_size}")
+    total = per_epoch * epochs
+    return per_epoch, min(total, max_steps) if max_steps else total
+
+
+def length_grouped_order(lengths: list[int], batch_size: int, seed: int) -> list[int]:
+    """A shuffled order in which each batch holds examples of similar length (less padding, same epoch).
+
+    Shuffle, sort within mega-batches of 16 batches by length, then shuffle the batches themselves. The order
+    depends only on (lengths, batch_size, seed), so a resumed run recomputes it instead of storing it.
+    """
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    mega = 16 * batch_size
+    chunks = [sorted(perm[i : i + mega], key=lambda j: -lengths[j]) for i in range(0, len(perm), mega)]
+    flat = [j for chunk in chunks for j in chunk]
+    batches = [flat[i : i + batch_size] for i in range(0, len(flat) - batch_size + 1, batch_size)]
+    order = torch.randperm(len(batches), generator=g).tolist()
+    return [j for b in order for j in batches[b]]
+
+
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
     """Learning-rate multiplier at `step` (0-based): linear warmup, then cosine decay to min_lr_ratio."""
     warmup = max(1, math.ceil(cfg.warmup_ratio * total_steps)) if cfg.warmup_ratio > 0 else 0

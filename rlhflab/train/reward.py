@@ -48,8 +48,10 @@ from rlhflab.train.common import (
     OptimConfig,
     batch_sizes,
     freeze_lower_layers,
+    length_grouped_order,
     load_checkpoint,
     make_optimizer,
+    plan_steps,
     save_checkpoint,
 )
 
@@ -134,18 +136,6 @@ def load_data(cfg: RewardConfig) -> tuple[list[Comparison], list[Comparison], di
     return train_rows, dev_rows, counts
 
 
-def length_grouped_order(lengths: list[int], batch_size: int, seed: int) -> list[int]:
-    """A shuffled order of full batches whose pairs have similar lengths (less padding); depends on seed only."""
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(lengths), generator=g).tolist()
-    mega = 16 * batch_size
-    chunks = [sorted(perm[i : i + mega], key=lambda j: -lengths[j]) for i in range(0, len(perm), mega)]
-    flat = [j for chunk in chunks for j in chunk]
-    batches = [flat[i : i + batch_size] for i in range(0, len(flat) - batch_size + 1, batch_size)]
-    order = torch.randperm(len(batches), generator=g).tolist()
-    return [j for b in order for j in batches[b]]
-
-
 # ------------------------------------------------------------------------------------------------ loss, eval
 
 def pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, distance: torch.Tensor, kind: str) -> torch.Tensor:
@@ -209,10 +199,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
 
     # (2) tokenised train / dev pairs (the dev split and repeat policies were applied in load_data)
     train_pairs, dev_pairs = build_pairs(train_rows, rm), build_pairs(dev_rows, rm)
-    per_epoch = len(train_pairs) // sizes.batch_size
-    if per_epoch == 0:
-        raise ValueError(f"{len(train_pairs)} training pairs is fewer than one batch of {sizes.batch_size}")
-    total_steps = min(per_epoch * cfg.epochs, cfg.max_steps) if cfg.max_steps else per_epoch * cfg.epochs
+    per_epoch, total_steps = plan_steps(len(train_pairs), sizes.batch_size, cfg.epochs, cfg.max_steps)
     optimizer, scheduler = make_optimizer(rm, cfg.optim, total_steps)
     pad_id = rm.tokenizer.pad_token_id
     lengths = [len(p.query_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in train_pairs]

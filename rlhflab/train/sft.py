@@ -28,12 +28,13 @@ from rlhflab.models.device import autocast, resolve_device
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model, save_model
 from rlhflab.train.common import (
-    BatchSizes,
     OptimConfig,
     batch_sizes,
     freeze_lower_layers,
+    length_grouped_order,
     load_checkpoint,
     make_optimizer,
+    plan_steps,
     save_checkpoint,
     write_table,
 )
@@ -109,21 +110,6 @@ def collate(examples: list[Example], pad_id: int, loss_on: str) -> dict[str, tor
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def length_grouped_order(lengths: list[int], batch_size: int, seed: int) -> list[int]:
-    """A shuffled order in which each batch holds examples of similar length (less padding, same epoch).
-
-    Shuffle, sort within mega-batches of 16 batches by length, then shuffle the batches themselves.
-    """
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(lengths), generator=g).tolist()
-    mega = 16 * batch_size
-    chunks = [sorted(perm[i : i + mega], key=lambda j: -lengths[j]) for i in range(0, len(perm), mega)]
-    flat = [j for chunk in chunks for j in chunk]
-    batches = [flat[i : i + batch_size] for i in range(0, len(flat) - batch_size + 1, batch_size)]
-    order = torch.randperm(len(batches), generator=g).tolist()
-    return [j for b in order for j in batches[b]]
-
-
 def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over labelled tokens, and their count.
 
@@ -172,15 +158,6 @@ def load_data(cfg: SFTConfig, tokenizer):
             eval_posts, build_examples(list(eval_posts), tokenizer, cfg.data))
 
 
-def plan_steps(n_examples: int, sizes: BatchSizes, cfg: SFTConfig) -> tuple[int, int]:
-    """(steps per epoch, total steps). Incomplete last batches are dropped so every step has the same size."""
-    per_epoch = n_examples // sizes.batch_size
-    if per_epoch == 0:
-        raise ValueError(f"{n_examples} training examples is fewer than one batch of {sizes.batch_size}")
-    total = per_epoch * cfg.epochs
-    return per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
-
-
 def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     """Run (or resume) SFT into the run directory `out`. `stop_after` simulates an interruption (tests)."""
     run = RunDir(out)
@@ -198,7 +175,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     trainable = freeze_lower_layers(model, cfg.freeze_layers)
     model.train()  # dropout is already 0 in the config; train() only matters for layers that check it
     train_posts, train_ex, eval_posts, eval_ex = load_data(cfg, tokenizer)
-    per_epoch, total_steps = plan_steps(len(train_ex), sizes, cfg)
+    per_epoch, total_steps = plan_steps(len(train_ex), sizes.batch_size, cfg.epochs, cfg.max_steps)
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps)
     pad_id = tokenizer.pad_token_id
     lengths = [len(e.query_ids) + len(e.response_ids) for e in train_ex]

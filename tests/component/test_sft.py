@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")
 
 from rlhflab.core.config import load_config  # noqa: E402
 from rlhflab.core.rundir import RunDir  # noqa: E402
-from rlhflab.train.sft import Example, SFTConfig, collate, length_grouped_order, train  # noqa: E402
+from rlhflab.train.common import length_grouped_order  # noqa: E402
+from rlhflab.train.sft import Example, SFTConfig, collate, train  # noqa: E402
 
 
 def tiny_cfg(shared_data, **overrides) -> SFTConfig:
