@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "rm_cpu.json"
 SHARED = REPO.parent / "shared" / "data"
@@ -33,8 +35,7 @@ def run(cmd: list[str]) -> None:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_model()
     import os
 
     versions = {}

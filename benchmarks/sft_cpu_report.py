@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from pathlib import Path
 
 import yaml
+from _machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,7 @@ def main(run_dir: str, out: str = str(REPO / "benchmarks" / "results" / "sft_cpu
         "steps": done["step"], "wall_s": done["wall_s"], "tokens_seen": done["tokens_seen"],
         "median_train_tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
         "config": config["config"], "git_revision": config.get("git_revision"),
-        "machine": {"cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                                 if l.startswith("model name")), platform.processor()), "gpu": None},
+        "machine": {"cpu": cpu_model(), "gpu": None},
     }
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("eval_loss_before", "eval_loss_after", "wall_s")}, indent=2))
