@@ -22,6 +22,10 @@ STAGES = {
     "rm-eval": ("rlhflab.eval.rm_eval", "RMEvalConfig", "evaluate",
                 "reward-model accuracy (per confidence, policy pair, split, batch), length baseline, calibration"),
     "score": ("rlhflab.eval.score", "ScoreConfig", "score", "add reward-model scores to a samples file"),
+    "ppo": ("rlhflab.train.ppo", "PPOConfig", "train",
+            "optimise a policy against a reward model with PPO and a KL penalty to the SFT model"),
+    "best-of-n": ("rlhflab.train.best_of_n", "BestOfNConfig", "best_of_n",
+                  "sample N summaries per post, keep the one the reward model scores highest"),
 }
 
 EPILOG = """examples:
@@ -30,6 +34,8 @@ EPILOG = """examples:
   rlhflab sample --config configs/sample/smoke.yaml --out runs/sample/sft model=runs/sft/smoke
   rlhflab rm --config configs/rm/cpu.yaml --out runs/rm/cpu model=runs/sft/cpu
   rlhflab rm-eval --config configs/rm-eval/cpu.yaml --out runs/rm-eval/cpu model=runs/rm/cpu split=dev
+  rlhflab ppo --config configs/ppo/cpu.yaml --out runs/ppo/cpu model=runs/sft/cpu reward=runs/rm/cpu
+  rlhflab best-of-n --config configs/best-of-n/cpu.yaml --out runs/bo16/cpu model=runs/sft/cpu reward=runs/rm/cpu
   rlhflab sft --show-config            # every key with its default
 re-running a command with the same --out resumes an interrupted run; a finished run (DONE.json) is left as is."""
 

@@ -58,15 +58,22 @@ def generate(
     top_p: float = 1.0,
     stop_at_eos: bool = True,
     generator: torch.Generator | None = None,
+    n_per_query: int = 1,
 ) -> Generation:
     """Sample (temperature > 0, optionally nucleus) or decode greedily (temperature == 0) up to max_new_tokens.
 
     stop_at_eos=True stops early once every row has produced EOS (Tr may be < max_new_tokens);
     stop_at_eos=False always returns Tr == max_new_tokens (fixed shapes for PPO). Either way tokens after a row's
     first EOS are replaced by pad and masked out.
+
+    n_per_query=k > 1 samples k responses per query (best-of-N): each query is prefilled ONCE and its KV cache is
+    repeated k times, so the result has B*k rows (query b's responses are rows b*k … b*k+k-1) and is the same as
+    passing every query k times (`query_ids.repeat_interleave(k, 0)`), at 1/k of the prefill work.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if n_per_query < 1:
+        raise ValueError(f"n_per_query must be >= 1, got {n_per_query}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     eos_id, pad_id = _eos_id(tokenizer), tokenizer.pad_token_id
@@ -79,11 +86,19 @@ def generate(
     input_ids, cache = query_ids, None
     tokens, logprobs = [], []  # Tr tensors of (B,)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                     use_cache=True, logits_to_keep=1)  # only the last position's logits: (B, 1, V)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()  # (B, V)
+        if step == 0 and n_per_query > 1:  # after the shared prefill: B queries -> B*k rows
+            k = n_per_query
+            cache.batch_repeat_interleave(k)
+            logits = logits.repeat_interleave(k, dim=0)  # (B*k, V)
+            mask, positions = mask.repeat_interleave(k, dim=0), positions.repeat_interleave(k, dim=0)
+            query_ids, query_mask = query_ids.repeat_interleave(k, dim=0), query_mask.repeat_interleave(k, dim=0)
+            B = B * k
+            done = done.repeat_interleave(k, dim=0)
         token, logprob = _pick(logits, temperature, top_p, generator)
         tokens.append(token)
         logprobs.append(logprob)
@@ -121,16 +136,30 @@ def response_logprobs(model, query_response: Tensor, attention_mask: Tensor, que
 
     Not wrapped in no_grad: PPO differentiates through it. T == 0 (greedy) scores at T = 1, like `generate`.
     """
+    return response_logprobs_and_entropy(model, query_response, attention_mask, query_len, temperature,
+                                         entropy=False)[0]
+
+
+def response_logprobs_and_entropy(model, query_response: Tensor, attention_mask: Tensor, query_len: int,
+                                  temperature: float, entropy: bool = True) -> tuple[Tensor, Tensor | None]:
+    """((B, Tr) log-probs of the response tokens, (B, Tr) entropy of each next-token distribution or None), both
+    under softmax(logits / T) and from one forward pass; 0 where masked."""
     device = _device(model)
     query_response, attention_mask = query_response.to(device), attention_mask.to(device).long()
     out = model(input_ids=query_response, attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    logits = out.logits[:, query_len - 1 : -1, :].float()  # (B, Tr, V): position t predicts token t+1
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+                logits_to_keep=query_response.shape[1] - query_len + 1)  # the query's own logits are never needed
+    logits = out.logits[:, :-1, :].float()  # (B, Tr, V): position t predicts token t+1
     logits = logits / (temperature if temperature > 0 else 1.0)
     response = query_response[:, query_len:]  # (B, Tr)
+    masked = attention_mask[:, query_len:] == 0
     # gather - logsumexp instead of log_softmax: no second (B, Tr, V) tensor, which dominates memory at V=49152
-    token_logp = logits.gather(-1, response[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, Tr)
-    return token_logp.masked_fill(attention_mask[:, query_len:] == 0, 0.0)
+    logz = torch.logsumexp(logits, dim=-1)  # (B, Tr)
+    token_logp = logits.gather(-1, response[..., None]).squeeze(-1) - logz  # (B, Tr)
+    ent = None
+    if entropy:
+        ent = (logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)).masked_fill(masked, 0.0)  # (B, Tr)
+    return token_logp.masked_fill(masked, 0.0), ent
 
 
 def decode_responses(tokenizer, gen: Generation) -> list[str]:

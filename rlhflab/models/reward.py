@@ -79,6 +79,14 @@ class RewardModel(nn.Module):
         h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         return self.head(h_last).squeeze(-1).float() + self.bias  # (B,)
 
+    def per_token(self, input_ids: Tensor, attention_mask: Tensor, first: int = 0) -> Tensor:
+        """(B, T) ids and mask -> (B, T - first) float32 scores at every position from `first` on: PPO's value
+        model is a reward model read at every token (V_t = the score of the prefix ending at t)."""
+        position_ids = position_ids_from_mask(attention_mask)  # (B, T)
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids).last_hidden_state  # (B, T, H)
+        return self.head(hidden[:, first:]).squeeze(-1).float() + self.bias  # (B, T - first)
+
     def forward_pairs(self, query_ids: Sequence[Sequence[int]], chosen_ids: Sequence[Sequence[int]],
                       rejected_ids: Sequence[Sequence[int]], share_query: bool = True) -> tuple[Tensor, Tensor]:
         """(r_chosen (m,), r_rejected (m,)) for m comparisons, both summaries of a pair in the same batch.
@@ -97,24 +105,39 @@ class RewardModel(nn.Module):
             ids, mask = pad_sequences(seqs, pad)
             scores = self(ids.to(device), mask.to(device))  # (2m,)
             return scores[:m], scores[m:]
+        responses = [list(x) for pair in zip(chosen_ids, rejected_ids) for x in pair]  # c0, r0, c1, r1, ...
+        scores = self.forward_groups(query_ids, responses, 2)  # (m, 2)
+        return scores[:, 0], scores[:, 1]
+
+    def forward_groups(self, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+                       k: int) -> Tensor:
+        """(m, k) scores of k responses to each of m queries; response_ids[i*k : i*k+k] answer query i.
+
+        Each query runs ONCE and its KV cache is repeated for its k responses, which then run in one forward on top
+        of it: the scores (and gradients) of the m*k full query+response sequences at a fraction of the work when
+        queries are long (RM pairs: k = 2; best-of-N: k = N).
+        """
+        m = len(query_ids)
+        if len(response_ids) != m * k:
+            raise ValueError(f"{m} queries x k={k} needs {m * k} responses, got {len(response_ids)}")
+        device = self.head.weight.device
+        pad = self.tokenizer.pad_token_id
         q_ids, q_mask = pad_sequences(query_ids, pad, side="left")  # (m, Tq)
         q_ids, q_mask = q_ids.to(device), q_mask.to(device)
-        responses = [list(x) for pair in zip(chosen_ids, rejected_ids) for x in pair]  # c0, r0, c1, r1, ...
-        r_ids, r_mask = pad_sequences(responses, pad, side="right")  # (2m, Tr)
+        r_ids, r_mask = pad_sequences(response_ids, pad, side="right")  # (m*k, Tr)
         r_ids, r_mask = r_ids.to(device), r_mask.to(device)
         out = self.lm.base_model(input_ids=q_ids, attention_mask=q_mask, position_ids=position_ids_from_mask(q_mask),
                                  use_cache=True)
         cache = out.past_key_values
-        cache.batch_repeat_interleave(2)  # each query's keys/values serve its two summaries (grads add up)
-        q_mask2 = q_mask.repeat_interleave(2, dim=0)  # (2m, Tq)
-        full_mask = torch.cat([q_mask2, r_mask], dim=1)  # (2m, Tq+Tr)
-        positions = q_mask2.sum(-1, keepdim=True) + torch.arange(r_ids.shape[1], device=device)[None]  # (2m, Tr)
+        cache.batch_repeat_interleave(k)  # each query's keys/values serve its k responses (grads add up)
+        q_mask_k = q_mask.repeat_interleave(k, dim=0)  # (m*k, Tq)
+        full_mask = torch.cat([q_mask_k, r_mask], dim=1)  # (m*k, Tq+Tr)
+        positions = q_mask_k.sum(-1, keepdim=True) + torch.arange(r_ids.shape[1], device=device)[None]  # (m*k, Tr)
         hidden = self.lm.base_model(input_ids=r_ids, attention_mask=full_mask, position_ids=positions,
-                                    past_key_values=cache, use_cache=True).last_hidden_state  # (2m, Tr, H)
-        last = last_token_index(full_mask) - q_ids.shape[1]  # (2m,) the last real token is in the response
-        h_last = hidden[torch.arange(2 * m, device=device), last]  # (2m, H)
-        scores = (self.head(h_last).squeeze(-1).float() + self.bias).view(m, 2)  # (m, 2)
-        return scores[:, 0], scores[:, 1]
+                                    past_key_values=cache, use_cache=True).last_hidden_state  # (m*k, Tr, H)
+        last = last_token_index(full_mask) - q_ids.shape[1]  # (m*k,) the last real token is in the response
+        h_last = hidden[torch.arange(m * k, device=device), last]  # (m*k, H)
+        return (self.head(h_last).squeeze(-1).float() + self.bias).view(m, k)  # (m, k)
 
     # ------------------------------------------------------------------------------------------- scoring helpers
 
@@ -140,6 +163,23 @@ class RewardModel(nn.Module):
             with autocast(bf16, device.type):
                 out.append(self(ids.to(device), mask.to(device)).cpu())
         return torch.cat(out) if out else torch.zeros(0)
+
+    @torch.no_grad()
+    def score_groups(self, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], k: int,
+                     batch_size: int = 16, bf16: bool = False) -> Tensor:
+        """(m, k) float32 scores (on CPU) of k responses per query (response_ids[i*k : i*k+k] answer query i),
+        each query run once (`forward_groups`). `batch_size` counts responses: max(1, batch_size // k) queries a
+        forward."""
+        m = len(query_ids)
+        if len(response_ids) != m * k:
+            raise ValueError(f"{m} queries x k={k} needs {m * k} responses, got {len(response_ids)}")
+        device = next(self.parameters()).device
+        per = max(1, batch_size // k)
+        out = []
+        for i in range(0, m, per):
+            with autocast(bf16, device.type):
+                out.append(self.forward_groups(query_ids[i : i + per], response_ids[i * k : (i + per) * k], k).cpu())
+        return torch.cat(out) if out else torch.zeros(0, k)
 
     def score(self, queries: Sequence[Post | str], responses: Sequence[str], eos: bool | Sequence[bool] = True,
               batch_size: int = 16, bf16: bool = False) -> Tensor:

@@ -111,32 +111,51 @@ def freeze_lower_layers(model: torch.nn.Module, n_layers: int) -> int:
 
 
 def save_checkpoint(run: RunDir, model, optimizer, scheduler, trainer: dict[str, Any]) -> None:
-    """Write state/ atomically as one directory: trainable weights, optimiser, schedule, RNG, position.
+    """One model's training state; see `save_state`."""
+    save_state(run, {"": (model, optimizer, scheduler)}, trainer)
+
+
+def load_checkpoint(run: RunDir, model, optimizer, scheduler) -> dict[str, Any]:
+    return load_state(run, {"": (model, optimizer, scheduler)})[0]
+
+
+def save_state(run: RunDir, parts: dict[str, tuple], trainer: dict[str, Any],
+               tensors: dict[str, Any] | None = None) -> None:
+    """Write state/ atomically as one directory: for each named (model, optimizer, scheduler) its trainable
+    weights, optimiser and schedule; the global RNG; `tensors` (e.g. a sampling generator's state); the position.
 
     Weights live in state/ too (not only in model/) so that a crash between two writes can never pair new
     weights with an old optimiser.
     """
     with atomic_path(run.state_dir) as tmp:
         tmp.mkdir()
-        trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        torch.save(trainable, tmp / "weights.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        for name, (model, optimizer, scheduler) in parts.items():
+            prefix = f"{name}_" if name else ""
+            trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            torch.save(trainable, tmp / f"{prefix}weights.pt")
+            torch.save(optimizer.state_dict(), tmp / f"{prefix}optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / f"{prefix}scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
+        torch.save(tensors or {}, tmp / "tensors.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
 
 
-def load_checkpoint(run: RunDir, model, optimizer, scheduler) -> dict[str, Any]:
+def load_state(run: RunDir, parts: dict[str, tuple]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore what `save_state` wrote into the given parts -> (trainer position, tensors)."""
     state = run.state_dir
-    weights = torch.load(state / "weights.pt", weights_only=True)
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
-    if missing:
-        raise RuntimeError(f"{state}: checkpoint lacks trainable weights {missing[:3]} — config changed?")
-    model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(state / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(state / "scheduler.pt", weights_only=True))
+    for name, (model, optimizer, scheduler) in parts.items():
+        prefix = f"{name}_" if name else ""
+        weights = torch.load(state / f"{prefix}weights.pt", weights_only=True)
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
+        if missing:
+            raise RuntimeError(f"{state}: checkpoint lacks trainable weights {missing[:3]} — config changed?")
+        model.load_state_dict(weights, strict=False)
+        optimizer.load_state_dict(torch.load(state / f"{prefix}optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(state / f"{prefix}scheduler.pt", weights_only=True))
     set_rng_state(torch.load(state / "rng.pt", weights_only=True))
-    return json.loads((state / "trainer.json").read_text())
+    tensors_path = state / "tensors.pt"
+    tensors = torch.load(tensors_path, weights_only=True) if tensors_path.exists() else {}
+    return json.loads((state / "trainer.json").read_text()), tensors
 
 
 def count_tokens(mask: torch.Tensor) -> int:

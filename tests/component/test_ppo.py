@@ -1,0 +1,157 @@
+"""PPO end to end on a tiny model: it learns a synthetic reward, the KL controller works, resume is exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from rlhflab.core.config import load_config  # noqa: E402
+from rlhflab.models.loading import load_model  # noqa: E402
+from rlhflab.train import ppo  # noqa: E402
+from rlhflab.train.reward import RewardConfig  # noqa: E402
+from rlhflab.train.reward import train as train_rm  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def lowercase_fraction(queries: list[str], responses: list[str]) -> list[float]:
+    """A synthetic reward: the fraction of ASCII lowercase letters. A random byte-level model starts near 26/320."""
+    return [sum(c.isascii() and c.islower() for c in r) / max(len(r), 1) for r in responses]
+
+
+def tiny_cfg(*overrides: str) -> ppo.PPOConfig:
+    return load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml",
+                       ["reward=python:tests.component.test_ppo:lowercase_fraction", *overrides])
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory, shared_data) -> Path:
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    cfg = load_config(RewardConfig, REPO / "configs/rm/tiny.yaml", ["max_steps=2", "eval_every=0"])
+    train_rm(cfg, str(out))
+    return out
+
+
+@pytest.mark.slow
+def test_ppo_raises_a_synthetic_score_several_fold_and_the_controller_tracks_kl(tmp_path, shared_data):
+    target = 4.0
+    cfg = tiny_cfg("total_episodes=320", "rollout_batch_size=32", "mini_batch_size=16", "micro_batch_size=8",
+                   "stop_at_eos=false", "max_new_tokens=8", "optim.lr=1e-2", "value_optim.lr=3e-3",
+                   "ppo_epochs=4", f"kl.target={target}", "kl.horizon=160", "save_every=0")
+    summary = ppo.train(cfg, str(tmp_path / "run"), reward_fn=lowercase_fraction)
+    rows = metrics(tmp_path / "run")
+    assert len(rows) == 10 and rows[-1]["episodes"] == 320
+    first = rows[0]["objective/score"]
+    late = sum(r["objective/score"] for r in rows[-3:]) / 3
+    assert late > 3 * first, (first, late)  # several-fold within 320 episodes
+    # the first rollout comes from the unchanged policy: its KL to the reference is exactly 0
+    assert rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)
+    # Ziegler's controller: β moves up exactly when the KL was above target, by the formula
+    for a, b in zip(rows, rows[1:]):
+        err = min(max(a["objective/kl"] / target - 1, -0.2), 0.2)
+        assert b["objective/kl_coef"] == pytest.approx(a["objective/kl_coef"] * (1 + err * 32 / 160), rel=1e-6)
+    late_kl = sum(r["objective/kl"] for r in rows[-3:]) / 3
+    assert target / 2 < late_kl < 2 * target, late_kl  # held near the target, not run away
+    # fixed-length responses, every phase timed, the policy saved as a plain loadable model
+    assert all(r["response/length"] == 8 for r in rows)
+    assert all(r["time/generation_s"] > 0 and r["time/training_s"] > 0 for r in rows)
+    model, _ = load_model(str(tmp_path / "run"))
+    assert summary["score_last"] == rows[-1]["objective/score"]
+    assert model.config.vocab_size == 320
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, shared_data):
+    cfg = tiny_cfg("total_episodes=48", "rollout_batch_size=8", "save_every=1")
+    ppo.train(cfg, str(tmp_path / "straight"), reward_fn=lowercase_fraction)
+    stopped = ppo.train(cfg, str(tmp_path / "resumed"), reward_fn=lowercase_fraction, stop_after=3)
+    assert stopped == {"stopped_at": 3}
+    assert len(metrics(tmp_path / "resumed")) == 3
+    ppo.train(cfg, str(tmp_path / "resumed"), reward_fn=lowercase_fraction)
+    a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
+    drop = ("time/", "wall")
+    strip = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in a]
+    assert strip == [{k: v for k, v in r.items() if not k.startswith(drop)} for r in b]
+    wa = load_model(str(tmp_path / "straight"))[0].state_dict()
+    wb = load_model(str(tmp_path / "resumed"))[0].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_ppo_with_a_reward_model_run_and_lora(tmp_path, tiny_rm):
+    cfg = load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml",
+                      [f"reward={tiny_rm}", "total_episodes=16", "lora.r=4", "lora.alpha=8", "sample_every=1"])
+    summary = ppo.train(cfg, str(tmp_path / "run"))
+    rows = metrics(tmp_path / "run")
+    assert len(rows) == 2 and summary["episodes"] == 16
+    assert rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # reference = the base, adapters off
+    assert rows[1]["objective/kl"] != 0.0  # ...and the adapters did move the policy
+    table = [json.loads(line) for line in (tmp_path / "run/samples/update_00001.jsonl").read_text().splitlines()]
+    assert len(table) == cfg.n_samples and all(isinstance(r["score"], float) for r in table)
+    merged, _ = load_model(str(tmp_path / "run"))  # adapters merged into a plain model
+    assert not any("lora" in name for name in merged.state_dict())
+
+
+def test_the_reward_model_scores_the_response_up_to_its_eos(tiny_rm):
+    """Token ids go to the RM as written: up to and including EOS, nothing after; an unfinished response has no
+    EOS. Same scores as the RM's own text path (" " + summary + EOS, the SFT format)."""
+    from rlhflab.models.generation import Generation, decode_responses
+    from rlhflab.models.reward import load_reward_model
+    from rlhflab.ops.ppo import mask_after_eos
+
+    rm = load_reward_model(tiny_rm)
+    tok = rm.tokenizer
+    eos = tok.eos_token_id
+    queries = [tok.encode("POST: a b c\n\nTL;DR:"), tok.encode("POST: longer text\n\nTL;DR:")]
+    rows = [tok.encode(" hey") + [eos, ord("x"), eos], tok.encode(" world!")]  # finished / cut at 7 tokens
+    response = torch.tensor(rows)
+    mask = mask_after_eos(response, eos)
+    gen = Generation(query_response=response, attention_mask=mask.long(), response=response.masked_fill(~mask, eos),
+                     logprobs=torch.zeros(2, 7), response_mask=mask, eos=torch.tensor([True, False]))
+    texts = decode_responses(tok, gen)
+    assert texts == [" hey", " world!"]
+    query_texts = [tok.decode(q) for q in queries]
+    got = ppo.score_responses(rm, tok, queries, gen, tiny_cfg(), (query_texts, texts))
+    want = rm.score(query_texts, ["hey", "world!"], eos=[True, False])
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, rm.score(query_texts, ["hey", "world!"], eos=[True, True]), atol=1e-5)
+
+
+def test_batches_walk_through_epochs_deterministically():
+    seen = [i for u in range(5) for i in ppo.batch_indices(u, 4, 10, seed=3)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))  # whole epochs
+    assert ppo.batch_indices(3, 4, 10, seed=3) == ppo.batch_indices(3, 4, 10, seed=3)
+    assert ppo.batch_indices(0, 4, 10, seed=3) != ppo.batch_indices(0, 4, 10, seed=4)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout_batch_size=6", "multiple of mini_batch_size"),
+    ("temperature=0", "temperature"),
+    ("total_episodes=4", "total_episodes"),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        ppo.train(tiny_cfg(override), str(tmp_path / "run"), reward_fn=lowercase_fraction)
+    assert not (tmp_path / "run" / "state").exists()
+
+
+def test_cli_lists_ppo_settings(capsys):
+    from rlhflab.cli import main
+
+    assert main(["ppo", "--show-config"]) == 0
+    out = capsys.readouterr().out
+    for key in ("kl.controller", "kl.target", "lora.r", "no_eos_penalty", "ppo_epochs", "frozen_bf16"):
+        assert key in out
