@@ -1,0 +1,284 @@
+"""`rlhflab best-of-n`: the paper's cheap baseline — sample N summaries per post, keep the one the RM likes best.
+
+For each batch of posts the policy samples N summaries per post (each query is prefilled once and its KV cache
+shared by its N rows), the reward model scores all of them (again each query once), and one `Sample` per post is
+appended to `<out>/samples.jsonl`: the text of the best summary, `score` = its score, and in `extra` all N scores,
+their mean and the index of the best. `write_all=true` also appends every candidate to `candidates.jsonl`, from
+which best-of-k for any k < N can be recomputed (win rate vs N curves) without sampling again.
+
+Resumable like `rlhflab sample`: a torn last line is dropped, posts already written are skipped, and nothing is
+written twice. Batches are fixed slices of the post list and each batch's sampling generator is seeded from
+(seed, index of its first post); a batch that was only partly written is sampled again whole and only its missing
+posts are written, so a resumed run writes exactly the file an uninterrupted run writes. With n=1 and the same
+batch size the summaries are those of `rlhflab sample` at the same seed and temperature.
+
+`no_eos_penalty`: a summary that never ended (cut at max_new_tokens) is ranked with this score instead of its RM
+score, so a truncated text cannot win (the paper's PPO gives such responses a fixed −1). None: rank by RM score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rlhflab.core.log import get_logger
+from rlhflab.core.rundir import RunDir, RunError, atomic_write_text, is_run_dir
+from rlhflab.core.seed import seed_everything
+from rlhflab.data.format import format_query
+from rlhflab.data.loaders import load_posts
+from rlhflab.data.records import Post, Sample
+from rlhflab.models.device import autocast, resolve_device
+from rlhflab.models.generation import decode_responses, generate, pad_queries
+from rlhflab.models.loading import load_model
+from rlhflab.models.reward import RewardModel, load_reward_model
+
+log = get_logger(__name__)
+
+SEED_STRIDE = 1_000_003  # the batch generator's seed is seed * SEED_STRIDE + index of the batch's first post
+
+
+@dataclass
+class BestOfNConfig:
+    model: str = "smollm2-135m"  # the policy: run directory, embedded name, model directory, hub id or tiny
+    reward: str = "runs/rm/cpu"  # an `rlhflab rm` run directory (or a saved reward-model directory)
+    policy_name: str | None = None  # the name written into each sample; default: "bo{n}-" + the model's name
+    posts: str = "../shared/data/tldr/eval.jsonl.gz"  # TL;DR, CNN/DM or posts JSONL; local path or hub name
+    format: str = "auto"  # auto | tldr | cnndm | posts
+    limit: int | None = None
+    n: int = 16  # summaries sampled per post; the best one is kept
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_query_tokens: int = 512
+    max_new_tokens: int = 48
+    batch_size: int = 2  # posts per generation batch (batch_size * n rows)
+    score_batch_size: int = 32  # summaries per reward-model forward (at least one post's n)
+    no_eos_penalty: float | None = None  # rank a summary that never ended with this score instead of its RM score
+    write_all: bool = False  # also write every candidate to candidates.jsonl (best-of-k curves for k < n)
+    seed: int = 1
+    bf16: bool = False
+    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
+    allow_partial: bool = False  # use an unfinished policy or RM run's last checkpoint
+
+    def __post_init__(self) -> None:
+        for key in ("n", "batch_size", "score_batch_size", "max_new_tokens", "max_query_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError(f"temperature=0 is greedy: all n={self.n} summaries of a post would be the same "
+                             "(sample with temperature > 0, e.g. 0.7)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def base_policy_name(model: str) -> str:
+    path = Path(model)
+    if is_run_dir(path):
+        return f"{path.parent.name}/{path.name}"  # e.g. sft/cpu
+    return path.name if path.exists() else model
+
+
+def policy_name(cfg: BestOfNConfig) -> str:
+    return cfg.policy_name or f"bo{cfg.n}-{base_policy_name(cfg.model)}"
+
+
+def ranking_scores(rm_scores: list[float], eos: list[bool], no_eos_penalty: float | None) -> list[float]:
+    """The scores best-of-N maximises: the RM's, except that a summary that never ended gets the penalty."""
+    if no_eos_penalty is None:
+        return list(rm_scores)
+    return [s if e else float(no_eos_penalty) for s, e in zip(rm_scores, eos)]
+
+
+def best_index(scores: list[float]) -> int:
+    """argmax; the first of equal scores (the earliest sample) wins."""
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+def expected_best_of_k(scores: list[float], k: int) -> float:
+    """E[max of k scores drawn without replacement from these n] — the unbiased best-of-k estimate from n >= k
+    i.i.d. samples (it uses all n, so it varies less than the max of the first k)."""
+    n = len(scores)
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be in 1..{n}")
+    ordered = sorted(scores)
+    total = math.comb(n, k)
+    # the i-th smallest (0-based) is the max of a k-subset in comb(i, k-1) of the comb(n, k) subsets
+    return sum(s * math.comb(i, k - 1) for i, s in enumerate(ordered) if i >= k - 1) / total
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL file up to the first line that does not parse (a torn last line); the file is rewritten
+    without it (atomically), so later appends start on a clean line."""
+    if not path.exists():
+        return []
+    rows, good = [], []
+    text = path.read_text()
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        good.append(line)
+    clean = "".join(line + "\n" for line in good)
+    if clean != text:
+        atomic_write_text(path, clean)
+    return rows
+
+
+def resume_state(samples_path: Path, candidates_path: Path | None) -> set[str]:
+    """Post ids already written. A post's candidates are written before its sample, so candidates of posts that
+    have no sample yet (an interrupted batch) are dropped here and written again with the batch."""
+    done: set[str] = set()
+    for row in read_rows(samples_path):
+        if row["post_id"] in done:
+            raise RunError(f"{samples_path}: post {row['post_id']} is written twice")
+        done.add(row["post_id"])
+    if candidates_path is not None and candidates_path.exists():
+        rows = [r for r in read_rows(candidates_path) if r["post_id"] in done]
+        atomic_write_text(candidates_path, "".join(json.dumps(r) + "\n" for r in rows))
+    return done
+
+
+def best_of_n(cfg: BestOfNConfig, out: str, stop_after: int | None = None) -> dict:
+    """Run (or resume) best-of-N into the run directory `out`. `stop_after` (batches) simulates an interruption."""
+    run = RunDir(out)
+    if run.is_done():
+        return run.read_done()
+    # Load both models before the run directory exists: a wrong path is reported without leaving a run behind
+    # that a corrected command would then refuse as "a different config".
+    if not Path(cfg.reward).expanduser().exists():
+        raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory")
+    rm = load_reward_model(cfg.reward, allow_partial=cfg.allow_partial)
+    model, tokenizer = load_model(cfg.model, allow_partial=cfg.allow_partial)
+    device = resolve_device(cfg.device)
+    model.to(device).eval()
+    rm.to(device)
+
+    run.start("best-of-n", cfg)
+    seed_everything(cfg.seed)
+    t_start = time.time()
+    samples_path = run.path / "samples.jsonl"
+    candidates_path = run.path / "candidates.jsonl" if cfg.write_all else None
+    done = resume_state(samples_path, candidates_path)
+
+    posts = unique_posts(list(load_posts(cfg.posts, format=cfg.format, limit=cfg.limit)))
+    name, base = policy_name(cfg), base_policy_name(cfg.model)
+    log.info("best-of-n: %d posts × n=%d by %s, scored by %s (%d posts already written)",
+             len(posts), cfg.n, base, cfg.reward, len(done))
+
+    n_generated, t_gen, batches = 0, 0.0, 0
+    bar = tqdm(total=len(posts), initial=sum(p.id in done for p in posts), desc="best-of-n", unit="post",
+               dynamic_ncols=True)
+    for start in range(0, len(posts), cfg.batch_size):
+        chunk = posts[start : start + cfg.batch_size]
+        missing = [b for b, p in enumerate(chunk) if p.id not in done]
+        if not missing:
+            continue
+        if stop_after is not None and batches >= stop_after:
+            bar.close()
+            return {"stopped_at": batches}
+        # The whole fixed batch is sampled again even when only part of it is missing: the same rows with the
+        # same generator give the same samples as an uninterrupted run.
+        generator = torch.Generator().manual_seed(cfg.seed * SEED_STRIDE + start)
+        t0 = time.time()
+        candidates = sample_and_score(model, tokenizer, rm, chunk, cfg, generator, base)
+        t_gen += time.time() - t0
+        n_generated += len(chunk) * cfg.n
+        batches += 1
+        chosen = [pick_best(chunk[b], candidates[b], name, cfg) for b in missing]
+        if candidates_path is not None:
+            with open(candidates_path, "a") as f:
+                f.write("".join(json.dumps(c.to_dict()) + "\n" for b in missing for c in candidates[b]))
+        with open(samples_path, "a") as f:
+            f.write("".join(json.dumps(s.to_dict()) + "\n" for s in chosen))
+        done.update(chunk[b].id for b in missing)
+        bar.update(len(missing))
+        bar.set_postfix(best=f"{sum(s.score for s in chosen) / len(chosen):.3f}")
+    bar.close()
+
+    summary = summarise(cfg, samples_path, candidates_path, name, base)
+    summary.update(wall_s=time.time() - t_start, generated_this_run=n_generated,
+                   candidates_per_s=n_generated / t_gen if t_gen > 0 else None)
+    run.write_done(summary)
+    log.info("best-of-n: mean best score %.4f vs mean score %.4f over %d posts",
+             summary["mean_best_score"], summary["mean_score"], summary["n_posts"])
+    return summary
+
+
+def unique_posts(posts: list[Post]) -> list[Post]:
+    """The posts in order, each id once (one written row per post id is what makes resuming exact)."""
+    out = list({p.id: p for p in reversed(posts)}.values())[::-1]
+    if len(out) < len(posts):
+        log.warning("best-of-n: %d posts with a repeated id were skipped", len(posts) - len(out))
+    return out
+
+
+@torch.no_grad()
+def sample_and_score(model, tokenizer, rm: RewardModel, chunk: list[Post], cfg: BestOfNConfig,
+                     generator: torch.Generator, base: str = "") -> list[list[Sample]]:
+    """cfg.n candidates per post: sampled by the policy, scored by the RM. Returns [post][i] candidate Samples
+    (policy = the base policy's name, score = the ranking score, extra.rm_score = the RM's own)."""
+    k = cfg.n
+    queries = [tokenizer.encode(format_query(p, tokenizer, cfg.max_query_tokens), add_special_tokens=False)
+               for p in chunk]
+    query_ids, query_mask = pad_queries(tokenizer, queries)  # (P, Tq)
+    with autocast(model.device, cfg.bf16):
+        gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.max_new_tokens,
+                       temperature=cfg.temperature, top_p=cfg.top_p, generator=generator, n_per_query=k)
+    texts = decode_responses(tokenizer, gen)  # P*k, post b's candidates at b*k … b*k+k-1
+    eos = gen.eos.tolist()
+    n_tokens = (gen.response_mask.sum(-1) - gen.eos.long()).tolist()
+    # The RM reads the post and the summaries with its own tokenizer and budgets (as `rlhflab score` does).
+    rm_queries = [rm.encode_query(p) for p in chunk]
+    rm_responses = [rm.encode_response(t, eos=e) for t, e in zip(texts, eos)]
+    rm_scores = rm.score_groups(rm_queries, rm_responses, k, batch_size=cfg.score_batch_size, bf16=cfg.bf16)
+    out = []
+    for b, post in enumerate(chunk):
+        rows = range(b * k, (b + 1) * k)
+        raw = [float(rm_scores[b, i]) for i in range(k)]
+        ranked = ranking_scores(raw, [eos[r] for r in rows], cfg.no_eos_penalty)
+        out.append([Sample(post_id=post.id, policy=base, text=texts[r], n_tokens=int(n_tokens[r]), index=i,
+                           eos=bool(eos[r]), score=ranked[i],
+                           extra={"temperature": cfg.temperature, "rm_score": raw[i]})
+                    for i, r in enumerate(rows)])
+    return out
+
+
+def pick_best(post: Post, candidates: list[Sample], name: str, cfg: BestOfNConfig) -> Sample:
+    """The written row of one post: the best candidate's text and score, all n scores in `extra`."""
+    scores = [float(c.score) for c in candidates]  # type: ignore[arg-type]
+    i = best_index(scores)
+    best = candidates[i]
+    extra = {"n": len(scores), "scores": scores, "mean_score": sum(scores) / len(scores), "best_index": i,
+             "eos": [c.eos for c in candidates], "temperature": cfg.temperature, "base_policy": best.policy}
+    if cfg.no_eos_penalty is not None:
+        extra["rm_scores"] = [c.extra["rm_score"] for c in candidates]
+    return Sample(post_id=post.id, policy=name, text=best.text, n_tokens=best.n_tokens, index=0, eos=best.eos,
+                  score=scores[i], extra=extra)
+
+
+def summarise(cfg: BestOfNConfig, samples_path: Path, candidates_path: Path | None, name: str, base: str) -> dict:
+    rows = read_rows(samples_path)
+    n = max(len(rows), 1)
+    all_scores = [s for r in rows for s in r["extra"]["scores"]]
+    ks = sorted({2**j for j in range(cfg.n.bit_length()) if 2**j <= cfg.n} | {cfg.n})
+    return {
+        "stage": "best-of-n", "policy": name, "base_policy": base, "reward": cfg.reward, "n": cfg.n,
+        "n_posts": len(rows), "n_candidates": len(all_scores),
+        "mean_best_score": sum(r["score"] for r in rows) / n,
+        "mean_score": sum(all_scores) / max(len(all_scores), 1),
+        # E[best of k] per post from its n scores, averaged: the reward-vs-N curve without sampling again
+        "mean_best_score_by_k": {str(k): sum(expected_best_of_k(r["extra"]["scores"], k) for r in rows) / n
+                                 for k in ks},
+        "eos_rate": sum(r["eos"] for r in rows) / n,
+        "candidate_eos_rate": sum(e for r in rows for e in r["extra"]["eos"]) / max(len(all_scores), 1),
+        "mean_tokens": sum(r["n_tokens"] for r in rows) / n,
+        "samples": str(samples_path), "candidates": str(candidates_path) if candidates_path else None,
+    }
