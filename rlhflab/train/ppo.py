@@ -40,7 +40,7 @@ from rlhflab.models.generation import (
     response_logprobs_and_entropy,
 )
 from rlhflab.models.loading import load_model, save_model
-from rlhflab.models.reward import RewardModel, load_reward_model, new_reward_model
+from rlhflab.models.reward import NotARewardModelError, RewardModel, load_reward_model, new_reward_model
 from rlhflab.ops.ppo import (
     gae,
     kl_penalised_rewards,
@@ -175,14 +175,13 @@ def load_reward(cfg: PPOConfig, reward_fn: RewardFn | None, device: torch.device
 
 
 def load_value_model(cfg: PPOConfig, device: torch.device) -> RewardModel:
-    """The value model starts as the reward model (the paper), or as the policy's model with a fresh head."""
-    spec = cfg.value_model or (None if cfg.reward.startswith("python:") else cfg.reward)
+    """The value model starts as the reward model (the paper), or — for a callable reward, or a `value_model`
+    that is a plain language model — as that model with a fresh scalar head."""
+    spec = cfg.value_model or (cfg.model if cfg.reward.startswith("python:") else cfg.reward)
     try:
-        value = load_reward_model(spec) if spec else None
-    except Exception:  # noqa: BLE001 — a callable reward with a value_model that is a plain LM
-        value = None
-    if value is None:
-        value = new_reward_model(cfg.value_model or cfg.model, seed=cfg.seed, allow_partial=cfg.allow_partial)
+        value = load_reward_model(spec, allow_partial=cfg.allow_partial)
+    except NotARewardModelError:
+        value = new_reward_model(spec, seed=cfg.seed, allow_partial=cfg.allow_partial)
     value.requires_grad_(True)
     freeze_lower_layers(value.lm, cfg.freeze_layers)
     return value.to(device).train()
