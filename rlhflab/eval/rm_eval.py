@@ -16,6 +16,7 @@ lengths) count as half right.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -25,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from rlhflab.core.log import get_logger
-from rlhflab.core.rundir import RunDir
+from rlhflab.core.rundir import RunDir, atomic_write_text
 from rlhflab.data.loaders import load_comparisons
 from rlhflab.data.records import Comparison
 from rlhflab.data.repeats import resolve_repeats
@@ -55,6 +56,10 @@ class RMEvalConfig:
     calibration_bins: int = 5
     n_worst: int = 20
     plot: bool = True
+
+
+PAIR_KEYS = ("index", "post_id", "r_chosen", "r_rejected", "margin", "correct", "length_correct", "similar_length",
+             "confidence", "confidence_distance", "policy_pair", "split", "batch", "chosen", "rejected")
 
 
 def text_length(text: str) -> int:
@@ -231,6 +236,8 @@ def evaluate(cfg: RMEvalConfig, out: str) -> dict:
     from rlhflab.core.rundir import atomic_write_json
 
     atomic_write_json(run.path / "report.json", report)
+    # every pair's scores, for inspection and for combining RMs (e.g. an ensemble's mean margin)
+    atomic_write_text(run.path / "pairs.jsonl", "".join(json.dumps({k: r[k] for k in PAIR_KEYS}) + "\n" for r in rows))
     summary = {"stage": "rm-eval", "wall_s": time.time() - t_start, "report": str(run.path / "report.json"),
                **{k: report[k] for k in ("n_pairs", "accuracy", "length_baseline_accuracy",
                                          "similar_length_accuracy", "similar_length_n")}}

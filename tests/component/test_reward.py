@@ -224,6 +224,9 @@ def test_tiny_rm_learns_a_synthetic_preference_and_beats_length(tmp_path):
     assert set(report["per_confidence"]) <= {"1", "2", "3", "4"}
     assert sum(b["n"] for b in report["calibration"]["bins"]) == report["n_pairs"]
     assert (ev / "reliability.png").exists() or report["reliability_plot"] is None
+    pairs = [json.loads(line) for line in (ev / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == report["n_pairs"]
+    assert sum(p["margin"] > 0 for p in pairs) / len(pairs) == pytest.approx(report["accuracy"])
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
