@@ -4,6 +4,7 @@
     python benchmarks/rm_cpu.py --model runs/sft/cpu              # from the SFT run
     python benchmarks/rm_cpu.py --name confidence loss=confidence # an idea to raise dev accuracy
     python benchmarks/rm_cpu.py --name 2ep epochs=2 --report-only # re-read finished runs, no training
+    python benchmarks/rm_cpu.py --ensemble 2ep,confidence          # combine finished experiments' dev margins
 
 Each named experiment trains into runs/rm/cpu-<name> and evaluates into runs/rm-eval/cpu-<name> (re-running resumes
 an interrupted run; a finished one is only re-read). benchmarks/results/rm_cpu.json keeps every experiment under
@@ -18,6 +19,7 @@ import argparse
 import json
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +56,11 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="do not train or evaluate; re-read the runs")
     parser.add_argument("--results", default=str(RESULTS), help="the results JSON to update")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for `rlhflab rm`")
+    parser.add_argument("--ensemble", default=None, help="comma-separated finished experiments to combine (no "
+                        "training): mean of their standardised dev margins")
     args = parser.parse_args()
+    if args.ensemble:
+        return ensemble(args.ensemble.split(","), Path(args.results))
     if not (SHARED / "comparisons" / "batch13.jsonl.gz").exists():
         sys.exit(f"real data not found at {SHARED} (the shared/ folder must sit beside the repository)")
 
@@ -99,10 +105,14 @@ def main() -> None:
         "commands": [shlex.join(["rlhflab", *rm_cmd[3:]]), shlex.join(["rlhflab", *eval_cmd[3:]])],
         "run_dirs": {"rm": rm_dir, "rm_eval": eval_dir},
     }
-    results_path = Path(args.results)
+    record(Path(args.results), args.name, exp)
+
+
+def record(results_path: Path, name: str, exp: dict) -> None:
+    """Add one experiment to the results file; the best dev accuracy becomes the headline."""
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     experiments = results.get("experiments", {})
-    experiments[args.name] = exp
+    experiments[name] = exp
     best = max(experiments, key=lambda k: experiments[k]["dev_accuracy"])
     out = {**{k: v for k, v in experiments[best].items()}, "headline_experiment": best,
            "dev_set": "posts of batch13 with split_by_post bucket < 0.15 (seed 0); repeat policies of the run",
@@ -112,6 +122,40 @@ def main() -> None:
     print(json.dumps({k: exp[k] for k in ("dev_accuracy", "length_baseline_accuracy", "similar_length_accuracy",
                                           "n_dev_pairs")}, indent=2))
     print(f"wrote {results_path} (headline: {best})")
+
+
+def ensemble(names: list[str], results_path: Path) -> None:
+    """An ensemble of finished experiments: each RM's dev margins divided by their standard deviation (so every
+    RM weighs the same), averaged; the ensemble prefers the chosen summary when the mean margin is positive."""
+    tables = []
+    for name in names:
+        path = REPO / f"runs/rm-eval/cpu-{name}/pairs.jsonl"
+        if not path.exists():
+            sys.exit(f"{path} missing: re-run `python benchmarks/rm_cpu.py --name {name} ...` (rm-eval writes it)")
+        tables.append([json.loads(line) for line in path.read_text().splitlines()])
+    ident = [[(r["post_id"], r["chosen"], r["rejected"]) for r in t] for t in tables]
+    if any(i != ident[0] for i in ident):
+        sys.exit("the experiments were evaluated on different dev pairs; an ensemble needs the same split")
+    stds = [statistics.pstdev(r["margin"] for r in t) or 1.0 for t in tables]
+    rows = [{**group[0], "margin": sum(r["margin"] / sd for r, sd in zip(group, stds)) / len(group)}
+            for group in zip(*tables)]
+
+    def acc(rs: list[dict]) -> float | None:
+        return sum((r["margin"] > 0) + 0.5 * (r["margin"] == 0) for r in rs) / len(rs) if rs else None
+
+    similar = [r for r in rows if r["similar_length"]]
+    per_conf: dict[str, dict] = {}
+    for d in sorted({r["confidence_distance"] for r in rows if r["confidence_distance"] is not None}):
+        group = [r for r in rows if r["confidence_distance"] == d]
+        per_conf[str(int(d))] = {"n": len(group), "accuracy": acc(group),
+                                 "length_baseline_accuracy": sum(r["length_correct"] for r in group) / len(group)}
+    length_acc = sum(r["length_correct"] for r in rows) / len(rows)
+    exp = {"dev_accuracy": acc(rows), "length_baseline_accuracy": length_acc,
+           "similar_length_accuracy": acc(similar), "similar_length_n": len(similar),
+           "beats_length_baseline": acc(rows) > length_acc, "per_confidence": per_conf, "n_dev_pairs": len(rows),
+           "members": names, "member_margin_std": stds,
+           "command": "python benchmarks/rm_cpu.py --ensemble " + ",".join(names)}
+    record(results_path, "ensemble-" + "+".join(names), exp)
 
 
 if __name__ == "__main__":
