@@ -17,10 +17,12 @@ point resumes to the same numbers as one that never stopped.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -126,6 +128,7 @@ class PPOConfig:
     sample_every: int = 10  # write a samples table every this many updates (and after the first and the last)
     n_samples: int = 4
     save_every: int = 5  # checkpoint every this many updates (and after the last)
+    snapshot_every: int = 0  # > 0: also keep the policy as a plain model in snapshots/update_XXXXX/ (for KL curves)
     allow_partial: bool = False
 
 
@@ -390,6 +393,8 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         if update == 1 or last or (cfg.sample_every and update % cfg.sample_every == 0):
             write_table(run.samples_dir / f"update_{update:05d}.jsonl",
                         sample_rows(update, batch, posts, texts, raw, gen, cfg.n_samples))
+        if cfg.snapshot_every and update % cfg.snapshot_every == 0:
+            save_snapshot(run.path / "snapshots" / f"update_{update:05d}", policy, tokenizer, cfg)
         if (cfg.save_every and update % cfg.save_every == 0) or last:
             save_state(run, parts, {"update": update, "kl_coef": kl_coef, "episodes": update * cfg.rollout_batch_size},
                        {"generator": generator.get_state()})
@@ -401,6 +406,11 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
             return {"stopped_at": update}
     bar.close()
     return finish(run, cfg, policy, tokenizer, t_start)
+
+
+def save_snapshot(path: Path, policy, tokenizer, cfg: PPOConfig) -> None:
+    """The current policy as a plain model (a merged copy for LoRA: the training policy keeps its adapters)."""
+    save_model(copy.deepcopy(policy).merge_and_unload() if cfg.lora.r > 0 else policy, tokenizer, path)
 
 
 def finish(run: RunDir, cfg: PPOConfig, policy, tokenizer, t_start: float) -> dict:

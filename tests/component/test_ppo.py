@@ -95,7 +95,8 @@ def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, shared_data):
 @pytest.mark.slow
 def test_ppo_with_a_reward_model_run_and_lora(tmp_path, tiny_rm):
     cfg = load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml",
-                      [f"reward={tiny_rm}", "total_episodes=16", "lora.r=4", "lora.alpha=8", "sample_every=1"])
+                      [f"reward={tiny_rm}", "total_episodes=16", "lora.r=4", "lora.alpha=8", "sample_every=1",
+                       "snapshot_every=1"])
     summary = ppo.train(cfg, str(tmp_path / "run"))
     rows = metrics(tmp_path / "run")
     assert len(rows) == 2 and summary["episodes"] == 16
@@ -105,6 +106,15 @@ def test_ppo_with_a_reward_model_run_and_lora(tmp_path, tiny_rm):
     assert len(table) == cfg.n_samples and all(isinstance(r["score"], float) for r in table)
     merged, _ = load_model(str(tmp_path / "run"))  # adapters merged into a plain model
     assert not any("lora" in name for name in merged.state_dict())
+    # a snapshot per update, each a plain model; the last one is the final policy
+    snapshots = sorted((tmp_path / "run/snapshots").iterdir())
+    assert [p.name for p in snapshots] == ["update_00001", "update_00002"]
+    first, _ = load_model(str(snapshots[0]))
+    last, _ = load_model(str(snapshots[1]))
+    assert not any("lora" in name for name in first.state_dict())
+    final = merged.state_dict()
+    assert all(torch.equal(t, final[k]) for k, t in last.state_dict().items())
+    assert not all(torch.equal(t, final[k]) for k, t in first.state_dict().items())
 
 
 def test_the_reward_model_scores_the_response_up_to_its_eos(tiny_rm):
