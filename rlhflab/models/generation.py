@@ -141,12 +141,15 @@ def response_logprobs(model, query_response: Tensor, attention_mask: Tensor, que
 
 
 def response_logprobs_and_entropy(model, query_response: Tensor, attention_mask: Tensor, query_len: int,
-                                  temperature: float, entropy: bool = True) -> tuple[Tensor, Tensor | None]:
+                                  temperature: float, entropy: bool = True, inputs_embeds: Tensor | None = None
+                                  ) -> tuple[Tensor, Tensor | None]:
     """((B, Tr) log-probs of the response tokens, (B, Tr) entropy of each next-token distribution or None), both
-    under softmax(logits / T) and from one forward pass; 0 where masked."""
+    under softmax(logits / T) and from one forward pass; 0 where masked. `inputs_embeds` (B, T, H), when given,
+    is fed instead of the ids (e.g. frozen lower layers' output, see models/trunk.py)."""
     device = _device(model)
     query_response, attention_mask = query_response.to(device), attention_mask.to(device).long()
-    out = model(input_ids=query_response, attention_mask=attention_mask,
+    out = model(input_ids=None if inputs_embeds is not None else query_response, inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask), use_cache=False,
                 logits_to_keep=query_response.shape[1] - query_len + 1)  # the query's own logits are never needed
     logits = out.logits[:, :-1, :].float()  # (B, Tr, V): position t predicts token t+1

@@ -79,11 +79,14 @@ class RewardModel(nn.Module):
         h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         return self.head(h_last).squeeze(-1).float() + self.bias  # (B,)
 
-    def per_token(self, input_ids: Tensor, attention_mask: Tensor, first: int = 0) -> Tensor:
+    def per_token(self, input_ids: Tensor, attention_mask: Tensor, first: int = 0,
+                  inputs_embeds: Tensor | None = None) -> Tensor:
         """(B, T) ids and mask -> (B, T - first) float32 scores at every position from `first` on: PPO's value
-        model is a reward model read at every token (V_t = the score of the prefix ending at t)."""
+        model is a reward model read at every token (V_t = the score of the prefix ending at t). `inputs_embeds`
+        (B, T, H), when given, is fed instead of the ids (frozen lower layers' output, see models/trunk.py)."""
         position_ids = position_ids_from_mask(attention_mask)  # (B, T)
-        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+        hidden = self.lm.base_model(input_ids=None if inputs_embeds is not None else input_ids,
+                                    inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                     position_ids=position_ids).last_hidden_state  # (B, T, H)
         return self.head(hidden[:, first:]).squeeze(-1).float() + self.bias  # (B, T - first)
 

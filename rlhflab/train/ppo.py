@@ -17,6 +17,7 @@ point resumes to the same numbers as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import time
@@ -42,6 +43,7 @@ from rlhflab.models.generation import (
     response_logprobs_and_entropy,
 )
 from rlhflab.models.loading import load_model, save_model
+from rlhflab.models.trunk import lower_hidden, split_matches_full, upper_layers
 from rlhflab.models.reward import NotARewardModelError, RewardModel, load_reward_model, new_reward_model
 from rlhflab.ops.ppo import (
     gae,
@@ -120,6 +122,7 @@ class PPOConfig:
                                                                          min_lr_ratio=0.0))
     lora: LoraOptions = field(default_factory=LoraOptions)
     freeze_layers: int = 0  # freeze the embeddings and the lowest N layers of the policy and the value model
+    reuse_frozen: bool = True  # run the frozen lower layers once per rollout, not in every PPO epoch (same math)
     bf16: bool = False  # bf16 autocast
     frozen_bf16: bool = False  # keep the reference and the reward model's weights in bf16
     device: str = "auto"
@@ -144,6 +147,8 @@ class Rollout:
     values: torch.Tensor  # (R, T) old values
     advantages: torch.Tensor  # (R, T)
     returns: torch.Tensor  # (R, T)
+    policy_hidden: torch.Tensor | None = None  # (R, Tq+T, H) output of the policy's frozen lower layers, or None
+    value_hidden: torch.Tensor | None = None  # (R, Tq+T, H) the same for the value model
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -214,9 +219,54 @@ def forward_in_chunks(fn, n: int, size: int) -> torch.Tensor:
 
 
 def values_of(value_model: RewardModel, query_response: torch.Tensor, attention_mask: torch.Tensor,
-              query_len: int) -> torch.Tensor:
+              query_len: int, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T) V_t: the value head read at the position that predicts response token t."""
-    return value_model.per_token(query_response, attention_mask, first=query_len - 1)[:, :-1]
+    return value_model.per_token(query_response, attention_mask, first=query_len - 1,
+                                 inputs_embeds=inputs_embeds)[:, :-1]
+
+
+def frozen_layers_to_reuse(cfg: PPOConfig, policy, value_model: RewardModel, vocab_size: int) -> int:
+    """How many frozen lower layers to run once per rollout: cfg.freeze_layers when it is safe, else 0."""
+    if not (cfg.reuse_frozen and cfg.freeze_layers and cfg.lora.r == 0):
+        return 0
+    try:
+        ok = all(split_matches_full(m, cfg.freeze_layers, vocab_size) for m in (policy, value_model.lm))
+    except TypeError:  # no .layers/.norm decoder
+        ok = False
+    if not ok:
+        log.warning("reuse_frozen: this architecture does not split cleanly at layer %d; running every layer "
+                    "in every PPO epoch", cfg.freeze_layers)
+    if ok:
+        log.info("the frozen lower %d layers run once per rollout (policy, reference and value model)",
+                 cfg.freeze_layers)
+    return cfg.freeze_layers if ok else 0
+
+
+def frozen_states(model, qr: torch.Tensor, am: torch.Tensor, qlen: int, n_frozen: int, cfg: PPOConfig
+                  ) -> torch.Tensor:
+    """(R, Tq+T, H) output of the frozen lower layers for the whole rollout, computed in chunks on trimmed rows
+    and left-padded back to the rollout's width with zeros (pad positions are masked everywhere)."""
+    chunks = []
+    for i in range(0, qr.shape[0], cfg.score_batch_size):
+        s = slice(i, i + cfg.score_batch_size)
+        q, a, _ = trim_left(qr[s], am[s], qlen)
+        with autocast(q.device, cfg.bf16):
+            h = lower_hidden(model, q, a, n_frozen)  # (b, t, H)
+        chunks.append(torch.nn.functional.pad(h, (0, 0, qr.shape[1] - q.shape[1], 0)))
+    return torch.cat(chunks)
+
+
+def slice_hidden(hidden: torch.Tensor | None, rows, width: int, model) -> torch.Tensor | None:
+    """The rows of a rollout's frozen-layer states, cut to a trimmed micro batch's last `width` columns, in the
+    dtype of `model`'s weights (a bf16 reference reads the fp32 policy states)."""
+    if hidden is None:
+        return None
+    return hidden[rows][:, hidden.shape[1] - width :].to(next(model.parameters()).dtype)
+
+
+def upper(model, n_frozen: int):
+    """Run only the layers above the frozen ones (inputs_embeds = their states); a no-op for n_frozen == 0."""
+    return upper_layers(model, n_frozen) if n_frozen else contextlib.nullcontext()
 
 
 def trim_left(query_response: torch.Tensor, attention_mask: torch.Tensor, query_len: int
@@ -227,31 +277,39 @@ def trim_left(query_response: torch.Tensor, attention_mask: torch.Tensor, query_
 
 
 def build_rollout(gen: Generation, scores: torch.Tensor, policy, reference, value_model, kl_coef: float,
-                  cfg: PPOConfig) -> tuple[Rollout, dict[str, float]]:
-    """Steps (3) and (4): old log-probs, reference log-probs, KL-penalised rewards, values, GAE."""
+                  cfg: PPOConfig, n_frozen: int) -> tuple[Rollout, dict[str, float]]:
+    """Steps (3) and (4): old log-probs, reference log-probs, KL-penalised rewards, values, GAE. With n_frozen > 0
+    the frozen lower layers run once here; the reference shares the policy's (they are the same frozen weights)."""
     qr, am, mask = gen.query_response, gen.attention_mask, gen.response_mask
     qlen = qr.shape[1] - gen.response.shape[1]
+    n, size = qr.shape[0], cfg.score_batch_size
+    policy_hidden = value_hidden = None
+    if n_frozen:
+        policy_hidden = frozen_states(policy, qr, am, qlen, n_frozen, cfg)
+        value_hidden = frozen_states(value_model.lm, qr, am, qlen, n_frozen, cfg)
 
-    def logp_of(model):
+    def logp_of(model, hidden):
         def run(s):
             q, a, ql = trim_left(qr[s], am[s], qlen)
-            with autocast(q.device, cfg.bf16):
-                return response_logprobs_and_entropy(model, q, a, ql, cfg.temperature, entropy=False)[0]
+            h = slice_hidden(hidden, s, q.shape[1], model)
+            with autocast(q.device, cfg.bf16), upper(model, n_frozen if h is not None else 0):
+                return response_logprobs_and_entropy(model, q, a, ql, cfg.temperature, entropy=False,
+                                                     inputs_embeds=h)[0]
         return run
 
     def ref_logp(s):
         if reference is not None:
-            return logp_of(reference)(s)
+            return logp_of(reference, policy_hidden)(s)
         with policy.disable_adapter():  # LoRA: the reference is the base model
-            return logp_of(policy)(s)
+            return logp_of(policy, None)(s)
 
     def value_run(s):
         q, a, ql = trim_left(qr[s], am[s], qlen)
-        with autocast(q.device, cfg.bf16):
-            return values_of(value_model, q, a, ql)
+        h = slice_hidden(value_hidden, s, q.shape[1], value_model.lm)
+        with autocast(q.device, cfg.bf16), upper(value_model.lm, n_frozen if h is not None else 0):
+            return values_of(value_model, q, a, ql, h)
 
-    n, size = qr.shape[0], cfg.score_batch_size
-    logprobs = forward_in_chunks(logp_of(policy), n, size).masked_fill(~mask, 0.0)
+    logprobs = forward_in_chunks(logp_of(policy, policy_hidden), n, size).masked_fill(~mask, 0.0)
     ref_logprobs = forward_in_chunks(ref_logp, n, size).masked_fill(~mask, 0.0)
     values = forward_in_chunks(value_run, n, size).masked_fill(~mask, 0.0)
 
@@ -267,12 +325,14 @@ def build_rollout(gen: Generation, scores: torch.Tensor, policy, reference, valu
              "objective/reward": float(rewards.sum(1).mean()),
              "ppo/value_mean": float(masked_mean(values, mask)),
              "ppo/return_mean": float(masked_mean(returns, mask))}
-    return Rollout(qr, am, qlen, mask, logprobs, ref_logprobs, values, advantages, returns), stats
+    return Rollout(qr, am, qlen, mask, logprobs, ref_logprobs, values, advantages, returns, policy_hidden,
+                   value_hidden), stats
 
 
 def ppo_epochs(rollout: Rollout, policy, value_model, optimizers, cfg: PPOConfig,
-               generator: torch.Generator) -> dict[str, float]:
-    """Step (5): `ppo_epochs` passes over shuffled minibatches, gradient accumulation over micro batches."""
+               generator: torch.Generator, n_frozen: int) -> dict[str, float]:
+    """Step (5): `ppo_epochs` passes over shuffled minibatches, gradient accumulation over micro batches; with
+    n_frozen > 0 only the upper layers run, on the rollout's frozen-layer states."""
     (p_opt, p_sched), (v_opt, v_sched) = optimizers
     sizes = batch_sizes(cfg.mini_batch_size, cfg.micro_batch_size)
     R = rollout.query_response.shape[0]
@@ -285,9 +345,14 @@ def ppo_epochs(rollout: Rollout, policy, value_model, optimizers, cfg: PPOConfig
                 idx = torch.tensor(order[m : m + sizes.micro_batch_size], device=rollout.mask.device)
                 q, a, ql = trim_left(rollout.query_response[idx], rollout.attention_mask[idx], rollout.query_len)
                 mask = rollout.mask[idx]
+                p_h = slice_hidden(rollout.policy_hidden, idx, q.shape[1], policy)
+                v_h = slice_hidden(rollout.value_hidden, idx, q.shape[1], value_model.lm)
                 with autocast(q.device, cfg.bf16):
-                    logp, entropy = response_logprobs_and_entropy(policy, q, a, ql, cfg.temperature)
-                    values = values_of(value_model, q, a, ql)
+                    with upper(policy, n_frozen if p_h is not None else 0):
+                        logp, entropy = response_logprobs_and_entropy(policy, q, a, ql, cfg.temperature,
+                                                                      inputs_embeds=p_h)
+                    with upper(value_model.lm, n_frozen if v_h is not None else 0):
+                        values = values_of(value_model, q, a, ql, v_h)
                 pg_loss, pg = ppo_policy_loss(logp, rollout.logprobs[idx], rollout.advantages[idx], mask,
                                               cfg.clip_range)
                 vf_loss, vf = ppo_value_loss(values, rollout.values[idx], rollout.returns[idx], mask,
@@ -326,6 +391,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     policy, reference, tokenizer = load_policy_and_reference(cfg, device)
     reward = load_reward(cfg, reward_fn, device)
     value_model = load_value_model(cfg, device)
+    n_frozen = frozen_layers_to_reuse(cfg, policy, value_model, policy.config.vocab_size)
     posts = list(load_posts(cfg.data.posts, format=cfg.data.format, limit=cfg.data.limit))
     if len(posts) < cfg.rollout_batch_size:
         raise ValueError(f"{cfg.data.posts}: {len(posts)} posts, fewer than rollout_batch_size="
@@ -367,12 +433,12 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         raw = score_responses(reward, tokenizer, [queries[i] for i in batch], gen, cfg,
                               ([query_texts[i] for i in batch], texts))
         scores = penalise_unfinished(raw, gen.eos.cpu(), cfg.no_eos_penalty)
-        rollout, roll_stats = build_rollout(gen, scores, policy, reference, value_model, kl_coef, cfg)
+        rollout, roll_stats = build_rollout(gen, scores, policy, reference, value_model, kl_coef, cfg, n_frozen)
         t2 = time.time()
 
         # (5) PPO epochs over minibatches
         policy.train()
-        train_stats = ppo_epochs(rollout, policy, value_model, optimizers, cfg, generator)
+        train_stats = ppo_epochs(rollout, policy, value_model, optimizers, cfg, generator, n_frozen)
         t3 = time.time()
 
         # (6) KL controller, metrics, samples, checkpoint

@@ -167,3 +167,24 @@ def test_cli_lists_ppo_settings(capsys):
     out = capsys.readouterr().out
     for key in ("kl.controller", "kl.target", "lora.r", "no_eos_penalty", "ppo_epochs", "frozen_bf16"):
         assert key in out
+
+
+def test_reusing_the_frozen_layers_gives_the_same_run(tmp_path, caplog):
+    """freeze_layers=1: the lower layer runs once per rollout instead of in every PPO epoch; same numbers."""
+    cfg = tiny_cfg("total_episodes=24", "freeze_layers=1", "save_every=0")
+    with caplog.at_level("INFO", logger="rlhflab.train.ppo"):
+        reused = ppo.train(cfg, str(tmp_path / "reused"))
+    assert "frozen lower 1 layers run once per rollout" in caplog.text
+    plain = ppo.train(load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml",
+                                  ["reward=python:tests.component.test_ppo:lowercase_fraction", "total_episodes=24",
+                                   "freeze_layers=1", "save_every=0", "reuse_frozen=false"]), str(tmp_path / "plain"))
+    a, b = metrics(tmp_path / "reused"), metrics(tmp_path / "plain")
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b):
+        for key in ("objective/score", "objective/kl", "ppo/policy_loss", "ppo/value_loss", "ppo/approxkl"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), key
+    assert reused["score_last"] == pytest.approx(plain["score_last"], rel=1e-5)
+    # bf16 autocast with a bf16 reference reading the fp32 policy states: runs, and starts at KL ≈ 0
+    ppo.train(tiny_cfg("total_episodes=8", "freeze_layers=1", "bf16=true", "frozen_bf16=true", "save_every=0"),
+              str(tmp_path / "bf16"))
+    assert abs(metrics(tmp_path / "bf16")[0]["objective/kl"]) < 0.05
