@@ -86,6 +86,23 @@ def load_model(
     return _prepare(model, tokenizer)
 
 
+def load_tokenizer(spec: str, *, allow_partial: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model spec (same specs as `load_model`) without loading the weights where it can:
+    for counting tokens. A .gguf file is the exception (its tokenizer is read with the model)."""
+    spec = str(spec)
+    if spec == EMBEDDED_NAME:
+        return AutoTokenizer.from_pretrained(_embedded_cache())
+    if spec == "tiny" or spec.startswith("tiny:"):
+        return byte_tokenizer()
+    path = Path(spec).expanduser()
+    if path.is_dir() and is_run_dir(path):
+        RunDir(path).require_done(allow_partial=allow_partial)
+        return AutoTokenizer.from_pretrained(RunDir(path).model_dir)
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(path)
+    return load_model(spec, allow_partial=allow_partial)[1]
+
+
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
     """save_pretrained (safetensors) + tokenizer into `out_dir`, atomically: a crash leaves the old copy or none."""
     out_dir = Path(out_dir)
