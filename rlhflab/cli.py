@@ -26,6 +26,8 @@ STAGES = {
             "optimise a policy against a reward model with PPO and a KL penalty to the SFT model"),
     "best-of-n": ("rlhflab.train.best_of_n", "BestOfNConfig", "best_of_n",
                   "sample N summaries per post, keep the one the reward model scores highest"),
+    "eval": ("rlhflab.eval.evaluate", "EvalConfig", "evaluate",
+             "policies vs the human references: win rates, length control, ROUGE, KL, curves, report.html"),
 }
 
 EPILOG = """examples:
@@ -36,6 +38,7 @@ EPILOG = """examples:
   rlhflab rm-eval --config configs/rm-eval/cpu.yaml --out runs/rm-eval/cpu model=runs/rm/cpu split=dev
   rlhflab ppo --config configs/ppo/cpu.yaml --out runs/ppo/cpu model=runs/sft/cpu reward=runs/rm/cpu
   rlhflab best-of-n --config configs/best-of-n/cpu.yaml --out runs/bo16/cpu model=runs/sft/cpu reward=runs/rm/cpu
+  rlhflab eval --config configs/eval/cpu.yaml --out runs/eval/cpu
   rlhflab sft --show-config            # every key with its default
 re-running a command with the same --out resumes an interrupted run; a finished run (DONE.json) is left as is."""
 

@@ -1,0 +1,377 @@
+"""The eval report's pictures (matplotlib, PNG files in the run directory) and its self-contained HTML page.
+
+`write_plots` draws whatever the report has data for: win rates with their intervals, score distributions, the
+KL curve, best-of-N against N, RM accuracy against labeler confidence, and the transfer results. `write_html`
+puts the tables, the plots (embedded as base64 data URIs, so the page is one file) and a table of posts with the
+reference and every policy's summary into report.html. Every piece of text from data (posts, summaries, names,
+paths) is HTML-escaped: posts are unmoderated Reddit text and may contain anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PLOTS = ("win_rate", "scores", "kl_curve", "best_of_n", "rm_confidence", "transfer")
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'rlhflab[train]'): the report has no plots")
+        return None
+    return plt
+
+
+def write_plots(out: Path, report: dict[str, Any],
+                score_values: dict[str, dict[str, list[float]]] | None = None) -> dict[str, str]:
+    """Draw every plot the report has data for into `out/<name>.png`; returns {name: file name}.
+    `score_values`: judge -> policy (or "__reference__") -> the RM scores of its summaries."""
+    plt = _pyplot()
+    if plt is None:
+        return {}
+    files: dict[str, str] = {}
+    drawers = {"win_rate": _win_rate, "scores": _scores, "kl_curve": _kl_curve, "best_of_n": _best_of_n,
+               "rm_confidence": _rm_confidence, "transfer": _transfer}
+    for name in PLOTS:
+        fig = drawers[name](plt, report, score_values or {}) if name == "scores" else drawers[name](plt, report)
+        if fig is None:
+            continue
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=110)
+        plt.close(fig)
+        files[name] = f"{name}.png"
+    return files
+
+
+def _err(rate: float | None, ci: list[float] | None) -> tuple[float, float]:
+    if rate is None or ci is None:
+        return 0.0, 0.0
+    return max(rate - ci[0], 0.0), max(ci[1] - rate, 0.0)
+
+
+def _rate_bars(ax, policies: dict[str, Any], judge: str, title: str) -> None:
+    names = list(policies)
+    xs = range(len(names))
+    for off, key, label in ((-0.2, "win_rate", "win rate"), (0.2, "length_controlled_win_rate",
+                                                              "length-controlled")):
+        vals = [policies[n]["by_judge"][judge][key] or 0.0 for n in names]
+        errs = list(zip(*[_err(policies[n]["by_judge"][judge][key], policies[n]["by_judge"][judge][key + "_ci"])
+                          for n in names])) or [[], []]
+        ax.bar([x + off for x in xs], vals, width=0.4, yerr=errs, capsize=3, label=label)
+    ax.axhline(0.5, color="grey", ls="--", lw=1)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([f"{n}\n{policies[n]['mean_tokens']:.0f} tok" for n in names], fontsize=8)
+    ax.set_ylim(0, 1.15)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.set_ylabel("P(preferred to the reference)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", ncol=2)
+
+
+def _win_rate(plt, report: dict[str, Any]):
+    judges = [j["name"] for j in report["judges"]]
+    fig, axes = plt.subplots(1, len(judges), figsize=(1.2 + 1.4 * len(report["policies"]) * len(judges), 4),
+                             squeeze=False)
+    for ax, judge in zip(axes[0], judges):
+        _rate_bars(ax, report["policies"], judge, f"judge: {judge} ({report['posts']['n']} posts)")
+    return fig
+
+
+def _scores(plt, report: dict[str, Any], dist: dict[str, dict[str, list[float]]]):
+    rm_judges = [j["name"] for j in report["judges"] if j["kind"] == "rm"]
+    if not rm_judges:
+        return None
+    fig, axes = plt.subplots(1, len(rm_judges), figsize=(1.5 + 1.3 * len(report["policies"]) * len(rm_judges), 4),
+                             squeeze=False)
+    for ax, judge in zip(axes[0], rm_judges):
+        values = dist.get(judge, {})
+        names = [n for n in report["policies"] if n in values]
+        data = [values[n] for n in names] + ([values["__reference__"]] if "__reference__" in values else [])
+        labels = names + (["(reference)"] if "__reference__" in values else [])
+        if not data:
+            continue
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(labels) + 1))
+        ax.set_xticklabels(labels, fontsize=8, rotation=20)
+        ax.axhline(0.0, color="grey", ls="--", lw=1)
+        ax.set_ylabel(f"{judge} score")
+        ax.set_title(f"score distribution, judge {judge}", fontsize=9)
+    return fig
+
+
+def _kl_curve(plt, report: dict[str, Any]):
+    curve = report.get("kl_curve")
+    if not curve:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    train = [t for t in curve["training"] if t["kl"] is not None and t["score"] is not None]
+    if train:
+        a1.plot([t["kl"] for t in train], [t["score"] for t in train], "-", color="lightgrey",
+                label="PPO training (sampled rollouts)")
+    pts = [p for p in curve["points"] if p["kl"] is not None]
+    if pts and "reward_score" in pts[0]:
+        a1.plot([p["kl"] for p in pts], [p["reward_score"] for p in pts], "o-", label="eval (greedy)")
+        for p in pts:
+            a1.annotate(str(p["update"]), (p["kl"], p["reward_score"]), textcoords="offset points", xytext=(3, 3),
+                        fontsize=7)
+    a1.set_xlabel("KL(policy ‖ SFT), nats")
+    a1.set_ylabel(f"score of the optimised RM\n{curve.get('reward')}", fontsize=8)
+    a1.set_title("reward-model score vs KL", fontsize=9)
+    a1.legend(fontsize=7)
+    for judge in [j["name"] for j in report["judges"]]:
+        rows = [p for p in pts if p["by_judge"][judge]["win_rate"] is not None]
+        if not rows:
+            continue
+        errs = list(zip(*[_err(p["by_judge"][judge]["win_rate"], p["by_judge"][judge]["win_rate_ci"])
+                          for p in rows]))
+        a2.errorbar([p["kl"] for p in rows], [p["by_judge"][judge]["win_rate"] for p in rows], yerr=errs,
+                    fmt="o-", capsize=3, label=f"judge {judge}")
+    a2.axhline(0.5, color="grey", ls="--", lw=1)
+    a2.set_ylim(0, 1)
+    a2.set_xlabel("KL(policy ‖ SFT), nats")
+    a2.set_ylabel("win rate vs reference")
+    a2.set_title(f"win rate vs KL ({curve['n_posts']} posts per point)", fontsize=9)
+    a2.legend(fontsize=7)
+    return fig
+
+
+def _best_of_n(plt, report: dict[str, Any]):
+    bon = report.get("best_of_n")
+    if not bon:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    for judge, r in bon["by_judge"].items():
+        if all(v is not None for v in r["win_rate"]):
+            a1.plot(bon["k"], r["win_rate"], "o-", label=f"judge {judge}")
+    a1.set_xscale("log", base=2)
+    a1.axhline(0.5, color="grey", ls="--", lw=1)
+    a1.set_ylim(0, 1)
+    a1.set_xlabel("N (best of N)")
+    a1.set_ylabel("win rate vs reference")
+    a1.set_title(f"best-of-N win rate ({bon['n_posts']} posts)", fontsize=9)
+    a1.legend(fontsize=7)
+    a2.plot(bon["k"], bon["mean_reward_score"], "o-")
+    a2.set_xscale("log", base=2)
+    a2.set_xlabel("N (best of N)")
+    a2.set_ylabel("mean score of the ranking RM")
+    a2.set_title("E[best-of-N score]", fontsize=9)
+    return fig
+
+
+def _rm_confidence(plt, report: dict[str, Any]):
+    runs = report.get("rm_accuracy_vs_confidence")
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in runs:
+        ds = list(r["per_confidence"])
+        xs = [int(d) for d in ds]
+        acc = [r["per_confidence"][d]["accuracy"] for d in ds]
+        errs = list(zip(*[_err(r["per_confidence"][d]["accuracy"], r["per_confidence"][d]["accuracy_ci"])
+                          for d in ds]))
+        line = ax.errorbar(xs, acc, yerr=errs, fmt="o-", capsize=3, label=f"{Path(str(r['run'])).name}")
+        ax.plot(xs, [r["per_confidence"][d]["length_baseline_accuracy"] for d in ds], "--",
+                color=line[0].get_color(), alpha=0.6, label="  longer wins (same pairs)")
+    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("labeler confidence |c − 5| (1 = barely, 4 = certain)")
+    ax.set_ylabel("RM accuracy")
+    ax.set_title("reward-model accuracy vs labeler confidence", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _transfer(plt, report: dict[str, Any]):
+    tr = report.get("transfer")
+    if not tr:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    judge = report["primary_judge"]
+    _rate_bars(a1, tr["policies"], judge, f"CNN/DM transfer, judge {judge} ({tr['posts']['n']} articles)")
+    names = list(tr["policies"])
+    for off, key in ((-0.27, "rouge1"), (0.0, "rouge2"), (0.27, "rougeL")):
+        a2.bar([i + off for i in range(len(names))], [tr["policies"][n]["rouge"][key] for n in names], width=0.27,
+               label=key)
+    a2.set_xticks(range(len(names)))
+    a2.set_xticklabels(names, fontsize=8)
+    a2.set_ylabel("F1 against the highlights")
+    a2.set_title("ROUGE on CNN/DM", fontsize=9)
+    a2.legend(fontsize=7)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.8em 0;font-size:13px}
+th,td{border:1px solid #ccc;padding:4px 7px;vertical-align:top;text-align:left}
+th{background:#f3f3f3} td.num{text-align:right;white-space:nowrap}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+.note{color:#555;font-size:13px} details{font-size:12px;max-width:420px} .ref{background:#fafae8}
+"""
+
+
+def e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def num(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return e(v)
+
+
+def ci(rate: Any, interval: Any) -> str:
+    if rate is None:
+        return "—"
+    return f"{rate:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
+def image(out: Path, name: str) -> str:
+    path = out / f"{name}.png"
+    if not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{e(name)}" src="data:image/png;base64,{data}">'
+
+
+def policy_table(policies: dict[str, Any], judges: list[dict[str, Any]], with_kl: bool = True) -> str:
+    rm_judges = [j["name"] for j in judges if j["kind"] == "rm"]
+    head = ["policy", "kind"] + [f"win rate [{j['name']}]" for j in judges] + \
+           [f"length-controlled [{j['name']}]" for j in judges] + ["mean tokens", "ROUGE-1", "ROUGE-2", "ROUGE-L"] + \
+           (["KL (nats)"] if with_kl else []) + [f"mean score [{j}]" for j in rm_judges] + ["EOS rate"]
+    rows = []
+    for name, r in policies.items():
+        cells = [f"<b>{e(name)}</b>", e(r["kind"])]
+        cells += [ci(r["by_judge"][j["name"]]["win_rate"], r["by_judge"][j["name"]]["win_rate_ci"]) +
+                  f" <span class=note>n={r['by_judge'][j['name']]['n']}</span>" for j in judges]
+        cells += [ci(r["by_judge"][j["name"]]["length_controlled_win_rate"],
+                     r["by_judge"][j["name"]]["length_controlled_win_rate_ci"]) for j in judges]
+        cells += [num(r["mean_tokens"], 1)] + [num(r["rouge"][k]) for k in ("rouge1", "rouge2", "rougeL")]
+        if with_kl:
+            cells.append(num(r["kl"], 2) + (f" ± {r['kl_se']:.2f}" if r.get("kl_se") else ""))
+        cells += [num((r["by_judge"][j].get("score") or {}).get("mean")) for j in rm_judges]
+        cells.append(num(r["eos_rate"], 2))
+        rows.append("<tr>" + "".join(f"<td class=num>{c}</td>" if i > 1 else f"<td>{c}</td>"
+                                     for i, c in enumerate(cells)) + "</tr>")
+    return "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+
+
+def examples_table(set_result: dict[str, Any], n: int, judges: list[dict[str, Any]]) -> str:
+    posts, refs, texts = set_result["posts"], set_result["refs"], set_result["texts"]
+    rm_judge = next((j["name"] for j in judges if j["kind"] == "rm"), None)
+    scores = set_result["scores"].get(rm_judge, {}) if rm_judge else {}
+    names = [k for k, pt in texts.items() if pt.spec.kind != "reference"]
+    head = ["post", "reference"] + names
+    rows = []
+    for i, p in enumerate(posts[:n]):
+        title = f"r/{p.subreddit} — {p.title}" if p.source == "tldr" else p.id
+        cells = [f"<b>{e(title)}</b><details><summary>{e(p.id)}</summary>{e(p.text)}</details>",
+                 f"<div class=ref>{e(refs[i].text)}</div>"
+                 + (f"<div class=note>{e(rm_judge)}: {scores['__reference__'][i]:.2f}</div>" if scores else "")]
+        for name in names:
+            t = texts[name].texts[i]
+            cell = e(t.text.strip()) + ("" if t.eos else " <span class=note>[cut]</span>")
+            if name in scores:
+                cell += f"<div class=note>{e(rm_judge)}: {scores[name][i]:.2f}</div>"
+            cells.append(cell)
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+
+
+def write_html(path: Path, report: dict[str, Any], out: Path, main: dict[str, Any],
+               transfer: dict[str, Any] | None, n_examples: int) -> None:
+    from rlhflab.core.rundir import atomic_write_text
+
+    judges = report["judges"]
+    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>rlhflab eval report</title><style>{CSS}"
+             "</style></head><body>",
+             "<h1>Does the policy beat the humans' own TL;DRs?</h1>",
+             f"<p class=note>{e(report['posts']['n'])} posts from {e(report['posts']['file'])}; summaries "
+             f"{e(report['definitions']['sampling'])}, at most {e(report['settings']['max_new_tokens'])} new tokens; "
+             f"lengths in {e(report['definitions']['length_unit'])}.</p>",
+             "<h2>Judges</h2><table><tr><th>judge</th><th>kind</th><th>spec</th><th>note</th></tr>"]
+    for j in judges:
+        primary = " (primary)" if j["name"] == report["primary_judge"] else ""
+        parts.append(f"<tr><td>{e(j['name'])}{primary}</td><td>{e(j['kind'])}</td><td>{e(j['spec'])}</td>"
+                     f"<td>{e(j['note'])}</td></tr>")
+    parts.append("</table>")
+    parts.append("<h2>Policies against the reference</h2>" + policy_table(report["policies"], judges))
+    parts.append(image(out, "win_rate") + image(out, "scores"))
+    if report.get("likert"):
+        lk = report["likert"]
+        axes = sorted({a for v in lk["per_policy"].values() for a in v})
+        parts.append(f"<h2>Likert ratings (1–7)</h2><p class=note>{e(lk['n_matched'])} of {e(lk['n_ratings'])} "
+                     f"ratings in {e(lk['file'])} matched a summary.</p><table><tr><th>policy</th>"
+                     + "".join(f"<th>{e(a)}</th>" for a in axes) + "</tr>")
+        for name, v in lk["per_policy"].items():
+            parts.append(f"<tr><td>{e(name)}</td>" + "".join(
+                f"<td class=num>{num(v[a]['mean'], 2)} (n={v[a]['n']})</td>" if a in v else "<td>—</td>"
+                for a in axes) + "</tr>")
+        parts.append("</table>")
+    if report.get("kl_curve"):
+        c = report["kl_curve"]
+        parts.append(f"<h2>Over-optimisation: reward and win rate against KL</h2><p class=note>{e(c['note'])}. "
+                     f"PPO run {e(c['ppo_run'])}, {e(c['n_snapshots'])} snapshots.</p>" + image(out, "kl_curve"))
+        parts.append("<table><tr><th>update</th><th>KL</th><th>RM score</th><th>mean tokens</th>"
+                     + "".join(f"<th>win rate [{e(j['name'])}]</th>" for j in judges) + "</tr>")
+        for p in c["points"]:
+            parts.append(f"<tr><td>{e(p['update'])}</td><td class=num>{num(p['kl'], 2)}</td>"
+                         f"<td class=num>{num(p.get('reward_score'))}</td><td class=num>{num(p['mean_tokens'], 1)}</td>"
+                         + "".join(f"<td class=num>{ci(p['by_judge'][j['name']]['win_rate'], p['by_judge'][j['name']]['win_rate_ci'])}</td>"
+                                   for j in judges) + "</tr>")
+        parts.append("</table>")
+    if report.get("best_of_n"):
+        b = report["best_of_n"]
+        parts.append(f"<h2>Best-of-N: win rate against N</h2><p class=note>{e(b['note'])}. Run {e(b['run'])}, "
+                     f"{e(b['n_posts'])} posts.</p>" + image(out, "best_of_n"))
+        parts.append("<table><tr><th>N</th><th>KL bound</th><th>mean score</th><th>mean tokens</th>"
+                     + "".join(f"<th>win rate [{e(j)}]</th>" for j in b["by_judge"]) + "</tr>")
+        for i, k in enumerate(b["k"]):
+            parts.append(f"<tr><td>{k}</td><td class=num>{num(b['kl'][i], 2)}</td>"
+                         f"<td class=num>{num(b['mean_reward_score'][i])}</td><td class=num>{num(b['mean_tokens'][i], 1)}</td>"
+                         + "".join(f"<td class=num>{num(r['win_rate'][i])}</td>" for r in b["by_judge"].values())
+                         + "</tr>")
+        parts.append("</table>")
+    if report.get("rm_accuracy_vs_confidence"):
+        parts.append("<h2>Reward-model accuracy against labeler confidence</h2>" + image(out, "rm_confidence"))
+        parts.append("<table><tr><th>run</th><th>pairs</th><th>accuracy</th><th>longer wins</th>"
+                     "<th>per confidence |c − 5|: accuracy (n) / longer wins</th></tr>")
+        for r in report["rm_accuracy_vs_confidence"]:
+            per = "; ".join(f"{d}: {num(v['accuracy'])} ({v['n']}) / {num(v['length_baseline_accuracy'])}"
+                            for d, v in r["per_confidence"].items())
+            parts.append(f"<tr><td>{e(r['run'])}</td><td class=num>{e(r['n_pairs'])}</td>"
+                         f"<td class=num>{num(r['accuracy'])}</td><td class=num>{num(r['length_baseline_accuracy'])}</td>"
+                         f"<td>{e(per)}</td></tr>")
+        parts.append("</table>")
+    if transfer is not None and report.get("transfer"):
+        tr = report["transfer"]
+        parts.append(f"<h2>Zero-shot transfer to news (CNN/DM)</h2><p class=note>{e(tr['posts']['n'])} articles from "
+                     f"{e(tr['posts']['file'])}, query <code>{{article}}\\n\\nTL;DR:</code> cut to "
+                     f"{e(tr['posts']['max_query_tokens'])} tokens; the reference is the highlights; lead-3 is the "
+                     "first three sentences.</p>" + policy_table(tr["policies"], judges, with_kl=False)
+                     + image(out, "transfer"))
+    parts.append("<h2>Definitions</h2><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>"
+                                                      for k, v in report["definitions"].items()) + "</ul>")
+    parts.append(f"<h2>Summaries</h2><p class=note>The first {min(n_examples, report['posts']['n'])} posts.</p>"
+                 + examples_table(main, n_examples, judges))
+    if transfer is not None:
+        parts.append("<h3>CNN/DM</h3>" + examples_table(transfer, min(n_examples, 10), judges))
+    parts.append("</body></html>\n")
+    atomic_write_text(path, "\n".join(parts))
