@@ -53,7 +53,13 @@ def describe_config(cls, prefix: str = "") -> list[str]:
             lines += describe_config(tp, f"{prefix}{f.name}.")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        type_name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is list and typing.get_args(tp) else None
+        if item is not None and dataclasses.is_dataclass(item):  # a list of sections: show the items' keys too
+            lines.append(f"  {prefix}{f.name} (list of {item.__name__}) = {[dataclasses.asdict(d) for d in default]!r}")
+            lines += describe_config(item, f"{prefix}{f.name}[].")
+            continue
+        generic = typing.get_origin(tp) is not None  # Literal[...], X | None, list[str]: the full spelling
+        type_name = str(tp).replace("typing.", "") if generic else getattr(tp, "__name__", str(tp))
         lines.append(f"  {prefix}{f.name} ({type_name}) = {default!r}")
     return lines
 
