@@ -38,7 +38,7 @@ def _pyplot():
 def write_plots(out: Path, report: dict[str, Any],
                 score_values: dict[str, dict[str, list[float]]] | None = None) -> dict[str, str]:
     """Draw every plot the report has data for into `out/<name>.png`; returns {name: file name}.
-    `score_values`: judge -> policy (or "__reference__") -> the RM scores of its summaries."""
+    `score_values`: judge -> policy (or "(reference)") -> the RM scores of its summaries."""
     plt = _pyplot()
     if plt is None:
         return {}
@@ -98,9 +98,9 @@ def _scores(plt, report: dict[str, Any], dist: dict[str, dict[str, list[float]]]
                              squeeze=False)
     for ax, judge in zip(axes[0], rm_judges):
         values = dist.get(judge, {})
-        names = [n for n in report["policies"] if n in values]
-        data = [values[n] for n in names] + ([values["__reference__"]] if "__reference__" in values else [])
-        labels = names + (["(reference)"] if "__reference__" in values else [])
+        names = [n for n in report["policies"] if n in values and report["policies"][n]["kind"] != "reference"]
+        data = [values[n] for n in names] + ([values["(reference)"]] if "(reference)" in values else [])
+        labels = names + (["(reference)"] if "(reference)" in values else [])
         if not data:
             continue
         ax.boxplot(data, showmeans=True)
@@ -119,8 +119,8 @@ def _kl_curve(plt, report: dict[str, Any]):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     train = [t for t in curve["training"] if t["kl"] is not None and t["score"] is not None]
     if train:
-        a1.plot([t["kl"] for t in train], [t["score"] for t in train], "-", color="lightgrey",
-                label="PPO training (sampled rollouts)")
+        a1.plot([t["kl"] for t in train], [t["score"] for t in train], ".", color="grey", alpha=0.5,
+                label="PPO training rollouts (one dot an update)")
     pts = [p for p in curve["points"] if p["kl"] is not None]
     if pts and "reward_score" in pts[0]:
         a1.plot([p["kl"] for p in pts], [p["reward_score"] for p in pts], "o-", label="eval (greedy)")
@@ -140,7 +140,7 @@ def _kl_curve(plt, report: dict[str, Any]):
         a2.errorbar([p["kl"] for p in rows], [p["by_judge"][judge]["win_rate"] for p in rows], yerr=errs,
                     fmt="o-", capsize=3, label=f"judge {judge}")
     a2.axhline(0.5, color="grey", ls="--", lw=1)
-    a2.set_ylim(0, 1)
+    a2.set_ylim(0, 1.05)
     a2.set_xlabel("KL(policy ‖ SFT), nats")
     a2.set_ylabel("win rate vs reference")
     a2.set_title(f"win rate vs KL ({curve['n_posts']} posts per point)", fontsize=9)
@@ -158,7 +158,7 @@ def _best_of_n(plt, report: dict[str, Any]):
             a1.plot(bon["k"], r["win_rate"], "o-", label=f"judge {judge}")
     a1.set_xscale("log", base=2)
     a1.axhline(0.5, color="grey", ls="--", lw=1)
-    a1.set_ylim(0, 1)
+    a1.set_ylim(0, 1.05)
     a1.set_xlabel("N (best of N)")
     a1.set_ylabel("win rate vs reference")
     a1.set_title(f"best-of-N win rate ({bon['n_posts']} posts)", fontsize=9)
@@ -187,6 +187,7 @@ def _rm_confidence(plt, report: dict[str, Any]):
                 color=line[0].get_color(), alpha=0.6, label="  longer wins (same pairs)")
     ax.axhline(0.5, color="grey", ls=":", lw=1)
     ax.set_ylim(0, 1)
+    ax.set_xticks(sorted({int(d) for r in runs for d in r["per_confidence"]}))
     ax.set_xlabel("labeler confidence |c − 5| (1 = barely, 4 = certain)")
     ax.set_ylabel("RM accuracy")
     ax.set_title("reward-model accuracy vs labeler confidence", fontsize=9)
@@ -201,7 +202,7 @@ def _transfer(plt, report: dict[str, Any]):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     judge = report["primary_judge"]
     _rate_bars(a1, tr["policies"], judge, f"CNN/DM transfer, judge {judge} ({tr['posts']['n']} articles)")
-    names = list(tr["policies"])
+    names = [n for n, r in tr["policies"].items() if r["kind"] != "reference"]  # the reference scores 1 trivially
     for off, key in ((-0.27, "rouge1"), (0.0, "rouge2"), (0.27, "rougeL")):
         a2.bar([i + off for i in range(len(names))], [tr["policies"][n]["rouge"][key] for n in names], width=0.27,
                label=key)
@@ -284,7 +285,7 @@ def examples_table(set_result: dict[str, Any], n: int, judges: list[dict[str, An
         title = f"r/{p.subreddit} — {p.title}" if p.source == "tldr" else p.id
         cells = [f"<b>{e(title)}</b><details><summary>{e(p.id)}</summary>{e(p.text)}</details>",
                  f"<div class=ref>{e(refs[i].text)}</div>"
-                 + (f"<div class=note>{e(rm_judge)}: {scores['__reference__'][i]:.2f}</div>" if scores else "")]
+                 + (f"<div class=note>{e(rm_judge)}: {scores['(reference)'][i]:.2f}</div>" if scores else "")]
         for name in names:
             t = texts[name].texts[i]
             cell = e(t.text.strip()) + ("" if t.eos else " <span class=note>[cut]</span>")
