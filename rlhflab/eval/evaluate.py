@@ -365,7 +365,7 @@ class Evaluator:
                 everything = [refs] + [pt.texts for pt in texts.values()]
                 judge.scores([p for _ in everything for p in posts], [t for ts in everything for t in ts],
                              progress=set_name)
-                scores[judge.name]["__reference__"] = judge.scores(posts, refs)
+                scores[judge.name]["(reference)"] = judge.scores(posts, refs)
             for name, pt in texts.items():
                 prefs[judge.name][name] = judge_pairs(judge, posts, pt.texts, refs)
                 if isinstance(judge, RMJudge):
@@ -433,7 +433,7 @@ class Evaluator:
                 r["length_controlled_win_rate"] = fit.rates.get(name) if fit else None
                 r["length_controlled_win_rate_ci"] = _pair(cis.get(name))
             if name in scores:
-                s, ref = scores[name], scores["__reference__"]
+                s, ref = scores[name], scores["(reference)"]
                 r["score"] = metrics.summary_stats(s)
                 r["mean_score_margin"] = sum(a - b for a, b in zip(s, ref)) / len(s)
             else:
@@ -441,8 +441,8 @@ class Evaluator:
             out[name] = r
         block = {"kind": judge.kind, "spec": judge.spec, "note": judge.note,
                  "length_slope": fit.slope if fit else None, "n_comparisons": len(rows_y)}
-        if "__reference__" in scores:
-            block["reference_score"] = metrics.summary_stats(scores["__reference__"])
+        if "(reference)" in scores:
+            block["reference_score"] = metrics.summary_stats(scores["(reference)"])
         return out, block
 
     # ------------------------------------------------------------------------------------------- curves
@@ -460,9 +460,13 @@ class Evaluator:
         points: list[tuple[int, str]] = [(0, str(sft))]
         snaps = sorted((int(d.name.split("_")[-1]), d) for d in (run.path / "snapshots").glob("update_*")
                        if (d / "config.json").exists())
-        points += [(u, str(d)) for u, d in snaps]
+        final = None
         if run.is_done() and (run.model_dir / "config.json").exists():
-            points.append((int(run.read_done().get("updates", (snaps[-1][0] if snaps else 0) + 1)), str(run.path)))
+            final = int(run.read_done().get("updates", (snaps[-1][0] if snaps else 0) + 1))
+        # a snapshot taken at the last update holds the final model's weights: only the final model is evaluated
+        points += [(u, str(d)) for u, d in snaps if u != final]
+        if final is not None:
+            points.append((final, str(run.path)))
         posts = posts[: cfg.curve_limit] if cfg.curve_limit else posts
         proxy = None
         if reward and not str(reward).startswith("python:") and Path(reward).expanduser().exists():

@@ -70,7 +70,7 @@ def world(tmp_path_factory):
                                                                           "reward": str(root / "rm")}}))
     (ppo / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "objective/kl": 0.3 * s,
                                                            "objective/score": 0.1 * s}) + "\n" for s in (1, 2)))
-    for seed, where in ((1, ppo / "snapshots/update_00001"), (2, ppo / "model")):
+    for seed, where in ((1, ppo / "snapshots/update_00001"), (2, ppo / "snapshots/update_00002"), (2, ppo / "model")):
         save_model(*tiny_model_and_tokenizer(seed=seed), where)
     (ppo / "DONE.json").write_text(json.dumps({"stage": "ppo", "updates": 2}))
 
@@ -190,10 +190,12 @@ def test_judges_agree_with_a_hand_computation(full, world):
     assert "likert" not in rep["policies"]["sft"]
 
 
-def test_curves_rm_accuracy_and_transfer(full):
+def test_curves_rm_accuracy_and_transfer(full, world):
     out, _, rep = full
     curve = rep["kl_curve"]
-    assert [p["update"] for p in curve["points"]] == [0, 1, 2] and curve["n_snapshots"] == 1
+    # the snapshot at the last update is the final model: evaluated once, as the run's model
+    assert [p["update"] for p in curve["points"]] == [0, 1, 2] and curve["n_snapshots"] == 2
+    assert curve["points"][2]["model"] == str(world["ppo"])
     assert curve["points"][0]["kl"] == 0.0 and all("reward_score" in p for p in curve["points"])
     assert curve["points"][2]["by_judge"]["rm"]["win_rate"] == rep["policies"]["ppo"]["win_rate"]
     assert curve["points"][2]["kl"] == rep["policies"]["ppo"]["kl"]  # the same cached samples
