@@ -321,11 +321,12 @@ class Evaluator:
         with autocast(self.device, cfg.bf16):
             gen = generate(model, tok, ids, mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.kl_temperature,
                            top_p=1.0, generator=generator, n_per_query=cfg.kl_samples)
-            # Both log-probs by the same full forward, so a policy identical to the reference gives exactly 0.
-            logp = response_logprobs(model, gen.query_response, gen.attention_mask, ids.shape[1],
+        # Both log-probs by the same full forward in float32 (bf16 logits would add ~0.01 nats of noise a token), so
+        # a policy identical to the reference gives exactly 0.
+        logp = response_logprobs(model, gen.query_response, gen.attention_mask, ids.shape[1],
+                                 cfg.kl_temperature)  # (B*k, Tr)
+        ref_logp = response_logprobs(ref, gen.query_response, gen.attention_mask, ids.shape[1],
                                      cfg.kl_temperature)  # (B*k, Tr)
-            ref_logp = response_logprobs(ref, gen.query_response, gen.attention_mask, ids.shape[1],
-                                         cfg.kl_temperature)  # (B*k, Tr)
         kl = (logp.float() - ref_logp.float()).sum(-1)  # (B*k,) masked positions are 0 in both
         return kl.cpu().tolist(), gen.response_mask.sum(-1).cpu().tolist()
 

@@ -230,6 +230,18 @@ def test_html_embeds_every_plot_and_escapes_text(full):
     assert "Zero-shot transfer" in page and "Over-optimisation" in page
 
 
+def test_kl_of_a_copy_of_the_reference_is_exactly_zero(world, tmp_path):
+    save_model(*tiny_model_and_tokenizer(seed=0), tmp_path / "copy")  # the weights of `tiny`, as a directory
+    cfg = load_config(EvalConfig, TINY, [f"posts={world['posts']}", "transfer.posts=null", "device=cpu",
+                                         f"policies=[{{name: copy, model: {tmp_path / 'copy'}}}]",
+                                         "judges=[{name: py, kind: python, spec: 'python:tiny_judges:prefer_longer'}]"])
+    rep = evaluate(cfg, str(tmp_path / "out")) and json.loads((tmp_path / "out/report.json").read_text())
+    copy = rep["policies"]["copy"]
+    assert copy["kl"] == 0.0 and "12 samples" in copy["kl_method"]  # measured (6 posts × 2), not assumed
+    rows = [json.loads(x) for x in next((tmp_path / "out/main/kl").glob("*.jsonl")).read_text().splitlines()]
+    assert len(rows) == 6 and all(len(r["kl"]) == 2 and r["kl"] == [0.0, 0.0] for r in rows)
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 
