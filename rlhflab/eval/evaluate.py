@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from rlhflab.core.log import get_logger
-from rlhflab.core.rundir import RunDir, RunError, atomic_write_json, is_run_dir
+from rlhflab.core.rundir import RunDir, RunError, atomic_write_json
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_query
 from rlhflab.data.jsonl import DataError
