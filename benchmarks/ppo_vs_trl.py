@@ -48,7 +48,7 @@ DATA = REPO.parent / "shared" / "data" / "tldr" / "train.jsonl.gz"
 PPO_PY = REPO / ".venv-bench-ppo" / "bin" / "python"  # TRL 1.12: the last TRL with PPOTrainer (experimental)
 RLOO_PY = REPO / ".venv-bench" / "bin" / "python"  # current TRL
 WORKER = REPO / "benchmarks" / "_trl_ppo_worker.py"
-TRAINERS = ("rlhflab", "trl_ppo", "trl_rloo")
+TRAINERS = ("rlhflab", "trl_ppo", "trl_rloo", "rlhflab_no_reuse")  # the last: reuse_frozen=false (an A/B)
 SPLIT = ("seconds", "generation_s", "scoring_s", "training_s", "other_s")  # per update; other = the rest
 
 
@@ -201,7 +201,7 @@ def main() -> None:
                         help="TRL PPO local_rollout_forward_batch_size (default: TRL's 64, at most --rollout)")
     parser.add_argument("--rloo-k", type=int, default=2, help="RLOO completions per prompt (num_generations)")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--only", default=",".join(TRAINERS), help=f"comma-separated subset of {','.join(TRAINERS)}")
+    parser.add_argument("--only", default=",".join(TRAINERS[:3]), help=f"comma-separated subset of {','.join(TRAINERS)}")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ppo_vs_trl.json"))
     a = parser.parse_args()
     only = [t.strip() for t in a.only.split(",") if t.strip()]
@@ -241,6 +241,8 @@ def main() -> None:
         for trainer in only:
             if trainer == "rlhflab":
                 res = run_rlhflab(args_ppo, work)
+            elif trainer == "rlhflab_no_reuse":
+                res = run_rlhflab([*args_ppo, "reuse_frozen=false"], work)
             else:
                 res = run_trl(trainer.removeprefix("trl_"), spec, work)
             runs[trainer].append(res)
@@ -276,6 +278,7 @@ def main() -> None:
         "peak_memory_ratio_vs_trl_ppo": ratio("peak_rss_mib", "trl_ppo"),
         "episodes_per_s_ratio_vs_trl_rloo": ratio("episodes_per_s", "trl_rloo"),
         "peak_memory_ratio_vs_trl_rloo": ratio("peak_rss_mib", "trl_rloo"),
+        "episodes_per_s_ratio_vs_rlhflab_no_reuse": ratio("episodes_per_s", "rlhflab_no_reuse"),
         "medians": med,
         "rlhflab_time_split_s": med.get("rlhflab", {}).get("update_split_s"),
         "runs": runs,
