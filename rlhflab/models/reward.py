@@ -70,10 +70,12 @@ class RewardModel(nn.Module):
     def hidden_size(self) -> int:
         return self.head.in_features
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B, T) ids and mask (any padding side) -> (B,) float32 scores."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
+        """(B, T) ids and mask (any padding side) -> (B,) float32 scores. `inputs_embeds` (B, T, H), when given,
+        is fed instead of the ids (frozen lower layers' output, see models/trunk.py)."""
         position_ids = position_ids_from_mask(attention_mask)  # (B, T)
-        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+        hidden = self.lm.base_model(input_ids=None if inputs_embeds is not None else input_ids,
+                                    inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                     position_ids=position_ids).last_hidden_state  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
         h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)

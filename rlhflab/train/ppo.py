@@ -198,14 +198,25 @@ def load_value_model(cfg: PPOConfig, device: torch.device) -> RewardModel:
 # ------------------------------------------------------------------------------------------------ phases
 
 def score_responses(reward, tokenizer, queries: list[list[int]], gen: Generation, cfg: PPOConfig,
-                    texts: tuple[list[str], list[str]]) -> torch.Tensor:
-    """(R,) float32 scores of the responses (response tokens up to and including EOS)."""
+                    texts: tuple[list[str], list[str]], shared: tuple[torch.Tensor, int] | None = None
+                    ) -> torch.Tensor:
+    """(R,) float32 scores of the responses (response tokens up to and including EOS). `shared` = (the value
+    model's frozen-layer states, N): the RM has the same lower N layers, so it runs only its upper ones on them."""
     if not isinstance(reward, RewardModel):
         scores = torch.tensor([float(x) for x in reward(*texts)], dtype=torch.float32)
         if scores.shape != (len(queries),):
             raise ValueError(f"the reward callable returned {tuple(scores.shape)} scores for {len(queries)} "
                              "responses")
         return scores
+    if shared is not None:
+        hidden, n_frozen = shared
+        qlen = gen.query_response.shape[1] - gen.response.shape[1]
+
+        def run(s):  # the rollout's own layout: the RM reads the last real token, i.e. the EOS if there is one
+            q, a, _ = trim_left(gen.query_response[s], gen.attention_mask[s], qlen)
+            with autocast(q.device, cfg.bf16), upper(reward.lm, n_frozen):
+                return reward(q, a, inputs_embeds=slice_hidden(hidden, s, q.shape[1], reward.lm))
+        return forward_in_chunks(run, len(queries), cfg.score_batch_size).cpu()
     responses = [gen.response[b, : int(gen.response_mask[b].sum())].tolist() for b in range(len(queries))]
     if reward.tokenizer.get_vocab() != tokenizer.get_vocab():  # a different tokenizer: go through the text
         return reward.score(texts[0], texts[1], eos=gen.eos.tolist(), batch_size=cfg.score_batch_size,
@@ -256,6 +267,32 @@ def frozen_states(model, qr: torch.Tensor, am: torch.Tensor, qlen: int, n_frozen
     return torch.cat(chunks)
 
 
+def frozen_rollout_states(gen: Generation, policy, value_model: RewardModel, n_frozen: int, cfg: PPOConfig
+                          ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The policy's and the value model's frozen-layer states for a rollout (None, None without reuse)."""
+    if not n_frozen:
+        return None, None
+    qr, am = gen.query_response, gen.attention_mask
+    qlen = qr.shape[1] - gen.response.shape[1]
+    return (frozen_states(policy, qr, am, qlen, n_frozen, cfg),
+            frozen_states(value_model.lm, qr, am, qlen, n_frozen, cfg))
+
+
+def same_lower_layers(reward, value_model: RewardModel, n_frozen: int, tokenizer) -> bool:
+    """Can the RM run on the value model's frozen-layer states? Yes when it is a reward model with the same
+    tokenizer whose embeddings and lowest n layers hold the same weights (the value model started as this RM)."""
+    if not isinstance(reward, RewardModel) or reward.tokenizer.get_vocab() != tokenizer.get_vocab():
+        return False
+    names = ("embed_tokens.",) + tuple(f"layers.{i}." for i in range(n_frozen))
+    ours = dict(value_model.lm.get_decoder().named_parameters())
+    theirs = {k: p for k, p in reward.lm.get_decoder().named_parameters() if k.startswith(names)}
+    if not theirs or any(k not in ours or not torch.equal(ours[k].detach().to(p.dtype), p) for k, p in theirs.items()):
+        return False
+    log.info("the reward model shares the value model's frozen lower %d layers (the value model started as it)",
+             n_frozen)
+    return True
+
+
 def slice_hidden(hidden: torch.Tensor | None, rows, width: int, model) -> torch.Tensor | None:
     """The rows of a rollout's frozen-layer states, cut to a trimmed micro batch's last `width` columns, in the
     dtype of `model`'s weights (a bf16 reference reads the fp32 policy states)."""
@@ -277,16 +314,13 @@ def trim_left(query_response: torch.Tensor, attention_mask: torch.Tensor, query_
 
 
 def build_rollout(gen: Generation, scores: torch.Tensor, policy, reference, value_model, kl_coef: float,
-                  cfg: PPOConfig, n_frozen: int) -> tuple[Rollout, dict[str, float]]:
+                  cfg: PPOConfig, n_frozen: int, policy_hidden: torch.Tensor | None,
+                  value_hidden: torch.Tensor | None) -> tuple[Rollout, dict[str, float]]:
     """Steps (3) and (4): old log-probs, reference log-probs, KL-penalised rewards, values, GAE. With n_frozen > 0
-    the frozen lower layers run once here; the reference shares the policy's (they are the same frozen weights)."""
+    only the upper layers run, on the frozen layers' states; the reference reads the policy's (same weights)."""
     qr, am, mask = gen.query_response, gen.attention_mask, gen.response_mask
     qlen = qr.shape[1] - gen.response.shape[1]
     n, size = qr.shape[0], cfg.score_batch_size
-    policy_hidden = value_hidden = None
-    if n_frozen:
-        policy_hidden = frozen_states(policy, qr, am, qlen, n_frozen, cfg)
-        value_hidden = frozen_states(value_model.lm, qr, am, qlen, n_frozen, cfg)
 
     def logp_of(model, hidden):
         def run(s):
@@ -392,6 +426,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     reward = load_reward(cfg, reward_fn, device)
     value_model = load_value_model(cfg, device)
     n_frozen = frozen_layers_to_reuse(cfg, policy, value_model, policy.config.vocab_size)
+    rm_shares_value_layers = bool(n_frozen) and same_lower_layers(reward, value_model, n_frozen, tokenizer)
     posts = list(load_posts(cfg.data.posts, format=cfg.data.format, limit=cfg.data.limit))
     if len(posts) < cfg.rollout_batch_size:
         raise ValueError(f"{cfg.data.posts}: {len(posts)} posts, fewer than rollout_batch_size="
@@ -429,11 +464,14 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         texts = decode_responses(tokenizer, gen)
         t1 = time.time()
 
-        # (2) score; (3) KL-penalised rewards; (4) values and advantages
+        # (2) score; (3) KL-penalised rewards; (4) values and advantages. Frozen lower layers run once, here.
+        policy_hidden, value_hidden = frozen_rollout_states(gen, policy, value_model, n_frozen, cfg)
         raw = score_responses(reward, tokenizer, [queries[i] for i in batch], gen, cfg,
-                              ([query_texts[i] for i in batch], texts))
+                              ([query_texts[i] for i in batch], texts),
+                              shared=(value_hidden, n_frozen) if rm_shares_value_layers else None)
         scores = penalise_unfinished(raw, gen.eos.cpu(), cfg.no_eos_penalty)
-        rollout, roll_stats = build_rollout(gen, scores, policy, reference, value_model, kl_coef, cfg, n_frozen)
+        rollout, roll_stats = build_rollout(gen, scores, policy, reference, value_model, kl_coef, cfg, n_frozen,
+                                            policy_hidden, value_hidden)
         t2 = time.time()
 
         # (5) PPO epochs over minibatches

@@ -188,3 +188,19 @@ def test_reusing_the_frozen_layers_gives_the_same_run(tmp_path, caplog):
     ppo.train(tiny_cfg("total_episodes=8", "freeze_layers=1", "bf16=true", "frozen_bf16=true", "save_every=0"),
               str(tmp_path / "bf16"))
     assert abs(metrics(tmp_path / "bf16")[0]["objective/kl"]) < 0.05
+
+
+def test_the_reward_model_reads_the_value_models_frozen_layers_with_the_same_scores(tmp_path, tiny_rm, caplog):
+    """The value model starts as the RM, so with freeze_layers=1 both have the same lowest layer: the RM then runs
+    only its upper layer on the value model's states, in the rollout's layout — same scores as scoring the ids."""
+    args = [f"reward={tiny_rm}", "total_episodes=16", "freeze_layers=1", "save_every=0"]
+    with caplog.at_level("INFO", logger="rlhflab.train.ppo"):
+        ppo.train(load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml", args), str(tmp_path / "shared"))
+    assert "shares the value model's frozen lower 1 layers" in caplog.text
+    ppo.train(load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml", [*args, "reuse_frozen=false"]),
+              str(tmp_path / "plain"))
+    a, b = metrics(tmp_path / "shared"), metrics(tmp_path / "plain")
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        for key in ("objective/score", "objective/kl", "ppo/value_loss", "ppo/policy_loss"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), key
