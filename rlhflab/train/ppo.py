@@ -97,7 +97,8 @@ class LoraOptions:
 
 @dataclass
 class PPOConfig:
-    model: str = "smollm2-135m"  # policy init and reference: an SFT run directory (or any model spec)
+    model: str = "smollm2-135m"  # the reference (and the policy's start): an SFT run directory (or any model spec)
+    policy_init: str | None = None  # start the policy here instead (e.g. the last round's PPO run); None = model
     reward: str = "runs/rm/cpu"  # an `rlhflab rm` run directory, or "python:module:function" (f(queries, responses))
     value_model: str | None = None  # None: the reward RM (a callable reward: the policy's model + a fresh head)
     seed: int = 1
@@ -155,7 +156,7 @@ class Rollout:
 
 def load_policy_and_reference(cfg: PPOConfig, device: torch.device):
     """(policy, reference or None, tokenizer). With LoRA the reference is the policy with its adapters off."""
-    policy, tokenizer = load_model(cfg.model, allow_partial=cfg.allow_partial)
+    policy, tokenizer = load_model(cfg.policy_init or cfg.model, allow_partial=cfg.allow_partial)
     if cfg.lora.r > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -278,15 +279,20 @@ def frozen_rollout_states(gen: Generation, policy, value_model: RewardModel, n_f
             frozen_states(value_model.lm, qr, am, qlen, n_frozen, cfg))
 
 
+def lower_layers_equal(ours, theirs, n_frozen: int) -> bool:
+    """Do two decoder LMs hold the same embeddings and lowest n layers (compared in `theirs`' dtype)?"""
+    names = ("embed_tokens.",) + tuple(f"layers.{i}." for i in range(n_frozen))
+    mine = dict(ours.get_decoder().named_parameters())
+    other = {k: p for k, p in theirs.get_decoder().named_parameters() if k.startswith(names)}
+    return bool(other) and all(k in mine and torch.equal(mine[k].detach().to(p.dtype), p) for k, p in other.items())
+
+
 def same_lower_layers(reward, value_model: RewardModel, n_frozen: int, tokenizer) -> bool:
     """Can the RM run on the value model's frozen-layer states? Yes when it is a reward model with the same
     tokenizer whose embeddings and lowest n layers hold the same weights (the value model started as this RM)."""
     if not isinstance(reward, RewardModel) or reward.tokenizer.get_vocab() != tokenizer.get_vocab():
         return False
-    names = ("embed_tokens.",) + tuple(f"layers.{i}." for i in range(n_frozen))
-    ours = dict(value_model.lm.get_decoder().named_parameters())
-    theirs = {k: p for k, p in reward.lm.get_decoder().named_parameters() if k.startswith(names)}
-    if not theirs or any(k not in ours or not torch.equal(ours[k].detach().to(p.dtype), p) for k, p in theirs.items()):
+    if not lower_layers_equal(value_model.lm, reward.lm, n_frozen):
         return False
     log.info("the reward model shares the value model's frozen lower %d layers (the value model started as it)",
              n_frozen)
@@ -315,9 +321,11 @@ def trim_left(query_response: torch.Tensor, attention_mask: torch.Tensor, query_
 
 def build_rollout(gen: Generation, scores: torch.Tensor, policy, reference, value_model, kl_coef: float,
                   cfg: PPOConfig, n_frozen: int, policy_hidden: torch.Tensor | None,
-                  value_hidden: torch.Tensor | None) -> tuple[Rollout, dict[str, float]]:
+                  value_hidden: torch.Tensor | None, ref_shares_policy_layers: bool = True
+                  ) -> tuple[Rollout, dict[str, float]]:
     """Steps (3) and (4): old log-probs, reference log-probs, KL-penalised rewards, values, GAE. With n_frozen > 0
-    only the upper layers run, on the frozen layers' states; the reference reads the policy's (same weights)."""
+    only the upper layers run, on the frozen layers' states; the reference reads the policy's when it has the same
+    lower layers (always, unless the policy started from `policy_init`)."""
     qr, am, mask = gen.query_response, gen.attention_mask, gen.response_mask
     qlen = qr.shape[1] - gen.response.shape[1]
     n, size = qr.shape[0], cfg.score_batch_size
@@ -333,7 +341,7 @@ def build_rollout(gen: Generation, scores: torch.Tensor, policy, reference, valu
 
     def ref_logp(s):
         if reference is not None:
-            return logp_of(reference, policy_hidden)(s)
+            return logp_of(reference, policy_hidden if ref_shares_policy_layers else None)(s)
         with policy.disable_adapter():  # LoRA: the reference is the base model
             return logp_of(policy, None)(s)
 
@@ -427,6 +435,8 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     value_model = load_value_model(cfg, device)
     n_frozen = frozen_layers_to_reuse(cfg, policy, value_model, policy.config.vocab_size)
     rm_shares_value_layers = bool(n_frozen) and same_lower_layers(reward, value_model, n_frozen, tokenizer)
+    ref_shares_policy_layers = reference is None or not cfg.policy_init or (
+        bool(n_frozen) and lower_layers_equal(policy, reference, n_frozen))
     posts = list(load_posts(cfg.data.posts, format=cfg.data.format, limit=cfg.data.limit))
     if len(posts) < cfg.rollout_batch_size:
         raise ValueError(f"{cfg.data.posts}: {len(posts)} posts, fewer than rollout_batch_size="
@@ -471,7 +481,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
                               shared=(value_hidden, n_frozen) if rm_shares_value_layers else None)
         scores = penalise_unfinished(raw, gen.eos.cpu(), cfg.no_eos_penalty)
         rollout, roll_stats = build_rollout(gen, scores, policy, reference, value_model, kl_coef, cfg, n_frozen,
-                                            policy_hidden, value_hidden)
+                                            policy_hidden, value_hidden, ref_shares_policy_layers)
         t2 = time.time()
 
         # (5) PPO epochs over minibatches
@@ -544,6 +554,9 @@ def validate(cfg: PPOConfig) -> None:
         raise ValueError(f"total_episodes={cfg.total_episodes} < rollout_batch_size={cfg.rollout_batch_size}")
     if cfg.temperature <= 0:
         raise ValueError("PPO samples from the policy: temperature must be > 0")
+    if cfg.policy_init and cfg.lora.r > 0:
+        raise ValueError("policy_init with lora.r > 0: a LoRA policy's reference is its own base with the adapters "
+                         "off, so it cannot start from another model; use full fine-tuning or policy_init=None")
 
 
 def batch_indices(update: int, rollout_batch_size: int, n_posts: int, seed: int) -> list[int]:

@@ -204,3 +204,20 @@ def test_the_reward_model_reads_the_value_models_frozen_layers_with_the_same_sco
     for ra, rb in zip(a, b):
         for key in ("objective/score", "objective/kl", "ppo/value_loss", "ppo/policy_loss"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_run_continues_from_an_earlier_policy_against_the_sft_reference(tmp_path):
+    """policy_init: round k's PPO starts from round k-1's policy while the reference stays the SFT model, so the
+    first rollout already has KL > 0. Without freeze_layers' equality (the first run trained every layer) the
+    reference must run its own lower layers; reuse_frozen on and off then give the same numbers."""
+    ppo.train(tiny_cfg("total_episodes=16", "save_every=0", "optim.lr=1e-2"), str(tmp_path / "round1"))
+    args = ["total_episodes=8", "save_every=0", f"policy_init={tmp_path / 'round1'}", "freeze_layers=1"]
+    ppo.train(tiny_cfg(*args), str(tmp_path / "round2"))
+    ppo.train(tiny_cfg(*args, "reuse_frozen=false"), str(tmp_path / "round2_plain"))
+    fresh = ppo.train(tiny_cfg("total_episodes=8", "save_every=0"), str(tmp_path / "fresh"))
+    a, b = metrics(tmp_path / "round2"), metrics(tmp_path / "round2_plain")
+    assert a[0]["objective/kl"] > 0.05 and abs(metrics(tmp_path / "fresh")[0]["objective/kl"]) < 1e-4
+    assert a[0]["objective/kl"] == pytest.approx(b[0]["objective/kl"], rel=1e-4)
+    assert fresh["episodes"] == 8
+    with pytest.raises(ValueError, match="policy_init with lora"):
+        ppo.train(tiny_cfg(*args, "lora.r=4"), str(tmp_path / "lora"))
