@@ -36,15 +36,16 @@ class BatchSizes:
     grad_accum_steps: int  # micro batches per optimiser step on one process
 
 
-def batch_sizes(batch_size: int, micro_batch_size: int, world_size: int = 1) -> BatchSizes:
+def batch_sizes(batch_size: int, micro_batch_size: int, world_size: int = 1, name: str = "batch_size"
+                ) -> BatchSizes:
     """The one place derived sizes are computed. They must divide exactly: a silently rounded batch changes the
-    learning dynamics without telling anyone."""
+    learning dynamics without telling anyone. `name` is the setting `batch_size` came from (for the error)."""
     if batch_size <= 0 or micro_batch_size <= 0 or world_size <= 0:
-        raise ValueError("batch_size, micro_batch_size and world_size must be positive")
+        raise ValueError(f"{name}, micro_batch_size and the number of processes must be positive")
     per_process = micro_batch_size * world_size
     if batch_size % per_process:
         raise ValueError(
-            f"batch_size={batch_size} is not a multiple of micro_batch_size × world_size = "
+            f"{name}={batch_size} is not a multiple of micro_batch_size × world_size (processes) = "
             f"{micro_batch_size} × {world_size} = {per_process}"
         )
     return BatchSizes(batch_size, micro_batch_size, world_size, batch_size // per_process)

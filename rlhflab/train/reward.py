@@ -8,6 +8,12 @@ The loop in `train` reads top to bottom:
   (4) log, dev accuracy, checkpoint on their periods; resume from state/ exactly
   (5) normalise (human references average 0), save model/, then DONE.json with the dev accuracy
 
+With several processes (`accelerate launch`, see train/distributed.py) each takes its contiguous share of every
+batch; each pair's loss is divided by the global batch size and the gradients are summed across processes, so
+the step is the one a single process makes. Dev accuracy: each process scores a share of the dev batches and
+the scores are gathered in batch order (the same numbers as one process). Only the main process normalises (the
+same references and batches as one process) and writes the run directory.
+
 Repeated comparisons. The same pair of summaries of one post is often labelled by several people (batch13: 40
 pairs carry 206 rows, and 26 of those pairs have both answers). Two policies, applied to train and dev alike:
   - `contradictions` (same pair, opposite choices): "majority" (default) keeps the rows of the majority choice and
@@ -35,7 +41,6 @@ from rlhflab.data.loaders import load_comparisons, load_posts
 from rlhflab.data.records import Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
-from rlhflab.models.device import resolve_device
 from rlhflab.models.reward import (
     RewardModel,
     autocast,
@@ -53,6 +58,16 @@ from rlhflab.train.common import (
     make_optimizer,
     plan_steps,
     save_checkpoint,
+)
+from rlhflab.train.distributed import (
+    Processes,
+    barrier,
+    chunk_range,
+    gather_objects,
+    processes,
+    share,
+    sum_across,
+    sum_gradients,
 )
 
 log = get_logger(__name__)
@@ -157,18 +172,20 @@ def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_q
 
 
 @torch.no_grad()
-def evaluate(rm: RewardModel, pairs: list[PairExample], cfg: RewardConfig) -> dict[str, float]:
-    """Dev accuracy, loss and mean margin (pairs sorted by length, so the batches pad little)."""
+def evaluate(rm: RewardModel, pairs: list[PairExample], cfg: RewardConfig,
+             procs: Processes | None = None) -> dict[str, float]:
+    """Dev accuracy, loss and mean margin (pairs sorted by length, so the batches pad little). With several
+    processes each scores a contiguous share of the batches; the scores are gathered in batch order."""
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].query_ids))
     per = max(1, cfg.eval_batch_size // 2)
-    rc, rr, dist = [], [], []
-    for i in range(0, len(order), per):
-        chunk = [pairs[j] for j in order[i : i + per]]
+    starts = list(range(0, len(order), per))
+    scored = []
+    for k in chunk_range(len(starts), procs) if procs else range(len(starts)):
+        chunk = [pairs[j] for j in order[starts[k] : starts[k] + per]]
         a, b, _ = forward_pairs(rm, chunk, cfg.bf16, cfg.share_query)
-        rc.append(a.float())
-        rr.append(b.float())
-        dist += [p.distance for p in chunk]
-    r_chosen, r_rejected = torch.cat(rc), torch.cat(rr)
+        scored.append((a.float().cpu(), b.float().cpu()))
+    scored = gather_objects(scored, procs) if procs else scored
+    r_chosen, r_rejected = torch.cat([a for a, _ in scored]), torch.cat([b for _, b in scored])
     return {"eval/accuracy": float(preference_accuracy(r_chosen, r_rejected)),
             "eval/loss": float(preference_loss(r_chosen, r_rejected)),
             "eval/margin": float((r_chosen - r_rejected).mean()), "eval/n_pairs": len(pairs)}
@@ -182,9 +199,11 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     if run.is_done():
         log.info("%s is already DONE; nothing to do", out)
         return run.read_done()
-    seed_everything(cfg.seed)
-    run.start("rm", cfg)
-    sizes = batch_sizes(cfg.batch_size, cfg.micro_batch_size)
+    procs = processes(cfg.device)
+    seed_everything(cfg.seed)  # the same seed on every process: the same fresh head everywhere
+    if procs.is_main:
+        run.start("rm", cfg)
+    sizes = batch_sizes(cfg.batch_size, cfg.micro_batch_size, procs.world_size)
     t_start = time.time()
 
     # (1) backbone + fresh head, comparisons
@@ -192,7 +211,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     rm = new_reward_model(cfg.model, max_query_tokens=cfg.data.max_query_tokens,
                           max_response_tokens=cfg.data.max_response_tokens, seed=cfg.seed,
                           allow_partial=cfg.allow_partial)
-    rm.to(resolve_device(cfg.device))
+    rm.to(procs.device)
     freeze_lower_layers(rm.lm, cfg.freeze_layers)
     trainable = sum(p.numel() for p in rm.parameters() if p.requires_grad)
     rm.train()
@@ -203,23 +222,27 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     optimizer, scheduler = make_optimizer(rm, cfg.optim, total_steps)
     pad_id = rm.tokenizer.pad_token_id
     lengths = [len(p.query_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in train_pairs]
-    log.info("rm: %d train / %d dev pairs, %d steps (%d per epoch), batch %d pairs = %d micro × %d accum, "
-             "%.1fM trainable params, loss %s", len(train_pairs), len(dev_pairs), total_steps, per_epoch,
-             sizes.batch_size, sizes.micro_batch_size, sizes.grad_accum_steps, trainable / 1e6, cfg.loss)
+    log.info("rm: %d train / %d dev pairs, %d steps (%d per epoch), batch %d pairs = %d micro × %d accum × %d "
+             "processes, %.1fM trainable params, loss %s", len(train_pairs), len(dev_pairs), total_steps,
+             per_epoch, sizes.batch_size, sizes.micro_batch_size, sizes.grad_accum_steps, sizes.world_size,
+             trainable / 1e6, cfg.loss)
 
     step, pairs_seen = 0, 0
     if run.has_state():
         trainer = load_checkpoint(run, rm, optimizer, scheduler)
         step, pairs_seen = trainer["step"], trainer["pairs_seen"]
-        run.truncate_metrics(step)
+        if procs.is_main:
+            run.truncate_metrics(step)
         log.info("resumed from step %d", step)
     else:  # the "before" picture: dev accuracy of the fresh head, and what the repeat policies did
-        before = evaluate(rm, dev_pairs, cfg) if dev_pairs else {}
-        run.log_metrics(0, {**data_counts, **before})
+        before = evaluate(rm, dev_pairs, cfg, procs) if dev_pairs else {}
+        if procs.is_main:
+            run.log_metrics(0, {**data_counts, **before})
 
     # (3) the loop
     order, order_epoch = None, -1
-    bar = tqdm(total=total_steps, initial=step, desc="rm", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, desc="rm", unit="step", dynamic_ncols=True,
+               disable=not procs.is_main)
     while step < total_steps:
         epoch, position = divmod(step, per_epoch)
         if epoch != order_epoch:  # depends only on (seed, epoch): resume needs nothing more
@@ -227,10 +250,12 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         batch_idx = order[position * sizes.batch_size : (position + 1) * sizes.batch_size]
         t0 = time.time()
 
-        # one optimiser step: the loss is the mean over the batch's pairs
+        # one optimiser step: the loss is the mean over the (global) batch's pairs; this process runs its share,
+        # and the gradients are summed over processes before clipping
+        mine = batch_idx[share(len(batch_idx), procs)]
         loss_total, correct, margin_total, n_tokens = 0.0, 0.0, 0.0, 0
-        for i in range(0, len(batch_idx), sizes.micro_batch_size):
-            pairs = [train_pairs[j] for j in batch_idx[i : i + sizes.micro_batch_size]]
+        for i in range(0, len(mine), sizes.micro_batch_size):
+            pairs = [train_pairs[j] for j in mine[i : i + sizes.micro_batch_size]]
             r_chosen, r_rejected, tokens = forward_pairs(rm, pairs, cfg.bf16, cfg.share_query)
             distance = torch.tensor([p.distance for p in pairs])
             loss = pair_loss(r_chosen, r_rejected, distance, cfg.loss)
@@ -239,6 +264,8 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
             correct += float(preference_accuracy(r_chosen.detach(), r_rejected.detach())) * len(pairs)
             margin_total += float((r_chosen - r_rejected).detach().sum())
             n_tokens += tokens
+        sum_gradients(rm, procs)
+        loss_total, correct, margin_total, n_tokens = sum_across([loss_total, correct, margin_total, n_tokens], procs)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in rm.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
         optimizer.step()
@@ -257,26 +284,30 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
             "train/epoch": epoch + (position + 1) / per_epoch}
         last = step == total_steps
         if dev_pairs and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-            metrics |= evaluate(rm, dev_pairs, cfg)
+            metrics |= evaluate(rm, dev_pairs, cfg, procs)
             rm.train()
-        if step % cfg.log_every == 0 or "eval/accuracy" in metrics or last:
+        if procs.is_main and (step % cfg.log_every == 0 or "eval/accuracy" in metrics or last):
             run.log_metrics(step, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.2f}",
                         pairs_s=f"{metrics['train/pairs_per_s']:.2f}")
-        if (cfg.save_every and step % cfg.save_every == 0) or last:
+        if procs.is_main and ((cfg.save_every and step % cfg.save_every == 0) or last):
             save_checkpoint(run, rm, optimizer, scheduler, {"step": step, "pairs_seen": pairs_seen})
         if stop_after is not None and step >= stop_after and not last:
             bar.close()
+            barrier(procs)
             return {"stopped_at": step}
     bar.close()
 
-    # (5) normalise on human references, save model/, DONE.json
+    # (5) normalise on human references, save model/, DONE.json (the main process writes; the others wait)
     rm.eval()
     norm: dict[str, Any] = {}
-    if cfg.normalise_on:
+    if cfg.normalise_on and procs.is_main:  # only the saved model needs it; the others' copies are dropped
         posts = list(load_posts(cfg.normalise_on, limit=cfg.normalise_limit))
         norm = normalise(rm, posts, batch_size=cfg.eval_batch_size, bf16=cfg.bf16, source=cfg.normalise_on)
+    if not procs.is_main:
+        barrier(procs)
+        return run.read_done()
     save_reward_model(rm, run.model_dir)
     rows = run.read_metrics()
     evals = [r for r in rows if "eval/accuracy" in r]
@@ -295,5 +326,6 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     if summary["dev_accuracy"] is not None and math.isnan(summary["dev_accuracy"]):
         raise RuntimeError("dev accuracy is NaN")
     run.write_done(summary)
+    barrier(procs)
     log.info("rm done: dev accuracy %s after %d steps", summary["dev_accuracy"], step)
     return summary

@@ -6,6 +6,10 @@ The loop in `train` reads top to bottom:
   (3) for each optimiser step: accumulate the cross-entropy of micro batches, clip, step, schedule
   (4) log, evaluate, write a samples table and checkpoint on their periods
   (5) save model/, then DONE.json
+
+With several processes (`accelerate launch`, see train/distributed.py) each takes its contiguous share of every
+batch; the loss is divided by the token count of the whole global batch and the gradients are summed across
+processes, so the step is the one a single process makes. Only the main process writes the run directory.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_query, format_reference
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.records import Post
-from rlhflab.models.device import autocast, resolve_device
+from rlhflab.models.device import autocast
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model, save_model
 from rlhflab.train.common import (
@@ -37,6 +41,16 @@ from rlhflab.train.common import (
     plan_steps,
     save_checkpoint,
     write_table,
+)
+from rlhflab.train.distributed import (
+    Processes,
+    barrier,
+    chunk_range,
+    gather_objects,
+    processes,
+    share,
+    sum_across,
+    sum_gradients,
 )
 
 log = get_logger(__name__)
@@ -128,14 +142,20 @@ def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
 
 
 @torch.no_grad()
-def eval_loss(model, examples: list[Example], pad_id: int, cfg: SFTConfig) -> float:
-    """Mean cross-entropy per reference token on the eval set."""
-    total, count = 0.0, 0
-    for i in range(0, len(examples), cfg.micro_batch_size):
+def eval_loss(model, examples: list[Example], pad_id: int, cfg: SFTConfig, procs: Processes | None = None) -> float:
+    """Mean cross-entropy per reference token on the eval set. With several processes each runs a share of the
+    batches and the per-batch sums are summed in batch order: the same number as one process."""
+    starts = list(range(0, len(examples), cfg.micro_batch_size))
+    mine = chunk_range(len(starts), procs) if procs else range(len(starts))
+    sums = []
+    for i in (starts[k] for k in mine):
         batch = collate(examples[i : i + cfg.micro_batch_size], pad_id, "response")
         with autocast(model.device, cfg.bf16):
             loss_sum, n = token_losses(model, batch)
-        total, count = total + loss_sum.item(), count + n
+        sums.append((loss_sum.item(), n))
+    total, count = 0.0, 0
+    for loss_sum, n in (gather_objects(sums, procs) if procs else sums):
+        total, count = total + loss_sum, count + n
     return total / max(count, 1)
 
 
@@ -164,14 +184,16 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     if run.is_done():
         log.info("%s is already DONE; nothing to do", out)
         return run.read_done()
-    seed_everything(cfg.seed)
-    run.start("sft", cfg)
-    sizes = batch_sizes(cfg.batch_size, cfg.micro_batch_size)
+    procs = processes(cfg.device)
+    seed_everything(cfg.seed)  # the same seed on every process: they hold the same model
+    if procs.is_main:
+        run.start("sft", cfg)
+    sizes = batch_sizes(cfg.batch_size, cfg.micro_batch_size, procs.world_size)
     t_start = time.time()
 
     # (1) model and data
     model, tokenizer = load_model(cfg.model)
-    model.to(resolve_device(cfg.device))
+    model.to(procs.device)
     trainable = freeze_lower_layers(model, cfg.freeze_layers)
     model.train()  # dropout is already 0 in the config; train() only matters for layers that check it
     train_posts, train_ex, eval_posts, eval_ex = load_data(cfg, tokenizer)
@@ -179,25 +201,29 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps)
     pad_id = tokenizer.pad_token_id
     lengths = [len(e.query_ids) + len(e.response_ids) for e in train_ex]
-    log.info("sft: %d train / %d eval examples, %d steps (%d per epoch), batch %d = %d micro × %d accum, "
-             "%.1fM trainable params", len(train_ex), len(eval_ex), total_steps, per_epoch, sizes.batch_size,
-             sizes.micro_batch_size, sizes.grad_accum_steps, trainable / 1e6)
+    log.info("sft: %d train / %d eval examples, %d steps (%d per epoch), batch %d = %d micro × %d accum × %d "
+             "processes, %.1fM trainable params", len(train_ex), len(eval_ex), total_steps, per_epoch,
+             sizes.batch_size, sizes.micro_batch_size, sizes.grad_accum_steps, sizes.world_size, trainable / 1e6)
 
     # (2) resume
     step, tokens_seen = 0, 0
     if run.has_state():
         trainer = load_checkpoint(run, model, optimizer, scheduler)
         step, tokens_seen = trainer["step"], trainer["tokens_seen"]
-        run.truncate_metrics(step)
+        if procs.is_main:
+            run.truncate_metrics(step)
         log.info("resumed from step %d", step)
     elif eval_ex:  # the "before" picture: eval loss and summaries of the untrained model
-        run.log_metrics(0, {"eval/loss": eval_loss(model, eval_ex, pad_id, cfg)})
-        if cfg.n_samples:
+        before = eval_loss(model, eval_ex, pad_id, cfg, procs)
+        if procs.is_main:
+            run.log_metrics(0, {"eval/loss": before})
+        if cfg.n_samples and procs.is_main:
             rows = sample_table(model, tokenizer, eval_posts[: cfg.n_samples], eval_ex[: cfg.n_samples], cfg)
             write_table(run.samples_dir / f"step_{0:06d}.jsonl", rows)
 
     order, order_epoch = None, -1
-    bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", dynamic_ncols=True,
+               disable=not procs.is_main)
     while step < total_steps:
         epoch, position = divmod(step, per_epoch)
         if epoch != order_epoch:  # the order of an epoch depends only on (seed, epoch): resume needs no more
@@ -205,23 +231,28 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         batch_idx = order[position * sizes.batch_size : (position + 1) * sizes.batch_size]
         t0 = time.time()
 
-        # (3) one optimiser step: the loss is the mean over all reference tokens of the whole batch
-        micro = [batch_idx[i : i + sizes.micro_batch_size] for i in range(0, len(batch_idx), sizes.micro_batch_size)]
+        # (3) one optimiser step: the loss is the mean over all reference tokens of the whole (global) batch;
+        #     this process runs its share of it, and the gradients are summed over processes before clipping
+        mine = batch_idx[share(len(batch_idx), procs)]
+        micro = [mine[i : i + sizes.micro_batch_size] for i in range(0, len(mine), sizes.micro_batch_size)]
         batches = [collate([train_ex[j] for j in m], pad_id, cfg.loss_on) for m in micro]
-        n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        n_target_here = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        n_target = int(sum_across([n_target_here], procs)[0])
         loss_total = 0.0
         for b in batches:
             with autocast(model.device, cfg.bf16):
                 loss_sum, _ = token_losses(model, b)
             (loss_sum / n_target).backward()
             loss_total += loss_sum.item()
+        sum_gradients(model, procs)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        loss_total, n_tokens = sum_across([loss_total, sum(int(b["attention_mask"].sum()) for b in batches)], procs)
+        n_tokens = int(n_tokens)
         tokens_seen += n_tokens
         dt = time.time() - t0
 
@@ -231,22 +262,26 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
                    "train/tokens_seen": tokens_seen, "train/epoch": epoch + (position + 1) / per_epoch}
         last = step == total_steps
         if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-            metrics["eval/loss"] = eval_loss(model, eval_ex, pad_id, cfg)
-            if cfg.n_samples:
+            metrics["eval/loss"] = eval_loss(model, eval_ex, pad_id, cfg, procs)
+            if cfg.n_samples and procs.is_main:
                 rows = sample_table(model, tokenizer, eval_posts[: cfg.n_samples], eval_ex[: cfg.n_samples], cfg)
                 write_table(run.samples_dir / f"step_{step:06d}.jsonl", rows)
-        if step % cfg.log_every == 0 or "eval/loss" in metrics or last:
+        if procs.is_main and (step % cfg.log_every == 0 or "eval/loss" in metrics or last):
             run.log_metrics(step, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-        if (cfg.save_every and step % cfg.save_every == 0) or last:
+        if procs.is_main and ((cfg.save_every and step % cfg.save_every == 0) or last):
             save_checkpoint(run, model, optimizer, scheduler, {"step": step, "tokens_seen": tokens_seen})
         if stop_after is not None and step >= stop_after and not last:
             bar.close()
+            barrier(procs)
             return {"stopped_at": step}
     bar.close()
 
-    # (5) the model for the next stage, then DONE.json
+    # (5) the model for the next stage, then DONE.json (the main process writes; the others wait and read it)
+    if not procs.is_main:
+        barrier(procs)
+        return run.read_done()
     save_model(model, tokenizer, run.model_dir)
     metrics_rows = run.read_metrics()
     evals = [r["eval/loss"] for r in metrics_rows if "eval/loss" in r]
@@ -254,5 +289,6 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
                "eval_loss_first": evals[0] if evals else None, "eval_loss_final": evals[-1] if evals else None,
                "train_loss_final": next((r["train/loss"] for r in reversed(metrics_rows) if "train/loss" in r), None)}
     run.write_done(summary)
+    barrier(procs)
     log.info("sft done: %s", summary)
     return summary
