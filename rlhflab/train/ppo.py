@@ -11,8 +11,16 @@ One PPO update, as in Ziegler et al. (2019) and Stiennon et al. (2020):
 
 Four models: the policy (trained), the reference (the SFT model, frozen — or the policy with its LoRA adapters
 off), the value model (trained) and the reward model (frozen). The whole training state — both models,
-optimizers, schedules, the sampling generator, the data position and β — is in state/, so a run killed at any
-point resumes to the same numbers as one that never stopped.
+optimizers, schedules, the shuffling generator, the data position and β — is in state/, so a run killed at any
+point resumes to the same numbers as one that never stopped. Each episode is sampled from its own seed, made of
+(seed, update, row of the rollout), so resuming needs no sampling state.
+
+Several processes (`accelerate launch`, see train/distributed.py): each rolls out its contiguous share of the
+update's queries (the same episodes, with the same seeds, as one process would sample), scores them, and the
+rollout is gathered so that every process holds all of it, laid out exactly as one process would lay it out.
+Rewards, GAE, advantage whitening, the KL controller and the metrics then use the whole rollout; each minibatch
+of the (shared) global shuffle is split between the processes, the loss is divided by the number of micro
+batches of the whole minibatch and the gradients are summed. Only the main process writes the run directory.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from rlhflab.core.rundir import RunDir
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_query
 from rlhflab.data.loaders import load_posts
-from rlhflab.models.device import autocast, resolve_device
+from rlhflab.models.device import autocast
 from rlhflab.models.generation import (
     Generation,
     decode_responses,
@@ -64,6 +72,17 @@ from rlhflab.train.common import (
     make_optimizer,
     save_state,
     write_table,
+)
+from rlhflab.train.distributed import (
+    Processes,
+    barrier,
+    check_divides,
+    gather_rows,
+    pad_and_gather_rows,
+    processes,
+    share,
+    sum_across,
+    sum_gradients,
 )
 
 log = get_logger(__name__)
@@ -319,13 +338,13 @@ def trim_left(query_response: torch.Tensor, attention_mask: torch.Tensor, query_
     return query_response[:, start:], attention_mask[:, start:], query_len - start
 
 
-def build_rollout(gen: Generation, scores: torch.Tensor, policy, reference, value_model, kl_coef: float,
-                  cfg: PPOConfig, n_frozen: int, policy_hidden: torch.Tensor | None,
-                  value_hidden: torch.Tensor | None, ref_shares_policy_layers: bool = True
-                  ) -> tuple[Rollout, dict[str, float]]:
-    """Steps (3) and (4): old log-probs, reference log-probs, KL-penalised rewards, values, GAE. With n_frozen > 0
-    only the upper layers run, on the frozen layers' states; the reference reads the policy's when it has the same
-    lower layers (always, unless the policy started from `policy_init`)."""
+def old_logprobs_and_values(gen: Generation, policy, reference, value_model, cfg: PPOConfig, n_frozen: int,
+                            policy_hidden: torch.Tensor | None, value_hidden: torch.Tensor | None,
+                            ref_shares_policy_layers: bool = True
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward passes of steps (3) and (4): (R, T) old log-probs, reference log-probs and values. With
+    n_frozen > 0 only the upper layers run, on the frozen layers' states; the reference reads the policy's when it
+    has the same lower layers (always, unless the policy started from `policy_init`)."""
     qr, am, mask = gen.query_response, gen.attention_mask, gen.response_mask
     qlen = qr.shape[1] - gen.response.shape[1]
     n, size = qr.shape[0], cfg.score_batch_size
@@ -354,7 +373,15 @@ def build_rollout(gen: Generation, scores: torch.Tensor, policy, reference, valu
     logprobs = forward_in_chunks(logp_of(policy, policy_hidden), n, size).masked_fill(~mask, 0.0)
     ref_logprobs = forward_in_chunks(ref_logp, n, size).masked_fill(~mask, 0.0)
     values = forward_in_chunks(value_run, n, size).masked_fill(~mask, 0.0)
+    return logprobs, ref_logprobs, values
 
+
+def build_rollout(gen: Generation, scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                  values: torch.Tensor, kl_coef: float, cfg: PPOConfig, policy_hidden: torch.Tensor | None,
+                  value_hidden: torch.Tensor | None) -> tuple[Rollout, dict[str, float]]:
+    """Steps (3) and (4) on the whole rollout: KL-penalised rewards, GAE, whitened advantages, and their stats."""
+    qr, am, mask = gen.query_response, gen.attention_mask, gen.response_mask
+    qlen = qr.shape[1] - gen.response.shape[1]
     kl = kl_per_token(logprobs, ref_logprobs, cfg.kl.estimator).masked_fill(~mask, 0.0)  # (R, T)
     rewards = kl_penalised_rewards(scores.to(kl.device), kl, mask, kl_coef)  # (R, T)
     if cfg.whiten_rewards:
@@ -372,19 +399,22 @@ def build_rollout(gen: Generation, scores: torch.Tensor, policy, reference, valu
 
 
 def ppo_epochs(rollout: Rollout, policy, value_model, optimizers, cfg: PPOConfig,
-               generator: torch.Generator, n_frozen: int) -> dict[str, float]:
+               generator: torch.Generator, n_frozen: int, procs: Processes) -> dict[str, float]:
     """Step (5): `ppo_epochs` passes over shuffled minibatches, gradient accumulation over micro batches; with
-    n_frozen > 0 only the upper layers run, on the rollout's frozen-layer states."""
+    n_frozen > 0 only the upper layers run, on the rollout's frozen-layer states. Every process draws the same
+    shuffle of the whole rollout and runs its share of each minibatch; gradients are summed over processes."""
     (p_opt, p_sched), (v_opt, v_sched) = optimizers
-    sizes = batch_sizes(cfg.mini_batch_size, cfg.micro_batch_size)
+    sizes = batch_sizes(cfg.mini_batch_size, cfg.micro_batch_size, procs.world_size, name="mini_batch_size")
+    micro_per_minibatch = sizes.grad_accum_steps * procs.world_size  # all processes together
     R = rollout.query_response.shape[0]
     sums: dict[str, float] = {}
     n_micro = 0
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(R, generator=generator).tolist()
         for start in range(0, R, sizes.batch_size):
-            for m in range(start, start + sizes.batch_size, sizes.micro_batch_size):
-                idx = torch.tensor(order[m : m + sizes.micro_batch_size], device=rollout.mask.device)
+            mine = order[start : start + sizes.batch_size][share(sizes.batch_size, procs)]
+            for m in range(0, len(mine), sizes.micro_batch_size):
+                idx = torch.tensor(mine[m : m + sizes.micro_batch_size], device=rollout.mask.device)
                 q, a, ql = trim_left(rollout.query_response[idx], rollout.attention_mask[idx], rollout.query_len)
                 mask = rollout.mask[idx]
                 p_h = slice_hidden(rollout.policy_hidden, idx, q.shape[1], policy)
@@ -399,7 +429,7 @@ def ppo_epochs(rollout: Rollout, policy, value_model, optimizers, cfg: PPOConfig
                                               cfg.clip_range)
                 vf_loss, vf = ppo_value_loss(values, rollout.values[idx], rollout.returns[idx], mask,
                                              cfg.clip_range_value)
-                ((pg_loss + vf_loss) / sizes.grad_accum_steps).backward()  # separate models: separate grads
+                ((pg_loss + vf_loss) / micro_per_minibatch).backward()  # separate models: separate grads
                 for k, v in {"ppo/policy_loss": pg_loss, "ppo/value_loss": vf_loss, "ppo/clipfrac": pg["clipfrac"],
                              "ppo/approxkl": pg["approxkl"], "ppo/value_clipfrac": vf["clipfrac"],
                              "objective/entropy": masked_mean(entropy.detach(), mask)}.items():
@@ -407,11 +437,14 @@ def ppo_epochs(rollout: Rollout, policy, value_model, optimizers, cfg: PPOConfig
                 n_micro += 1
             for model, opt, sched, oc in ((policy, p_opt, p_sched, cfg.optim),
                                           (value_model, v_opt, v_sched, cfg.value_optim)):
+                sum_gradients(model, procs)
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], oc.max_grad_norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-    return {k: v / max(n_micro, 1) for k, v in sums.items()}
+    keys = sorted(sums)
+    totals = sum_across([sums[k] for k in keys] + [float(n_micro)], procs)  # means over every process's micro batches
+    return {k: v / max(totals[-1], 1) for k, v in zip(keys, totals)}
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -423,10 +456,12 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     if run.is_done():
         log.info("%s is already DONE; nothing to do", out)
         return run.read_done()
-    validate(cfg)
-    seed_everything(cfg.seed)
-    run.start("ppo", cfg)
-    device = resolve_device(cfg.device)
+    procs = processes(cfg.device)
+    validate(cfg, procs.world_size)
+    seed_everything(cfg.seed)  # the same seed on every process: they hold the same models
+    if procs.is_main:
+        run.start("ppo", cfg)
+    device = procs.device
     t_start = time.time()
 
     # models, data, optimisers
@@ -448,45 +483,58 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     optimizers = (make_optimizer(policy, cfg.optim, opt_steps), make_optimizer(value_model, cfg.value_optim,
                                                                                opt_steps))
     parts = {"policy": (policy, *optimizers[0]), "value": (value_model, *optimizers[1])}
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)  # the minibatch shuffle: the same on every process
     update, kl_coef = 0, cfg.kl.init_coef
     if run.has_state():
         trainer, tensors = load_state(run, parts)
         update, kl_coef = trainer["update"], trainer["kl_coef"]
         generator.set_state(tensors["generator"])
-        run.truncate_metrics(update)
+        if procs.is_main:
+            run.truncate_metrics(update)
         log.info("resumed after update %d (β = %.4g)", update, kl_coef)
     log.info("ppo: %d updates × %d episodes, %d posts, %d PPO epochs, minibatch %d (micro %d), reward %s",
              n_updates, cfg.rollout_batch_size, len(posts), cfg.ppo_epochs, cfg.mini_batch_size,
              cfg.micro_batch_size, "callable" if reward_fn else cfg.reward)
 
-    bar = tqdm(total=n_updates, initial=update, desc="ppo", unit="update", dynamic_ncols=True)
+    bar = tqdm(total=n_updates, initial=update, desc="ppo", unit="update", dynamic_ncols=True,
+               disable=not procs.is_main)
     while update < n_updates:
         t0 = time.time()
         batch = batch_indices(update, cfg.rollout_batch_size, len(posts), cfg.seed)
+        rows = share(len(batch), procs)  # this process's episodes of the update (all of them with one process)
+        my_queries = [queries[i] for i in batch[rows]]
 
-        # (1) roll out
+        # (1) roll out this process's share; each episode's randomness comes from (seed, update, row) only.
+        #     Then every process gets the whole rollout, laid out as one process would have sampled it.
         policy.eval()
-        q_ids, q_mask = pad_queries(tokenizer, [queries[i] for i in batch])
+        q_ids, q_mask = pad_queries(tokenizer, my_queries)
         with autocast(device, cfg.bf16):
             gen = generate(policy, tokenizer, q_ids, q_mask, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos, generator=generator)
+                           temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
+                           row_seeds=episode_seeds(cfg.seed, update, range(len(batch))[rows]))
+        gen = gather_generation(gen, tokenizer.pad_token_id, procs)
         texts = decode_responses(tokenizer, gen)
         t1 = time.time()
 
         # (2) score; (3) KL-penalised rewards; (4) values and advantages. Frozen lower layers run once, here.
-        policy_hidden, value_hidden = frozen_rollout_states(gen, policy, value_model, n_frozen, cfg)
-        raw = score_responses(reward, tokenizer, [queries[i] for i in batch], gen, cfg,
-                              ([query_texts[i] for i in batch], texts),
+        #     The forward passes run on this process's rows (of the whole rollout's layout) and are gathered.
+        mine = rows_of(gen, rows)
+        policy_hidden, value_hidden = frozen_rollout_states(mine, policy, value_model, n_frozen, cfg)
+        raw = score_responses(reward, tokenizer, my_queries, mine, cfg,
+                              ([query_texts[i] for i in batch[rows]], texts[rows]),
                               shared=(value_hidden, n_frozen) if rm_shares_value_layers else None)
+        old = old_logprobs_and_values(mine, policy, reference, value_model, cfg, n_frozen, policy_hidden,
+                                      value_hidden, ref_shares_policy_layers)
+        raw, policy_hidden, value_hidden = (gather_rows(t, procs) for t in (raw, policy_hidden, value_hidden))
+        logprobs, ref_logprobs, values = (gather_rows(t, procs) for t in old)
         scores = penalise_unfinished(raw, gen.eos.cpu(), cfg.no_eos_penalty)
-        rollout, roll_stats = build_rollout(gen, scores, policy, reference, value_model, kl_coef, cfg, n_frozen,
-                                            policy_hidden, value_hidden, ref_shares_policy_layers)
+        rollout, roll_stats = build_rollout(gen, scores, logprobs, ref_logprobs, values, kl_coef, cfg,
+                                            policy_hidden, value_hidden)
         t2 = time.time()
 
         # (5) PPO epochs over minibatches
         policy.train()
-        train_stats = ppo_epochs(rollout, policy, value_model, optimizers, cfg, generator, n_frozen)
+        train_stats = ppo_epochs(rollout, policy, value_model, optimizers, cfg, generator, n_frozen, procs)
         t3 = time.time()
 
         # (6) KL controller, metrics, samples, checkpoint
@@ -502,14 +550,14 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         kl_coef = next_kl_coef(cfg.kl.controller, kl_coef, roll_stats["objective/kl"], cfg.kl.target,
                                cfg.kl.horizon, cfg.rollout_batch_size)
         last = update == n_updates
-        if update % cfg.log_every == 0 or last:
+        if procs.is_main and (update % cfg.log_every == 0 or last):
             run.log_metrics(update, metrics)
-        if update == 1 or last or (cfg.sample_every and update % cfg.sample_every == 0):
+        if procs.is_main and (update == 1 or last or (cfg.sample_every and update % cfg.sample_every == 0)):
             write_table(run.samples_dir / f"update_{update:05d}.jsonl",
                         sample_rows(update, batch, posts, texts, raw, gen, cfg.n_samples))
-        if cfg.snapshot_every and update % cfg.snapshot_every == 0:
+        if procs.is_main and cfg.snapshot_every and update % cfg.snapshot_every == 0:
             save_snapshot(run.path / "snapshots" / f"update_{update:05d}", policy, tokenizer, cfg)
-        if (cfg.save_every and update % cfg.save_every == 0) or last:
+        if procs.is_main and ((cfg.save_every and update % cfg.save_every == 0) or last):
             save_state(run, parts, {"update": update, "kl_coef": kl_coef, "episodes": update * cfg.rollout_batch_size},
                        {"generator": generator.get_state()})
         bar.update(1)
@@ -517,9 +565,15 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
                         beta=f"{kl_coef:.3g}")
         if stop_after is not None and update >= stop_after and not last:
             bar.close()
+            barrier(procs)
             return {"stopped_at": update}
     bar.close()
-    return finish(run, cfg, policy, tokenizer, t_start)
+    if not procs.is_main:  # the main process saves the policy and DONE.json
+        barrier(procs)
+        return run.read_done()
+    summary = finish(run, cfg, policy, tokenizer, t_start)
+    barrier(procs)
+    return summary
 
 
 def save_snapshot(path: Path, policy, tokenizer, cfg: PPOConfig) -> None:
@@ -545,8 +599,9 @@ def finish(run: RunDir, cfg: PPOConfig, policy, tokenizer, t_start: float) -> di
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def validate(cfg: PPOConfig) -> None:
-    batch_sizes(cfg.mini_batch_size, cfg.micro_batch_size)
+def validate(cfg: PPOConfig, world_size: int = 1) -> None:
+    check_divides("rollout_batch_size", cfg.rollout_batch_size, world_size)
+    batch_sizes(cfg.mini_batch_size, cfg.micro_batch_size, world_size, name="mini_batch_size")
     if cfg.rollout_batch_size % cfg.mini_batch_size:
         raise ValueError(f"rollout_batch_size={cfg.rollout_batch_size} is not a multiple of mini_batch_size="
                          f"{cfg.mini_batch_size}")
@@ -557,6 +612,34 @@ def validate(cfg: PPOConfig) -> None:
     if cfg.policy_init and cfg.lora.r > 0:
         raise ValueError("policy_init with lora.r > 0: a LoRA policy's reference is its own base with the adapters "
                          "off, so it cannot start from another model; use full fine-tuning or policy_init=None")
+
+
+def episode_seeds(seed: int, update: int, rows: range) -> list[int]:
+    """The sampling seed of each episode (row of update `update`'s rollout): the same whichever process samples
+    it, and nothing to store for a resume."""
+    return [(seed * 1_000_003 + update) * 100_003 + row for row in rows]
+
+
+def rows_of(gen: Generation, rows: slice) -> Generation:
+    """Some rows of a rollout, in its layout (same widths)."""
+    return Generation(gen.query_response[rows], gen.attention_mask[rows], gen.response[rows], gen.logprobs[rows],
+                      gen.response_mask[rows], gen.eos[rows])
+
+
+def gather_generation(gen: Generation, pad_id: int, procs: Processes) -> Generation:
+    """Every process's rows, in rank order, padded to the widest query (on the left) and the longest response (on
+    the right) of any process — the layout one process sampling all rows would have produced."""
+    if procs.world_size == 1:
+        return gen
+    qlen = gen.query_response.shape[1] - gen.response.shape[1]
+    query = pad_and_gather_rows(gen.query_response[:, :qlen], procs, pad_id, left=True)
+    query_mask = pad_and_gather_rows(gen.attention_mask[:, :qlen], procs, 0, left=True)
+    response = pad_and_gather_rows(gen.response, procs, pad_id)
+    response_mask = pad_and_gather_rows(gen.response_mask.long(), procs, 0).bool()
+    return Generation(query_response=torch.cat([query, response], dim=1),
+                      attention_mask=torch.cat([query_mask, response_mask.long()], dim=1),
+                      response=response, logprobs=pad_and_gather_rows(gen.logprobs, procs, 0.0),
+                      response_mask=response_mask, eos=gather_rows(gen.eos, procs))
 
 
 def batch_indices(update: int, rollout_batch_size: int, n_posts: int, seed: int) -> list[int]:
