@@ -26,11 +26,14 @@ STAGES = {
             "optimise a policy against a reward model with PPO and a KL penalty to the SFT model"),
     "best-of-n": ("rlhflab.train.best_of_n", "BestOfNConfig", "best_of_n",
                   "sample N summaries per post, keep the one the reward model scores highest"),
+    "simulate-labels": ("rlhflab.eval.simulate", "SimulateConfig", "simulate",
+                        "answer comparison tasks with a judge (e.g. a gold RM) and a noise model, like a labeler"),
     "eval": ("rlhflab.eval.evaluate", "EvalConfig", "evaluate",
              "policies vs the human references: win rates, length control, ROUGE, KL, curves, report.html"),
 }
 
 EPILOG = """examples:
+  rlhflab run configs/pipeline/smoke.yaml --out runs/pipeline/smoke   # the whole loop, sft to report
   rlhflab sft --config configs/sft/smoke.yaml --out runs/sft/smoke
   rlhflab sft --config configs/sft/cpu.yaml --out runs/sft/cpu optim.lr=3e-5 max_steps=100
   rlhflab sample --config configs/sample/smoke.yaml --out runs/sample/sft model=runs/sft/smoke
@@ -43,16 +46,20 @@ EPILOG = """examples:
 re-running a command with the same --out resumes an interrupted run; a finished run (DONE.json) is left as is."""
 
 
-def describe_config(cls, prefix: str = "") -> list[str]:
-    """`key (type) = default` for every field, nested sections flattened with dots."""
+def describe_config(cls, prefix: str = "", defaults: object | None = None) -> list[str]:
+    """`key (type) = default` for every field, nested sections flattened with dots. `defaults`: the section's
+    default value when its parent sets one (e.g. a pipeline's per-stage config paths)."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(tp):
-            lines += describe_config(tp, f"{prefix}{f.name}.")
+            lines += describe_config(tp, f"{prefix}{f.name}.", default)
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         item = typing.get_args(tp)[0] if typing.get_origin(tp) is list and typing.get_args(tp) else None
         if item is not None and dataclasses.is_dataclass(item):  # a list of sections: show the items' keys too
             lines.append(f"  {prefix}{f.name} (list of {item.__name__}) = {[dataclasses.asdict(d) for d in default]!r}")
@@ -77,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="run directory to write (or to resume)")
         p.add_argument("--show-config", action="store_true", help="print every config key with its default")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, applied after --config")
+    p = sub.add_parser("run", help="the whole loop: sft, gold RM, rounds of sample/labels/rm/ppo, eval",
+                       description="Run (or resume) a pipeline: every stage in its own run directory under --out; "
+                                   "DONE stages are skipped, an interrupted one resumes.",
+                       epilog="run `rlhflab run --show-config` to list every key and its default")
+    p.add_argument("--config", help="the pipeline YAML (or give it as the first argument)")
+    p.add_argument("--out", help="the pipeline's directory (to write, or to resume)")
+    p.add_argument("--show-config", action="store_true", help="print every config key with its default")
+    p.add_argument("overrides", nargs="*", metavar="[PIPELINE.yaml] key=value",
+                   help="e.g. configs/pipeline/smoke.yaml rounds=2 'ppo.overrides=[total_episodes=64]'")
     try:
         from rlhflab.label.cli import add_label_parser
     except ImportError:  # the labelling app's extra is not installed
@@ -87,12 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `rlhflab run PIPELINE.yaml --out DIR key=value`: argparse leaves positionals after --out over
+        if args.command != "run" or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     setup_logging(args.log_level)
     if args.command == "label":
         from rlhflab.label.cli import run_label
 
         return run_label(args) or 0
+    if args.command == "run":
+        return run_pipeline(args)
     module_name, cls_name, fn_name, _ = STAGES[args.command]
     module = __import__(module_name, fromlist=[cls_name])
     cfg_cls = getattr(module, cls_name)
@@ -115,6 +138,33 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, RunError) as err:  # bad input: say what and where, no traceback
         print(f"rlhflab {args.command}: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    from rlhflab import pipeline
+
+    if args.show_config:
+        print("\n".join(describe_config(pipeline.PipelineConfig)))
+        return 0
+    files = [a for a in args.overrides if "=" not in a]
+    overrides = [a for a in args.overrides if "=" in a]
+    if len(files) + bool(args.config) > 1:
+        print(f"rlhflab run: one pipeline YAML, got {files + ([args.config] if args.config else [])}", file=sys.stderr)
+        return 2
+    path = args.config or (files[0] if files else None)
+    if not args.out:
+        print("rlhflab run: --out DIR is required", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(pipeline.PipelineConfig, path, overrides)
+        pipeline.run(cfg, args.out)
+    except (ConfigError, pipeline.PipelineError) as err:
+        print(f"rlhflab run: {err}", file=sys.stderr)
+        return 2
+    except pipeline.WaitingForLabels as wait:
+        print(f"rlhflab run: waiting for labels: {wait}", file=sys.stderr)
+        return pipeline.WAITING_FOR_LABELS
     return 0
 
 

@@ -35,6 +35,7 @@ class SampleConfig:
     posts: str = "../shared/data/tldr/eval.jsonl.gz"  # TL;DR, CNN/DM or posts JSONL; local path or hub name
     format: str = "auto"  # auto | tldr | cnndm | posts
     limit: int | None = None
+    offset: int = 0  # skip the first `offset` posts (a pipeline's later rounds sample new posts)
     n: int = 1  # summaries per post
     temperature: float = 0.0  # 0 = greedy (the paper's evaluation setting)
     top_p: float = 1.0
@@ -84,7 +85,8 @@ def sample(cfg: SampleConfig, out: str) -> dict:
 
     model, tokenizer = load_model(cfg.model, allow_partial=cfg.allow_partial)
     model.to(resolve_device(cfg.device)).eval()
-    posts: list[Post] = list(load_posts(cfg.posts, format=cfg.format, limit=cfg.limit))
+    limit = None if cfg.limit is None else cfg.offset + cfg.limit
+    posts: list[Post] = list(load_posts(cfg.posts, format=cfg.format, limit=limit))[cfg.offset :]
     name = policy_name(cfg)
     todo = [(p, i) for p in posts for i in range(cfg.n) if (p.id, i) not in done]
     log.info("sample: %d posts × %d = %d summaries by %s (%d already written)",

@@ -1,0 +1,408 @@
+"""`rlhflab run PIPELINE.yaml --out DIR`: the whole loop, from posts to report, one stage at a time.
+
+    sft → [gold RM] → round 1: sample → pairs → labels → rm → ppo → round 2 ... → eval
+
+Every stage is the ordinary `rlhflab <stage>` command, run as a child process into its own run directory under
+DIR, with a config file the pipeline writes to DIR/configs/ (the stage's YAML plus the paths that join it to the
+others). Stages hand over only through files, so any of them can be re-run by hand with the command the pipeline
+prints. A stage whose run directory has DONE.json is skipped; an interrupted one resumes (every stage resumes
+from its own state/); so after a crash, the same command picks up where it stopped.
+
+Rounds follow the paper's batches: round k samples pairs of summaries from the current policy (the SFT model in
+round 1, round k−1's PPO policy after that), collects comparisons of them, trains the RM on every comparison so
+far, and continues PPO from the last policy (the reference stays the SFT model, β carries over).
+
+Labels come from an imported file (one per round), the labelling app (the pipeline creates the round's project,
+stops, and goes on once the tasks are labelled), or a simulated labeler (`rlhflab simulate-labels`) whose judge
+is by default a "gold" RM trained on real human comparisons — which is then also the report's first judge, one
+the PPO policy never trained against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rlhflab.core.config import parse_override, read_yaml_mapping
+from rlhflab.core.log import get_logger
+from rlhflab.data.loaders import load_posts, load_samples
+from rlhflab.data.records import Post, Sample
+
+log = get_logger(__name__)
+
+WAITING_FOR_LABELS = 3  # exit code: the labelling app has not finished the round's tasks yet
+
+
+@dataclass
+class StageSpec:
+    config: str | None = None  # the stage's YAML (e.g. configs/rm/smoke.yaml); None: the stage's defaults
+    overrides: list[str] = field(default_factory=list)  # key=value for the stage, applied after the pipeline's
+    skip: bool = False  # gold only: no gold RM (then labels.simulate must name a judge)
+
+
+@dataclass
+class LabelsSpec:
+    source: Literal["simulated", "import", "app"] = "simulated"
+    simulate: StageSpec = field(default_factory=StageSpec)  # simulated: `rlhflab simulate-labels` settings
+    files: list[str] = field(default_factory=list)  # import: round k's comparisons file is files[k-1]
+    db: str = "sqlite:///label.db"  # app: the labelling app's database URL
+    project: str = "rlhflab"  # app: round k's tasks go to project <project>-round<k>
+    labels_per_task: int = 1  # app
+
+
+@dataclass
+class PipelineConfig:
+    rounds: int = 1
+    launcher: list[str] = field(default_factory=list)  # prefix for sft/rm/ppo, e.g. [accelerate, launch, ...]
+    sft: StageSpec = field(default_factory=lambda: StageSpec("configs/sft/cpu.yaml"))
+    gold: StageSpec = field(default_factory=lambda: StageSpec("configs/rm/cpu.yaml"))  # RM on human comparisons
+    sample: StageSpec = field(default_factory=lambda: StageSpec("configs/sample/cpu.yaml"))  # per round
+    pairs_per_post: int = 1  # pairs formed from each post's samples (sample.n must be >= 2 × this)
+    labels: LabelsSpec = field(default_factory=LabelsSpec)
+    rm: StageSpec = field(default_factory=lambda: StageSpec("configs/rm/cpu.yaml"))
+    ppo: StageSpec = field(default_factory=lambda: StageSpec("configs/ppo/cpu.yaml"))
+    eval: StageSpec = field(default_factory=lambda: StageSpec("configs/eval/cpu.yaml"))
+
+
+class PipelineError(RuntimeError):
+    """A stage failed or the pipeline's settings do not fit together; says which stage and what to do."""
+
+
+class WaitingForLabels(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ pure helpers
+
+
+def merge(base: dict[str, Any], wiring: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `wiring`'s values put in (nested mappings merged key by key; anything else replaced)."""
+    out = dict(base)
+    for key, value in wiring.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def pair_samples(samples: list[Sample], posts: dict[str, Post], pairs_per_post: int) -> list[dict[str, Any]]:
+    """Pairs-file rows (the labelling app's format): each post's samples, in index order, paired (0,1), (2,3), ...;
+    a pair of identical texts (nobody can prefer one), or with an empty one or one holding a NUL character (the
+    labelling app's databases cannot store it) is left out. Posts keep their order of first appearance."""
+    by_post: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_post.setdefault(s.post_id, []).append(s)
+    rows = []
+    for post_id, group in by_post.items():
+        group.sort(key=lambda s: (s.policy, s.index))
+        made = 0
+        for a, b in zip(group[0::2], group[1::2]):
+            if made == pairs_per_post:
+                break
+            if a.text.strip() == b.text.strip() or not usable(a.text) or not usable(b.text):
+                continue
+            post = posts[post_id]
+            rows.append({"post": post.to_dict(), "summary_a": {"text": a.text, "policy": a.policy},
+                         "summary_b": {"text": b.text, "policy": b.policy}, "split": "train"})
+            made += 1
+    return rows
+
+
+def usable(text: str) -> bool:
+    return bool(text.strip()) and "\x00" not in text
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def concat_files(path: Path, sources: list[Path]) -> int:
+    """Every line of `sources` (gzip or plain JSONL) into `path`, atomically; returns the number of lines."""
+    lines: list[str] = []
+    for src in sources:
+        if str(src).endswith(".gz"):
+            import gzip
+
+            text = gzip.open(src, "rt", encoding="utf-8").read()
+        else:
+            text = src.read_text(encoding="utf-8")
+        lines += [line for line in text.splitlines() if line.strip()]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+    return len(lines)
+
+
+# ------------------------------------------------------------------------------------------------ the runner
+
+
+class Pipeline:
+    """The plan of one pipeline run and the bookkeeping of its progress (which stage, how long, skipped or not)."""
+
+    def __init__(self, cfg: PipelineConfig, out: str, python: str = sys.executable):
+        self.cfg, self.dir, self.python = cfg, Path(out), python
+        self.steps_total = 2 + (0 if cfg.gold.skip else 1) + 6 * cfg.rounds  # per round: sample, pairs, labels, merge, rm, ppo
+        self.step = 0
+        self.record: list[dict[str, Any]] = []
+
+    # -- one stage
+
+    def header(self, label: str, where: Path) -> None:
+        self.step += 1
+        print(f"\n[{self.step}/{self.steps_total}] {label} -> {where}", flush=True)
+
+    def stage(self, label: str, command: str, spec: StageSpec, out: Path, wiring: dict[str, Any],
+              distributed: bool = False) -> dict[str, Any]:
+        """Run `rlhflab <command>` into `out` unless it is DONE; returns its DONE.json."""
+        self.header(label, out)
+        done = out / "DONE.json"
+        if done.exists():
+            print(f"    already done — skipped", flush=True)
+            self.record.append({"stage": label, "run_dir": str(out), "skipped": True})
+            return json.loads(done.read_text())
+        base = read_yaml_mapping(Path(spec.config)) if spec.config else {}
+        cfg_path = self.dir / "configs" / f"{out.relative_to(self.dir).as_posix().replace('/', '_')}.yaml"
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cfg_path.with_name(cfg_path.name + ".tmp")
+        tmp.write_text(f"# written by `rlhflab run` from {spec.config or 'the defaults'} and the pipeline's wiring\n"
+                       + yaml.safe_dump(merge(base, wiring), sort_keys=False))
+        tmp.replace(cfg_path)
+        launcher = list(self.cfg.launcher) if distributed and self.cfg.launcher else [self.python]
+        cmd = [*launcher, "-m", "rlhflab", command, "--config", str(cfg_path), "--out", str(out), *spec.overrides]
+        print("    " + shlex.join(cmd), flush=True)
+        t0 = time.time()
+        if (out / "config.yaml").exists():
+            print("    resuming an interrupted run", flush=True)
+        rc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        if rc != 0:
+            raise PipelineError(f"stage {label} failed (exit {rc}); {out} keeps what it saved — fix the cause and "
+                                f"re-run the same `rlhflab run` command to resume")
+        if not done.exists():
+            raise PipelineError(f"stage {label} exited without writing {done}")
+        wall = time.time() - t0
+        print(f"    done in {wall:.0f} s", flush=True)
+        self.record.append({"stage": label, "run_dir": str(out), "skipped": False, "wall_s": wall})
+        return json.loads(done.read_text())
+
+    def file_step(self, label: str, path: Path, make) -> None:  # noqa: ANN001 - make() writes `path`
+        """A step the pipeline does itself (pairs, merged comparisons): done when its output file exists."""
+        self.header(label, path)
+        if path.exists():
+            print("    already done — skipped", flush=True)
+            self.record.append({"stage": label, "file": str(path), "skipped": True})
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        note = make()
+        print(f"    {note}", flush=True)
+        self.record.append({"stage": label, "file": str(path), "skipped": False, "note": note})
+
+    # -- the loop
+
+    def run(self) -> dict[str, Any]:
+        cfg, d = self.cfg, self.dir
+        d.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        sft = d / "sft"
+        self.stage("sft", "sft", cfg.sft, sft, {}, distributed=True)
+        gold = None if cfg.gold.skip else d / "gold"
+        if gold is not None:
+            self.stage("gold RM (human comparisons)", "rm", cfg.gold, gold, {"model": str(sft)}, distributed=True)
+        policy, kl_coef, rounds = sft, None, []
+        label_files: list[Path] = []
+        for k in range(1, cfg.rounds + 1):
+            r = d / f"round_{k}"
+            samples = self.sample(k, r, policy)
+            pairs = r / "pairs.jsonl"
+            self.file_step(f"round {k}: pairs", pairs, lambda: self.make_pairs(samples, pairs))
+            label_files.append(self.labels(k, r, pairs, gold))
+            comparisons = r / "comparisons.jsonl"
+            self.file_step(f"round {k}: comparisons so far", comparisons,
+                           lambda: f"{concat_files(comparisons, label_files)} comparisons from rounds 1-{k}")
+            rm_done = self.stage(f"round {k}: rm", "rm", cfg.rm, r / "rm",
+                                 {"model": str(sft), "data": {"comparisons": str(comparisons)}}, distributed=True)
+            wiring: dict[str, Any] = {"model": str(sft), "reward": str(r / "rm")}
+            if k > 1:  # continue from the last policy, on a new shuffle of the posts, with the last β
+                wiring["policy_init"] = str(policy)
+                wiring["seed"] = ppo_seed(cfg.ppo) + k - 1
+                if kl_coef is not None:
+                    wiring["kl"] = {"init_coef": kl_coef}
+            ppo_done = self.stage(f"round {k}: ppo", "ppo", cfg.ppo, r / "ppo", wiring, distributed=True)
+            policy, kl_coef = r / "ppo", ppo_done.get("kl_coef_last")
+            rounds.append({"round": k, "rm_dev_accuracy": rm_done.get("dev_accuracy"),
+                           "ppo_score_first": ppo_done.get("score_first"), "ppo_score_last": ppo_done.get("score_last"),
+                           "ppo_kl_last": ppo_done.get("kl_last")})
+        report = self.stage("eval", "eval", cfg.eval, d / "eval", self.eval_wiring(sft, policy, gold))
+        summary = {"out": str(d), "wall_s": time.time() - t0, "rounds": rounds, "report": report.get("html"),
+                   "judge": report.get("judge"), "win_rate": report.get("win_rate"),
+                   "length_controlled_win_rate": report.get("length_controlled_win_rate"),
+                   "mean_tokens": report.get("mean_tokens"), "stages": self.record}
+        write_jsonl_atomic(d / "pipeline.jsonl", [summary])
+        return summary
+
+    def sample(self, k: int, r: Path, policy: Path) -> Path:
+        base = read_yaml_mapping(Path(self.cfg.sample.config)) if self.cfg.sample.config else {}
+        limit = base.get("limit")
+        for override in self.cfg.sample.overrides:
+            key, value = parse_override(override)
+            limit = value if key == "limit" else limit
+        if not limit:
+            raise PipelineError("sample: set `limit` (posts per round); round k samples the k-th block of them")
+        wiring = {"model": str(policy), "offset": (k - 1) * limit, "policy_name": "sft" if k == 1 else f"ppo{k - 1}"}
+        self.stage(f"round {k}: sample pairs from {'the SFT model' if k == 1 else f'round {k - 1} PPO'}", "sample",
+                   self.cfg.sample, r / "sample", wiring)
+        return r / "sample"
+
+    def make_pairs(self, sample_dir: Path, pairs: Path) -> str:
+        cfg_used = read_yaml_mapping(sample_dir / "config.yaml")["config"]  # what the stage really ran with
+        samples = list(load_samples(sample_dir / "samples.jsonl"))
+        wanted = {s.post_id for s in samples}
+        limit = None if cfg_used.get("limit") is None else cfg_used.get("offset", 0) + cfg_used["limit"]
+        posts = {p.id: p for p in load_posts(cfg_used["posts"], format=cfg_used.get("format", "auto"), limit=limit)
+                 if p.id in wanted}
+        rows = pair_samples(samples, posts, self.cfg.pairs_per_post)
+        if not rows:
+            raise PipelineError(f"{sample_dir}: no pair of different summaries (sample with n >= 2 and "
+                                "temperature > 0)")
+        write_jsonl_atomic(pairs, rows)
+        return f"{len(rows)} comparison tasks from {len(samples)} summaries of {len(wanted)} posts"
+
+    def labels(self, k: int, r: Path, pairs: Path, gold: Path | None) -> Path:
+        src = self.cfg.labels.source
+        if src == "simulated":
+            wiring: dict[str, Any] = {"pairs": str(pairs), "batch": f"round_{k}", "seed": k}
+            base = read_yaml_mapping(Path(self.cfg.labels.simulate.config)) if self.cfg.labels.simulate.config else {}
+            if gold is not None and "judge" not in base:
+                wiring["judge"] = {"name": "gold", "kind": "rm", "spec": str(gold)}
+            self.stage(f"round {k}: simulated labels", "simulate-labels", self.cfg.labels.simulate, r / "labels",
+                       wiring)
+            return r / "labels" / "comparisons.jsonl"
+        out = r / "labels.jsonl"
+        if src == "import":
+            files = self.cfg.labels.files
+            if len(files) < k:
+                raise PipelineError(f"labels.source=import: round {k} needs labels.files[{k - 1}] (got {len(files)})")
+            self.file_step(f"round {k}: import labels", out,
+                           lambda: f"{concat_files(out, [Path(files[k - 1])])} comparisons from {files[k - 1]}")
+            return out
+        self.file_step(f"round {k}: labels from the labelling app", out, lambda: self.app_labels(k, pairs, out))
+        return out
+
+    def app_labels(self, k: int, pairs: Path, out: Path) -> str:
+        """Create the round's project once; export its comparisons when every task has its labels, else stop."""
+        spec, project = self.cfg.labels, f"{self.cfg.labels.project}-round{k}"
+        label = [self.python, "-m", "rlhflab", "label"]
+        stats = subprocess.run([*label, "stats", "--db", spec.db, "--project", project], capture_output=True,
+                               text=True)
+        if stats.returncode != 0:
+            created = subprocess.run([*label, "create-project", "--db", spec.db, "--name", project, "--pairs",
+                                      str(pairs), "--k", str(spec.labels_per_task), "--gold-rate", "0"],
+                                     capture_output=True, text=True)
+            if created.returncode != 0:
+                raise PipelineError(f"round {k}: cannot create project {project}: {created.stderr.strip()}")
+            stats = subprocess.run([*label, "stats", "--db", spec.db, "--project", project], capture_output=True,
+                                   text=True, check=True)
+        board = json.loads(stats.stdout)
+        todo, total = remaining_tasks(board)
+        if todo:
+            raise WaitingForLabels(f"round {k}: project {project!r} has {todo} of {total} tasks still to label — "
+                                   f"`rlhflab label serve --db {spec.db}`, then re-run this command")
+        exported = subprocess.run([*label, "export", "--db", spec.db, "--project", project, "--out", str(out),
+                                   "--no-gold"], capture_output=True, text=True)
+        if exported.returncode != 0:
+            raise PipelineError(f"round {k}: export of {project} failed: {exported.stderr.strip()}")
+        return exported.stdout.strip()
+
+    def eval_wiring(self, sft: Path, policy: Path, gold: Path | None) -> dict[str, Any]:
+        base = read_yaml_mapping(Path(self.cfg.eval.config)) if self.cfg.eval.config else {}
+        builtins = [p for p in base.get("policies", [{"name": "reference", "builtin": "reference"}]) if "builtin" in p]
+        policies = [{"name": "sft", "model": str(sft)}, {"name": "ppo", "model": str(policy)}, *builtins]
+        judges = [{"name": "gold", "kind": "rm", "spec": str(gold),
+                   "note": "the simulated labeler's judge (real human comparisons); PPO never trained on it"}] \
+            if gold is not None and self.cfg.labels.source == "simulated" else []
+        judges.append({"name": "rm", "kind": "rm", "spec": str(policy.parent / "rm"),
+                       "note": "the RM the last PPO round optimised against (biased in its favour)"})
+        judges += [j for j in base.get("judges", []) if j.get("kind") != "rm"]
+        wiring: dict[str, Any] = {"policies": policies, "judges": judges, "kl_reference": str(sft)}
+        transfer = base.get("transfer")
+        if isinstance(transfer, dict) and transfer.get("posts"):
+            wiring["transfer"] = {"policies": ["sft", "ppo"]}
+        if (policy / "snapshots").is_dir():
+            wiring["ppo_run"] = str(policy)
+        else:
+            wiring["ppo_run"] = None
+        wiring["best_of_n_run"] = None
+        wiring["rm_eval_runs"] = []
+        return wiring
+
+
+def ppo_seed(spec: StageSpec) -> int:
+    """The PPO stage's seed as configured (YAML, then overrides; default 1): round k runs with seed + k − 1."""
+    seed = (read_yaml_mapping(Path(spec.config)) if spec.config else {}).get("seed", 1)
+    for override in spec.overrides:
+        key, value = parse_override(override)
+        seed = value if key == "seed" else seed
+    return int(seed)
+
+
+def remaining_tasks(board: dict[str, Any]) -> tuple[int, int]:
+    """(tasks still needing labels, all tasks) from `rlhflab label stats` output."""
+    tasks = board.get("tasks") or {}
+    total = int(tasks.get("comparison", 0)) - int(tasks.get("gold", 0))  # gold tasks are the researchers'
+    return total - int(tasks.get("complete", 0)), total
+
+
+def run(cfg: PipelineConfig, out: str) -> dict[str, Any]:
+    """Run (or resume) the pipeline into `out`; prints progress per stage and a closing summary."""
+    validate(cfg)
+    pipeline = Pipeline(cfg, out)
+    summary = pipeline.run()
+    print(closing_summary(summary), flush=True)
+    return summary
+
+
+def validate(cfg: PipelineConfig) -> None:
+    if cfg.rounds < 1:
+        raise PipelineError(f"rounds={cfg.rounds}: at least one round")
+    for name in ("sft", "sample", "rm", "ppo", "eval"):
+        spec: StageSpec = getattr(cfg, name)
+        if spec.skip:
+            raise PipelineError(f"{name}.skip: only the gold stage can be skipped")
+        if spec.config and not Path(spec.config).exists():
+            raise PipelineError(f"{name}.config: {spec.config} not found")
+    if cfg.labels.source == "simulated" and cfg.gold.skip:
+        sim = cfg.labels.simulate
+        judge = (read_yaml_mapping(Path(sim.config)) if sim.config else {}).get("judge")
+        if not judge and not any(o.startswith("judge.") for o in sim.overrides):
+            raise PipelineError("labels.source=simulated with gold.skip: name the labeler's judge in "
+                                "labels.simulate (judge.spec=RM_RUN or judge.kind=python ...)")
+
+
+def closing_summary(summary: dict[str, Any]) -> str:
+    lines = [f"\npipeline done in {summary['wall_s'] / 60:.1f} min: {summary['out']}"]
+    for r in summary["rounds"]:
+        acc = r["rm_dev_accuracy"]
+        lines.append(f"  round {r['round']}: RM dev accuracy {acc:.3f}" if acc is not None else
+                     f"  round {r['round']}: RM (no dev pairs)")
+        lines[-1] += (f"; PPO score {r['ppo_score_first']:.3f} -> {r['ppo_score_last']:.3f}, "
+                      f"KL {r['ppo_kl_last']:.2f}")
+    if summary.get("win_rate"):
+        lines.append(f"  win rate against the references (judge {summary['judge']}), mean length in tokens:")
+        for name, w in summary["win_rate"].items():
+            lc = (summary.get("length_controlled_win_rate") or {}).get(name)
+            toks = (summary.get("mean_tokens") or {}).get(name)
+            lines.append(f"    {name:<10} {w:.2f}  (length-controlled {lc:.2f}, {toks:.1f} tokens)"
+                         if lc is not None and toks is not None else f"    {name:<10} {w:.2f}")
+    lines.append(f"  report: {summary['report']}")
+    return "\n".join(lines)
+
+
+__all__ = ["PipelineConfig", "PipelineError", "WAITING_FOR_LABELS", "WaitingForLabels", "pair_samples", "run"]
