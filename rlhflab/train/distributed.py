@@ -43,14 +43,14 @@ def processes(device: str = "auto") -> Processes:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Processes(0, 1, resolve_device(device))
     from accelerate import PartialState
-    from accelerate.utils import DistributedType
 
+    for name in ("DEEPSPEED", "FSDP"):
+        if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true":
+            raise RuntimeError(f"launched with {name}: rlhflab runs plain data parallel (a whole model on every "
+                               "process, gradients summed by its own loops) and does not shard models yet; launch "
+                               "with configs/accelerate/multi_gpu.yaml (or cpu_2proc.yaml) instead")
     cpu = device == "cpu" or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)  # without cpu=True on a CPU-only machine it would not join the others
-    if state.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise RuntimeError(f"rlhflab runs data parallel with whole models on every process; {state.distributed_type} "
-                           "would shard them, which its loops do not support yet. Launch with "
-                           "configs/accelerate/multi_gpu.yaml (or cpu_2proc.yaml) instead.")
     if state.num_processes <= 1:
         raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate did not join a process group")
     return Processes(state.process_index, state.num_processes,
