@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The whole loop (sft, gold RM, simulated labels, rm, ppo, eval) on the embedded model and real data; re-running
+# resumes where it stopped. The report: runs/demo/eval/report.html.
 demo: $(STAMP)
-	$(BIN)/rlhflab sft --config configs/sft/smoke.yaml --out runs/demo/sft
-	$(BIN)/rlhflab sample --config configs/sample/smoke.yaml --out runs/demo/samples model=runs/demo/sft
-	@echo "demo done: SFT run in runs/demo/sft, samples in runs/demo/samples/samples.jsonl"
+	$(BIN)/rlhflab run configs/pipeline/smoke.yaml --out runs/demo
 
 lint: $(STAMP)
 	$(BIN)/lint-imports

@@ -162,6 +162,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
     except (ConfigError, pipeline.PipelineError) as err:
         print(f"rlhflab run: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nrlhflab run: interrupted; `rlhflab run ... --out {args.out}` again resumes", file=sys.stderr)
+        return 130
     except pipeline.WaitingForLabels as wait:
         print(f"rlhflab run: waiting for labels: {wait}", file=sys.stderr)
         return pipeline.WAITING_FOR_LABELS
