@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "run" or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
-    setup_logging(args.log_level)
+    # under accelerate/torchrun only the main process logs progress (the others say only what goes wrong)
+    setup_logging(args.log_level if os.environ.get("RANK", "0") == "0" else "WARNING")
     if args.command == "label":
         from rlhflab.label.cli import run_label
 
