@@ -12,8 +12,8 @@ Rounds follow the paper's batches: round k samples pairs of summaries from the c
 round 1, round k−1's PPO policy after that), collects comparisons of them, trains the RM on every comparison so
 far, and continues PPO from the last policy (the reference stays the SFT model, β carries over).
 
-Labels come from an imported file (one per round), the labelling app (the pipeline creates the round's project,
-stops, and goes on once the tasks are labelled), or a simulated labeler (`rlhflab simulate-labels`) whose judge
+Labels come from an imported file (one per round; nothing is sampled then), the labelling app (the pipeline
+creates the round's project, stops, and goes on once the tasks are labelled), or a simulated labeler (`rlhflab simulate-labels`) whose judge
 is by default a "gold" RM trained on real human comparisons — which is then also the report's first judge, one
 the PPO policy never trained against.
 """
@@ -64,7 +64,8 @@ class PipelineConfig:
     rounds: int = 1
     launcher: list[str] = field(default_factory=list)  # prefix for sft/rm/ppo, e.g. [accelerate, launch, ...]
     sft: StageSpec = field(default_factory=lambda: StageSpec("configs/sft/cpu.yaml"))
-    gold: StageSpec = field(default_factory=lambda: StageSpec("configs/rm/cpu.yaml"))  # RM on human comparisons
+    # an RM on real human comparisons: the simulated labeler's judge and the report's held-out judge (simulated only)
+    gold: StageSpec = field(default_factory=lambda: StageSpec("configs/rm/cpu.yaml"))
     sample: StageSpec = field(default_factory=lambda: StageSpec("configs/sample/cpu.yaml"))  # per round
     pairs_per_post: int = 1  # pairs formed from each post's samples (sample.n must be >= 2 × this)
     labels: LabelsSpec = field(default_factory=LabelsSpec)
@@ -150,7 +151,8 @@ class Pipeline:
 
     def __init__(self, cfg: PipelineConfig, out: str, python: str = sys.executable):
         self.cfg, self.dir, self.python = cfg, Path(out), python
-        self.steps_total = 2 + (0 if cfg.gold.skip else 1) + 6 * cfg.rounds  # per round: sample, pairs, labels, merge, rm, ppo
+        per_round = 4 if cfg.labels.source == "import" else 6  # [sample, pairs,] labels, comparisons so far, rm, ppo
+        self.steps_total = 2 + (1 if uses_gold(cfg) else 0) + per_round * cfg.rounds
         self.step = 0
         self.record: list[dict[str, Any]] = []
 
@@ -166,7 +168,7 @@ class Pipeline:
         self.header(label, out)
         done = out / "DONE.json"
         if done.exists():
-            print(f"    already done — skipped", flush=True)
+            print("    already done — skipped", flush=True)
             self.record.append({"stage": label, "run_dir": str(out), "skipped": True})
             return json.loads(done.read_text())
         base = read_yaml_mapping(Path(spec.config)) if spec.config else {}
@@ -213,16 +215,17 @@ class Pipeline:
         t0 = time.time()
         sft = d / "sft"
         self.stage("sft", "sft", cfg.sft, sft, {}, distributed=True)
-        gold = None if cfg.gold.skip else d / "gold"
+        gold = d / "gold" if uses_gold(cfg) else None
         if gold is not None:
             self.stage("gold RM (human comparisons)", "rm", cfg.gold, gold, {"model": str(sft)}, distributed=True)
         policy, kl_coef, rounds = sft, None, []
         label_files: list[Path] = []
         for k in range(1, cfg.rounds + 1):
             r = d / f"round_{k}"
-            samples = self.sample(k, r, policy)
             pairs = r / "pairs.jsonl"
-            self.file_step(f"round {k}: pairs", pairs, lambda: self.make_pairs(samples, pairs))
+            if cfg.labels.source != "import":  # imported labels need no new summaries
+                samples = self.sample(k, r, policy)
+                self.file_step(f"round {k}: pairs", pairs, lambda: self.make_pairs(samples, pairs))
             label_files.append(self.labels(k, r, pairs, gold))
             comparisons = r / "comparisons.jsonl"
             self.file_step(f"round {k}: comparisons so far", comparisons,
@@ -288,8 +291,6 @@ class Pipeline:
         out = r / "labels.jsonl"
         if src == "import":
             files = self.cfg.labels.files
-            if len(files) < k:
-                raise PipelineError(f"labels.source=import: round {k} needs labels.files[{k - 1}] (got {len(files)})")
             self.file_step(f"round {k}: import labels", out,
                            lambda: f"{concat_files(out, [Path(files[k - 1])])} comparisons from {files[k - 1]}")
             return out
@@ -327,7 +328,7 @@ class Pipeline:
         policies = [{"name": "sft", "model": str(sft)}, {"name": "ppo", "model": str(policy)}, *builtins]
         judges = [{"name": "gold", "kind": "rm", "spec": str(gold),
                    "note": "the simulated labeler's judge (real human comparisons); PPO never trained on it"}] \
-            if gold is not None and self.cfg.labels.source == "simulated" else []
+            if gold is not None else []
         judges.append({"name": "rm", "kind": "rm", "spec": str(policy.parent / "rm"),
                        "note": "the RM the last PPO round optimised against (biased in its favour)"})
         judges += [j for j in base.get("judges", []) if j.get("kind") != "rm"]
@@ -342,6 +343,12 @@ class Pipeline:
         wiring["best_of_n_run"] = None
         wiring["rm_eval_runs"] = []
         return wiring
+
+
+def uses_gold(cfg: PipelineConfig) -> bool:
+    """The gold RM is the simulated labeler's judge (and then the report's held-out judge); with people's labels
+    (imported or from the app) it is not trained."""
+    return cfg.labels.source == "simulated" and not cfg.gold.skip
 
 
 def ppo_seed(spec: StageSpec) -> int:
@@ -378,6 +385,14 @@ def validate(cfg: PipelineConfig) -> None:
             raise PipelineError(f"{name}.skip: only the gold stage can be skipped")
         if spec.config and not Path(spec.config).exists():
             raise PipelineError(f"{name}.config: {spec.config} not found")
+    if cfg.labels.source == "import":
+        files = cfg.labels.files
+        if len(files) < cfg.rounds:
+            raise PipelineError(f"labels.source=import: {cfg.rounds} rounds need {cfg.rounds} labels.files "
+                                f"(one comparisons file a round), got {len(files)}")
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            raise PipelineError(f"labels.files: not found: {', '.join(missing)}")
     if cfg.labels.source == "simulated" and cfg.gold.skip:
         sim = cfg.labels.simulate
         judge = (read_yaml_mapping(Path(sim.config)) if sim.config else {}).get("judge")

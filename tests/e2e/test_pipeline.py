@@ -83,3 +83,26 @@ def test_a_pipeline_killed_during_ppo_resumes_to_the_same_report(tmp_path, share
     assert done_b["judge"] == "gold"
     summary = json.loads((killed / "pipeline.jsonl").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2] and summary["report"].endswith("report.html")
+
+
+@pytest.mark.slow
+def test_a_pipeline_on_imported_labels_samples_nothing_and_trains_on_every_round_so_far(tmp_path, shared_data):
+    """labels.source=import: one comparisons file a round (here real human comparisons from batch13, gzip and
+    plain), no sampling and no gold RM; round 2's RM learns from both files."""
+    import gzip
+
+    rows = gzip.open(shared_data / "comparisons" / "batch13.jsonl.gz", "rt").read().splitlines()[:40]
+    first, second = tmp_path / "round1.jsonl.gz", tmp_path / "round2.jsonl"
+    with gzip.open(first, "wt") as f:
+        f.write("\n".join(rows[:24]) + "\n")
+    second.write_text("\n".join(rows[24:]) + "\n")
+    out = tmp_path / "p"
+    log = tmp_path / "import.log"
+    text = finish(rlhflab("run", "configs/pipeline/tiny.yaml", "labels.source=import", f"labels.files=[{first}, {second}]",
+                          "--out", str(out), log=log), log)
+    assert "[10/10] eval" in text  # sft, 2 × (labels, comparisons so far, rm, ppo), eval
+    assert not (out / "gold").exists() and not (out / "round_1" / "sample").exists()
+    assert len((out / "round_2" / "comparisons.jsonl").read_text().splitlines()) == 40
+    rm = json.loads((out / "round_2" / "rm" / "DONE.json").read_text())
+    assert rm["train_pairs"] + rm["dev_pairs"] <= 40 and rm["train_pairs"] > 24
+    assert json.loads((out / "eval" / "DONE.json").read_text())["judge"] == "rm"  # no gold judge without gold

@@ -49,3 +49,10 @@ def test_settings_that_cannot_work_are_refused_before_anything_runs():
     cfg.rm.config = "configs/rm/nope.yaml"
     with pytest.raises(PipelineError, match="rm.config: configs/rm/nope.yaml not found"):
         validate(cfg)
+    cfg = PipelineConfig(rounds=2)
+    cfg.labels.source, cfg.labels.files = "import", ["configs/pipeline/tiny.yaml"]
+    with pytest.raises(PipelineError, match="2 rounds need 2 labels.files"):
+        validate(cfg)
+    cfg.labels.files = ["configs/pipeline/tiny.yaml", "nope.jsonl"]
+    with pytest.raises(PipelineError, match="not found: nope.jsonl"):
+        validate(cfg)
