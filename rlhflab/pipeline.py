@@ -235,7 +235,7 @@ class Pipeline:
             wiring: dict[str, Any] = {"model": str(sft), "reward": str(r / "rm")}
             if k > 1:  # continue from the last policy, on a new shuffle of the posts, with the last β
                 wiring["policy_init"] = str(policy)
-                wiring["seed"] = ppo_seed(cfg.ppo) + k - 1
+                wiring["seed"] = int(stage_setting(cfg.ppo, "seed", 1)) + k - 1  # 1: PPOConfig's default
                 if kl_coef is not None:
                     wiring["kl"] = {"init_coef": kl_coef}
             ppo_done = self.stage(f"round {k}: ppo", "ppo", cfg.ppo, r / "ppo", wiring, distributed=True)
@@ -252,11 +252,7 @@ class Pipeline:
         return summary
 
     def sample(self, k: int, r: Path, policy: Path) -> Path:
-        base = read_yaml_mapping(Path(self.cfg.sample.config)) if self.cfg.sample.config else {}
-        limit = base.get("limit")
-        for override in self.cfg.sample.overrides:
-            key, value = parse_override(override)
-            limit = value if key == "limit" else limit
+        limit = stage_setting(self.cfg.sample, "limit", None)
         if not limit:
             raise PipelineError("sample: set `limit` (posts per round); round k samples the k-th block of them")
         wiring = {"model": str(policy), "offset": (k - 1) * limit, "policy_name": "sft" if k == 1 else f"ppo{k - 1}"}
@@ -351,13 +347,13 @@ def uses_gold(cfg: PipelineConfig) -> bool:
     return cfg.labels.source == "simulated" and not cfg.gold.skip
 
 
-def ppo_seed(spec: StageSpec) -> int:
-    """The PPO stage's seed as configured (YAML, then overrides; default 1): round k runs with seed + k − 1."""
-    seed = (read_yaml_mapping(Path(spec.config)) if spec.config else {}).get("seed", 1)
+def stage_setting(spec: StageSpec, key: str, default: Any) -> Any:
+    """A top-level setting of a stage as configured: its YAML, then its overrides (the stage's default if neither)."""
+    value = (read_yaml_mapping(Path(spec.config)) if spec.config else {}).get(key, default)
     for override in spec.overrides:
-        key, value = parse_override(override)
-        seed = value if key == "seed" else seed
-    return int(seed)
+        k, v = parse_override(override)
+        value = v if k == key else value
+    return value
 
 
 def remaining_tasks(board: dict[str, Any]) -> tuple[int, int]:
