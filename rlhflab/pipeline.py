@@ -20,6 +20,7 @@ the PPO policy never trained against.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shlex
@@ -34,6 +35,8 @@ import yaml
 
 from rlhflab.core.config import parse_override, read_yaml_mapping
 from rlhflab.core.log import get_logger
+from rlhflab.core.rundir import atomic_write_text
+from rlhflab.data.jsonl import is_gzip, write_jsonl
 from rlhflab.data.loaders import load_posts, load_samples
 from rlhflab.data.records import Post, Sample
 
@@ -120,26 +123,13 @@ def usable(text: str) -> bool:
     return bool(text.strip()) and "\x00" not in text
 
 
-def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
-
-
 def concat_files(path: Path, sources: list[Path]) -> int:
     """Every line of `sources` (gzip or plain JSONL) into `path`, atomically; returns the number of lines."""
     lines: list[str] = []
     for src in sources:
-        if str(src).endswith(".gz"):
-            import gzip
-
-            text = gzip.open(src, "rt", encoding="utf-8").read()
-        else:
-            text = src.read_text(encoding="utf-8")
+        text = gzip.open(src, "rt", encoding="utf-8").read() if is_gzip(src) else src.read_text(encoding="utf-8")
         lines += [line for line in text.splitlines() if line.strip()]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
 
 
@@ -173,11 +163,8 @@ class Pipeline:
             return json.loads(done.read_text())
         base = read_yaml_mapping(Path(spec.config)) if spec.config else {}
         cfg_path = self.dir / "configs" / f"{out.relative_to(self.dir).as_posix().replace('/', '_')}.yaml"
-        cfg_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cfg_path.with_name(cfg_path.name + ".tmp")
-        tmp.write_text(f"# written by `rlhflab run` from {spec.config or 'the defaults'} and the pipeline's wiring\n"
-                       + yaml.safe_dump(merge(base, wiring), sort_keys=False))
-        tmp.replace(cfg_path)
+        atomic_write_text(cfg_path, f"# written by `rlhflab run` from {spec.config or 'the defaults'} and the "
+                                    "pipeline's wiring\n" + yaml.safe_dump(merge(base, wiring), sort_keys=False))
         launcher = list(self.cfg.launcher) if distributed and self.cfg.launcher else [self.python]
         cmd = [*launcher, "-m", "rlhflab", command, "--config", str(cfg_path), "--out", str(out), *spec.overrides]
         print("    " + shlex.join(cmd), flush=True)
@@ -248,7 +235,7 @@ class Pipeline:
                    "judge": report.get("judge"), "win_rate": report.get("win_rate"),
                    "length_controlled_win_rate": report.get("length_controlled_win_rate"),
                    "mean_tokens": report.get("mean_tokens"), "stages": self.record}
-        write_jsonl_atomic(d / "pipeline.jsonl", [summary])
+        write_jsonl(d / "pipeline.jsonl", [summary])
         return summary
 
     def sample(self, k: int, r: Path, policy: Path) -> Path:
@@ -271,7 +258,7 @@ class Pipeline:
         if not rows:
             raise PipelineError(f"{sample_dir}: no pair of different summaries (sample with n >= 2 and "
                                 "temperature > 0)")
-        write_jsonl_atomic(pairs, rows)
+        write_jsonl(pairs, rows)
         return f"{len(rows)} comparison tasks from {len(samples)} summaries of {len(wanted)} posts"
 
     def labels(self, k: int, r: Path, pairs: Path, gold: Path | None) -> Path:
