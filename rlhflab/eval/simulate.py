@@ -26,6 +26,7 @@ from pathlib import Path
 
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
+from rlhflab.data import schema
 from rlhflab.data.jsonl import DataError, read_jsonl
 from rlhflab.data.loaders import write_comparisons
 from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, Comparison, Post, Summary
@@ -90,24 +91,33 @@ def answer(p_judge: float, temperature: float, random_rate: float, rng: random.R
 
 
 def read_tasks(path: str) -> list[Task]:
-    """Comparison tasks from a pairs JSONL; a row without a post object or a second summary is an error that names
-    the line."""
+    """Comparison tasks from a pairs JSONL (the post in any posts format); a bad row is an error that names the
+    line and the field."""
     tasks = []
     for line, row in read_jsonl(path):
         try:
-            post_row, a, b = row["post"], row["summary_a"], row["summary_b"]
-            post = Post.from_dict({**post_row, "text": post_row.get("text", post_row.get("post"))})
-            if not post.id or not isinstance(post.text, str):
-                raise KeyError("post.id / post.text")
-            tasks.append(Task(post, Summary(str(a["text"]), str(a.get("policy", ""))),
-                              Summary(str(b["text"]), str(b.get("policy", ""))), line))
-        except (KeyError, TypeError, AttributeError) as err:
-            raise DataError(path, line=line, field=str(err).strip("'"),
-                            problem="a comparison task needs post {id, text}, summary_a {text} and "
-                                    "summary_b {text}") from None
+            tasks.append(Task(task_post(row), task_summary(row, "summary_a"), task_summary(row, "summary_b"), line))
+        except schema.FieldError as err:
+            raise DataError(path, line, err.field, err.problem) from None
     if not tasks:
         raise DataError(path, problem="no comparison tasks")
     return tasks
+
+
+def task_post(row: schema.Row) -> Post:
+    post = schema.obj(row, "post")
+    fmt = schema.detect_post_format(post)
+    if fmt is None:
+        raise schema.FieldError("post", "no text (a posts-file row: text, or post, or article)")
+    try:
+        return schema.POST_PARSERS[fmt](post)
+    except schema.FieldError as err:
+        raise schema.FieldError(f"post.{err.field}", err.problem) from None
+
+
+def task_summary(row: schema.Row, key: str) -> Summary:
+    summary = schema.obj(row, key)
+    return Summary(schema.string(summary, "text", f"{key}."), schema.optional_string(summary, "policy", f"{key}."))
 
 
 def simulate(cfg: SimulateConfig, out: str) -> dict:
@@ -139,9 +149,7 @@ def simulate(cfg: SimulateConfig, out: str) -> dict:
                                       extra={"judge_p_a": round(float(p), 6), "task_line": task.line}))
     if not comparisons:
         raise DataError(cfg.pairs, problem=f"judge {cfg.judge.name} gave no verdict on any of the {len(tasks)} tasks")
-    tmp = run.path / "comparisons.jsonl.tmp"
-    write_comparisons(tmp, comparisons)
-    tmp.replace(run.path / "comparisons.jsonl")
+    write_comparisons(run.path / "comparisons.jsonl", comparisons)  # atomic: a reader never sees half of it
     n = len(comparisons)
     summary = {"stage": "simulate-labels", "comparisons": n, "tasks": len(tasks), "no_verdict": no_verdict,
                "agreement_with_judge": agree / n, "longer_chosen_rate": longer / n,
