@@ -81,6 +81,16 @@ def _rate_bars(ax, policies: dict[str, Any], judge: str, title: str) -> None:
     ax.legend(fontsize=7, loc="upper center", ncol=2)
 
 
+def _win_rate_axes(ax, xlabel: str, title: str) -> None:
+    """A win-rate-against-the-reference axis (0–1, chance at 0.5) for curves over KL or N."""
+    ax.axhline(0.5, color="grey", ls="--", lw=1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("win rate vs reference")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def _win_rate(plt, report: dict[str, Any]):
     judges = [j["name"] for j in report["judges"]]
     fig, axes = plt.subplots(1, len(judges), figsize=(1.2 + 1.4 * len(report["policies"]) * len(judges), 4),
@@ -139,12 +149,7 @@ def _kl_curve(plt, report: dict[str, Any]):
                           for p in rows]))
         a2.errorbar([p["kl"] for p in rows], [p["by_judge"][judge]["win_rate"] for p in rows], yerr=errs,
                     fmt="o-", capsize=3, label=f"judge {judge}")
-    a2.axhline(0.5, color="grey", ls="--", lw=1)
-    a2.set_ylim(0, 1.05)
-    a2.set_xlabel("KL(policy ‖ SFT), nats")
-    a2.set_ylabel("win rate vs reference")
-    a2.set_title(f"win rate vs KL ({curve['n_posts']} posts per point)", fontsize=9)
-    a2.legend(fontsize=7)
+    _win_rate_axes(a2, "KL(policy ‖ SFT), nats", f"win rate vs KL ({curve['n_posts']} posts per point)")
     return fig
 
 
@@ -157,12 +162,7 @@ def _best_of_n(plt, report: dict[str, Any]):
         if all(v is not None for v in r["win_rate"]):
             a1.plot(bon["k"], r["win_rate"], "o-", label=f"judge {judge}")
     a1.set_xscale("log", base=2)
-    a1.axhline(0.5, color="grey", ls="--", lw=1)
-    a1.set_ylim(0, 1.05)
-    a1.set_xlabel("N (best of N)")
-    a1.set_ylabel("win rate vs reference")
-    a1.set_title(f"best-of-N win rate ({bon['n_posts']} posts)", fontsize=9)
-    a1.legend(fontsize=7)
+    _win_rate_axes(a1, "N (best of N)", f"best-of-N win rate ({bon['n_posts']} posts)")
     a2.plot(bon["k"], bon["mean_reward_score"], "o-")
     a2.set_xscale("log", base=2)
     a2.set_xlabel("N (best of N)")
