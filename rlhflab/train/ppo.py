@@ -550,16 +550,18 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         kl_coef = next_kl_coef(cfg.kl.controller, kl_coef, roll_stats["objective/kl"], cfg.kl.target,
                                cfg.kl.horizon, cfg.rollout_batch_size)
         last = update == n_updates
-        if procs.is_main and (update % cfg.log_every == 0 or last):
-            run.log_metrics(update, metrics)
-        if procs.is_main and (update == 1 or last or (cfg.sample_every and update % cfg.sample_every == 0)):
-            write_table(run.samples_dir / f"update_{update:05d}.jsonl",
-                        sample_rows(update, batch, posts, texts, raw, gen, cfg.n_samples))
-        if procs.is_main and cfg.snapshot_every and update % cfg.snapshot_every == 0:
-            save_snapshot(run.path / "snapshots" / f"update_{update:05d}", policy, tokenizer, cfg)
-        if procs.is_main and ((cfg.save_every and update % cfg.save_every == 0) or last):
-            save_state(run, parts, {"update": update, "kl_coef": kl_coef, "episodes": update * cfg.rollout_batch_size},
-                       {"generator": generator.get_state()})
+        if procs.is_main:  # the one process that writes the run directory
+            if update % cfg.log_every == 0 or last:
+                run.log_metrics(update, metrics)
+            if update == 1 or last or (cfg.sample_every and update % cfg.sample_every == 0):
+                write_table(run.samples_dir / f"update_{update:05d}.jsonl",
+                            sample_rows(update, batch, posts, texts, raw, gen, cfg.n_samples))
+            if cfg.snapshot_every and update % cfg.snapshot_every == 0:
+                save_snapshot(run.path / "snapshots" / f"update_{update:05d}", policy, tokenizer, cfg)
+            if (cfg.save_every and update % cfg.save_every == 0) or last:
+                save_state(run, parts, {"update": update, "kl_coef": kl_coef,
+                                        "episodes": update * cfg.rollout_batch_size},
+                           {"generator": generator.get_state()})
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/score']:.3f}", kl=f"{metrics['objective/kl']:.2f}",
                         beta=f"{kl_coef:.3g}")

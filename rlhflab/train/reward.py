@@ -172,19 +172,18 @@ def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_q
 
 
 @torch.no_grad()
-def evaluate(rm: RewardModel, pairs: list[PairExample], cfg: RewardConfig,
-             procs: Processes | None = None) -> dict[str, float]:
+def evaluate(rm: RewardModel, pairs: list[PairExample], cfg: RewardConfig, procs: Processes) -> dict[str, float]:
     """Dev accuracy, loss and mean margin (pairs sorted by length, so the batches pad little). With several
     processes each scores a contiguous share of the batches; the scores are gathered in batch order."""
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].query_ids))
     per = max(1, cfg.eval_batch_size // 2)
     starts = list(range(0, len(order), per))
     scored = []
-    for k in chunk_range(len(starts), procs) if procs else range(len(starts)):
+    for k in chunk_range(len(starts), procs):
         chunk = [pairs[j] for j in order[starts[k] : starts[k] + per]]
         a, b, _ = forward_pairs(rm, chunk, cfg.bf16, cfg.share_query)
         scored.append((a.float().cpu(), b.float().cpu()))
-    scored = gather_objects(scored, procs) if procs else scored
+    scored = gather_objects(scored, procs)
     r_chosen, r_rejected = torch.cat([a for a, _ in scored]), torch.cat([b for _, b in scored])
     return {"eval/accuracy": float(preference_accuracy(r_chosen, r_rejected)),
             "eval/loss": float(preference_loss(r_chosen, r_rejected)),

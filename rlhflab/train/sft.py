@@ -142,19 +142,18 @@ def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
 
 
 @torch.no_grad()
-def eval_loss(model, examples: list[Example], pad_id: int, cfg: SFTConfig, procs: Processes | None = None) -> float:
+def eval_loss(model, examples: list[Example], pad_id: int, cfg: SFTConfig, procs: Processes) -> float:
     """Mean cross-entropy per reference token on the eval set. With several processes each runs a share of the
     batches and the per-batch sums are summed in batch order: the same number as one process."""
     starts = list(range(0, len(examples), cfg.micro_batch_size))
-    mine = chunk_range(len(starts), procs) if procs else range(len(starts))
     sums = []
-    for i in (starts[k] for k in mine):
+    for i in (starts[k] for k in chunk_range(len(starts), procs)):
         batch = collate(examples[i : i + cfg.micro_batch_size], pad_id, "response")
         with autocast(model.device, cfg.bf16):
             loss_sum, n = token_losses(model, batch)
         sums.append((loss_sum.item(), n))
     total, count = 0.0, 0
-    for loss_sum, n in (gather_objects(sums, procs) if procs else sums):
+    for loss_sum, n in gather_objects(sums, procs):
         total, count = total + loss_sum, count + n
     return total / max(count, 1)
 
