@@ -135,11 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     from rlhflab.core.rundir import RunError
     from rlhflab.data.jsonl import DataError
 
+    from rlhflab.train.distributed import leave_process_group
+
     try:
         getattr(module, fn_name)(cfg, args.out)
     except (DataError, RunError) as err:  # bad input: say what and where, no traceback
         print(f"rlhflab {args.command}: {err}", file=sys.stderr)
         return 2
+    finally:  # under `accelerate launch`: leave the process group before exit, not during interpreter shutdown
+        leave_process_group()
     return 0
 
 

@@ -134,3 +134,14 @@ def barrier(procs: Processes) -> None:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
+
+
+def leave_process_group() -> None:
+    """Destroy the process group, if this process joined one, before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads can outlive the Python objects they hold, and a process
+    then dies with SIGABRT ("terminate called without an active exception") after its work is done (seen in CI;
+    pytorch/pytorch#190489). Every launched stage calls this on its way out, on success and on error.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
