@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -62,6 +64,7 @@ def generate(
     generator: torch.Generator | None = None,
     n_per_query: int = 1,
     row_seeds: list[int] | None = None,
+    stop_together: Callable[[bool], bool] | None = None,
 ) -> Generation:
     """Sample (temperature > 0, optionally nucleus) or decode greedily (temperature == 0) up to max_new_tokens.
 
@@ -75,6 +78,9 @@ def generate(
 
     row_seeds (one per output row, i.e. B*k of them) replaces `generator`: row b samples by Gumbel-max with noise
     from its own CPU generator seeded with row_seeds[b], so its tokens do not depend on the rest of the batch.
+
+    stop_together(this_process_done) -> every process done: for processes running one sharded model on different
+    rows, which must all run the same number of steps (each step gathers the model's layers from all of them).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -112,8 +118,12 @@ def generate(
         tokens.append(token)
         logprobs.append(logprob)
         done = done | (token == eos_id)
-        if stop_at_eos and bool(done.all()):
-            break
+        if stop_at_eos:
+            finished = bool(done.all())
+            if stop_together is not None:
+                finished = stop_together(finished)
+            if finished:
+                break
         input_ids = token[:, None]  # (B, 1)
         positions = positions[:, -1:] + 1  # (B, 1)
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)

@@ -103,11 +103,14 @@ def load_tokenizer(spec: str, *, allow_partial: bool = False) -> PreTrainedToken
     return load_model(spec, allow_partial=allow_partial)[1]
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """save_pretrained (safetensors) + tokenizer into `out_dir`, atomically: a crash leaves the old copy or none."""
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
+               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """save_pretrained (safetensors) + tokenizer into `out_dir`, atomically: a crash leaves the old copy or none.
+
+    `state_dict`: the weights to write instead of the model's own (full tensors of a sharded model)."""
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
-        _savable(model).save_pretrained(tmp, safe_serialization=True)
+        _savable(model).save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     return out_dir
 

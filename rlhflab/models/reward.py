@@ -261,13 +261,16 @@ def normalise(rm: RewardModel, posts: Sequence[Post], batch_size: int = 16, bf16
     return rm.normalisation
 
 
-def save_reward_model(rm: RewardModel, out_dir: str | Path) -> Path:
-    """Write the LM (save_pretrained) + tokenizer + head + reward.json into `out_dir`, atomically."""
+def save_reward_model(rm: RewardModel, out_dir: str | Path, lm_state_dict: dict[str, torch.Tensor] | None = None
+                      ) -> Path:
+    """Write the LM (save_pretrained) + tokenizer + head + reward.json into `out_dir`, atomically.
+
+    `lm_state_dict`: the LM weights to write instead of rm.lm's own (full tensors of a sharded model)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
-        save_model(rm.lm, rm.tokenizer, tmp)
+        save_model(rm.lm, rm.tokenizer, tmp, state_dict=lm_state_dict)
         save_file({"weight": rm.head.weight.detach().float().contiguous().cpu(),
                    "bias": rm.head.bias.detach().float().contiguous().cpu()}, str(tmp / HEAD_FILE))
         meta = {"format": FORMAT, "version": 1, "bias": float(rm.bias), "hidden_size": rm.hidden_size,

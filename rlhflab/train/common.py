@@ -15,6 +15,13 @@ import torch
 
 from rlhflab.core.rundir import RunDir, atomic_path
 from rlhflab.core.seed import rng_state, set_rng_state
+from rlhflab.train.distributed import (
+    Processes,
+    full_optimizer_state,
+    full_state_dict,
+    load_full_optimizer_state,
+    load_full_weights,
+)
 
 
 @dataclass
@@ -111,31 +118,35 @@ def freeze_lower_layers(model: torch.nn.Module, n_layers: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_checkpoint(run: RunDir, model, optimizer, scheduler, trainer: dict[str, Any]) -> None:
+def save_checkpoint(run: RunDir, model, optimizer, scheduler, trainer: dict[str, Any], procs: Processes) -> None:
     """One model's training state; see `save_state`."""
-    save_state(run, {"": (model, optimizer, scheduler)}, trainer)
+    save_state(run, {"": (model, optimizer, scheduler)}, trainer, procs)
 
 
 def load_checkpoint(run: RunDir, model, optimizer, scheduler) -> dict[str, Any]:
     return load_state(run, {"": (model, optimizer, scheduler)})[0]
 
 
-def save_state(run: RunDir, parts: dict[str, tuple], trainer: dict[str, Any],
+def save_state(run: RunDir, parts: dict[str, tuple], trainer: dict[str, Any], procs: Processes,
                tensors: dict[str, Any] | None = None) -> None:
     """Write state/ atomically as one directory: for each named (model, optimizer, scheduler) its trainable
     weights, optimiser and schedule; the global RNG; `tensors` (e.g. a sampling generator's state); the position.
 
     Weights live in state/ too (not only in model/) so that a crash between two writes can never pair new
-    weights with an old optimiser.
+    weights with an old optimiser. Every process calls this: sharded (FSDP) weights and Adam moments are gathered
+    into full tensors, so the files are the same at any number of processes. The main process writes them.
     """
+    full = {name: (full_state_dict(model, trainable_only=True), full_optimizer_state(optimizer),
+                   scheduler.state_dict()) for name, (model, optimizer, scheduler) in parts.items()}
+    if not procs.is_main:
+        return
     with atomic_path(run.state_dir) as tmp:
         tmp.mkdir()
-        for name, (model, optimizer, scheduler) in parts.items():
+        for name, (weights, optimizer_state, scheduler_state) in full.items():
             prefix = f"{name}_" if name else ""
-            trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-            torch.save(trainable, tmp / f"{prefix}weights.pt")
-            torch.save(optimizer.state_dict(), tmp / f"{prefix}optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / f"{prefix}scheduler.pt")
+            torch.save(weights, tmp / f"{prefix}weights.pt")
+            torch.save(optimizer_state, tmp / f"{prefix}optimizer.pt")
+            torch.save(scheduler_state, tmp / f"{prefix}scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         torch.save(tensors or {}, tmp / "tensors.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
@@ -150,8 +161,8 @@ def load_state(run: RunDir, parts: dict[str, tuple]) -> tuple[dict[str, Any], di
         missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
         if missing:
             raise RuntimeError(f"{state}: checkpoint lacks trainable weights {missing[:3]} — config changed?")
-        model.load_state_dict(weights, strict=False)
-        optimizer.load_state_dict(torch.load(state / f"{prefix}optimizer.pt", weights_only=True))
+        load_full_weights(model, weights)
+        load_full_optimizer_state(optimizer, torch.load(state / f"{prefix}optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(state / f"{prefix}scheduler.pt", weights_only=True))
     set_rng_state(torch.load(state / "rng.pt", weights_only=True))
     tensors_path = state / "tensors.pt"

@@ -11,12 +11,22 @@ shared-query forward, the upper layers on frozen-layer states); DDP syncs only w
 `forward`, and it averages where we want sums of globally normalised losses. One explicit all-reduce per
 optimiser step is simpler and easy to check.
 
+Sharded (`accelerate launch --config_file configs/accelerate/fsdp.yaml`): `shard_layers` applies FSDP2
+(`fully_shard`) to every decoder layer of the trainable models, so each process stores 1/world_size of those
+layers' weights, gradients and Adam state and gathers a layer's weights only while it runs. That works with the
+loops' direct calls into a model because every layer is its own FSDP unit with its own hooks. Embeddings, final
+norm, output and value heads (a few % of a Llama's parameters, and tied to each other) stay whole on every process
+and are summed like the unsharded case. FSDP averages the layers' gradients; `sum_gradients` turns that back into
+a sum. Checkpoints and saved models hold full tensors (gathered here), so they are the same files as unsharded
+runs write, and a sharded run resumes from them at any number of processes.
+
 With one process (no launcher) nothing here touches torch.distributed and every helper returns its input: a
 plain `rlhflab sft ...` run is exactly what it was.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +41,7 @@ class Processes:
     rank: int  # this process, 0 … world_size − 1
     world_size: int
     device: torch.device
+    shard: bool = False  # launched with FSDP: shard the trainable models' decoder layers (shard_layers)
 
     @property
     def is_main(self) -> bool:
@@ -44,17 +55,17 @@ def processes(device: str = "auto") -> Processes:
         return Processes(0, 1, resolve_device(device))
     from accelerate import PartialState
 
-    for name in ("DEEPSPEED", "FSDP"):
-        if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true":
-            raise RuntimeError(f"launched with {name}: rlhflab runs plain data parallel (a whole model on every "
-                               "process, gradients summed by its own loops) and does not shard models yet; launch "
-                               "with configs/accelerate/multi_gpu.yaml (or cpu_2proc.yaml) instead")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise RuntimeError("launched with DeepSpeed: rlhflab's loops own backward and the optimiser step, which "
+                           "the DeepSpeed engine must own; for sharding use configs/accelerate/fsdp.yaml (FSDP2), "
+                           "for plain data parallel multi_gpu.yaml")
+    shard = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     cpu = device == "cpu" or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)  # without cpu=True on a CPU-only machine it would not join the others
     if state.num_processes <= 1:
         raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate did not join a process group")
     return Processes(state.process_index, state.num_processes,
-                     torch.device("cpu") if state.device.type == "cpu" else state.device)
+                     torch.device("cpu") if state.device.type == "cpu" else state.device, shard)
 
 
 def check_divides(name: str, value: int, world_size: int) -> None:
@@ -75,6 +86,17 @@ def chunk_range(n_chunks: int, procs: Processes) -> range:
     return range(n_chunks * procs.rank // procs.world_size, n_chunks * (procs.rank + 1) // procs.world_size)
 
 
+def lockstep_chunks(n_chunks: int, procs: Processes) -> list[tuple[int, bool]]:
+    """chunk_range as (index, keep) pairs. Sharded, every process must run as many forward passes as the others
+    (each gathers layers from all), so one with fewer chunks repeats a chunk and drops its result (keep=False)."""
+    mine = [(k, True) for k in chunk_range(n_chunks, procs)]
+    if not procs.shard:
+        return mine
+    most = -(-n_chunks // procs.world_size)
+    filler = mine[-1][0] if mine else 0
+    return mine + [(filler, False)] * (most - len(mine))
+
+
 def sum_across(values: list[float], procs: Processes) -> list[float]:
     """Element-wise sums over all processes of a few float counters (losses, token counts)."""
     if procs.world_size == 1:
@@ -85,13 +107,26 @@ def sum_across(values: list[float], procs: Processes) -> list[float]:
     return t.tolist()
 
 
+def all_processes(flag: bool, procs: Processes) -> bool:
+    """True when `flag` is True on every process (e.g. every process's rows have finished generating)."""
+    return flag if procs.world_size == 1 else sum_across([float(not flag)], procs)[0] == 0
+
+
 def sum_gradients(model: torch.nn.Module, procs: Processes) -> None:
-    """Sum the gradients of `model`'s trainable parameters over all processes: one flat all-reduce."""
+    """Sum the gradients of `model`'s trainable parameters over all processes: one flat all-reduce.
+
+    Sharded layers' gradients were already reduce-scattered by FSDP as a mean; multiplying by world_size turns
+    each shard into the sum (exact for a power-of-two world size)."""
     if procs.world_size == 1:
         return
     from accelerate.utils import reduce
+    from torch.distributed.tensor import DTensor
 
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    for g in grads:
+        if isinstance(g, DTensor):
+            g.to_local().mul_(procs.world_size)
+    grads = [g for g in grads if not isinstance(g, DTensor)]
     if not grads:
         return
     flat = reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
@@ -145,3 +180,96 @@ def leave_process_group() -> None:
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def shard_layers(model: torch.nn.Module, procs: Processes) -> int:
+    """FSDP2 for every decoder layer of `model` when launched with FSDP (see the module docstring); returns how
+    many layers were sharded. Call it after the model is built and its layers frozen, before the optimiser.
+
+    Each layer must run once per backward, with the loss reached through its hidden states: FSDP gathers a
+    layer's weights again for backward on that path only (the RM's shared-query forward, whose KV cache carries
+    the query into a second forward, does not qualify)."""
+    if not procs.shard:
+        return 0
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    layer_classes = {c for m in model.modules() for c in (getattr(m, "_no_split_modules", None) or [])}
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise RuntimeError(f"FSDP: {type(model).__name__} names no decoder-layer class (_no_split_modules)")
+    mesh = init_device_mesh(procs.device.type, (procs.world_size,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    return len(layers)
+
+
+def is_sharded(t: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a shard (a collective: every process must call it in the same order)."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def full_state_dict(module: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """module's weights as full tensors (collective when sharded), e.g. for save_pretrained(state_dict=...)."""
+    if trainable_only:
+        return {n: full_tensor(p.detach()) for n, p in module.named_parameters() if p.requires_grad}
+    return {n: full_tensor(t) for n, t in module.state_dict().items()}
+
+
+def local_shard(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """This process's piece of `full`, shaped like the sharded `like` (no communication), or `full` itself."""
+    if not is_sharded(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(like.to_local().device), like.device_mesh, like.placements,
+                             src_data_rank=None)
+
+
+@torch.no_grad()
+def load_full_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy full tensors (a checkpoint) into module's parameters, sharded or not (load_state_dict, strict=False)."""
+    params = dict(module.named_parameters())
+    plain = {n: w for n, w in weights.items() if not is_sharded(params.get(n))}
+    module.load_state_dict(plain, strict=False)
+    for n, w in weights.items():
+        if n in params and is_sharded(params[n]):
+            params[n].to_local().copy_(local_shard(w, params[n]).to_local())
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict() with every sharded state tensor (Adam's moments) gathered (collective)."""
+    sd = optimizer.state_dict()
+    sd["state"] = {i: {k: full_tensor(v) if torch.is_tensor(v) else v for k, v in st.items()}
+                   for i, st in sd["state"].items()}
+    return sd
+
+
+def load_full_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+    """optimizer.load_state_dict for a state written by full_optimizer_state, re-sharded like the parameters."""
+    optimizer.load_state_dict(sd)
+    for p, st in optimizer.state.items():
+        if is_sharded(p):
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    st[k] = local_shard(v, p)
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, procs: Processes) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ over the global gradient (after sum_gradients), sharded layers included."""
+    if not procs.shard:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grads = [p.grad for p in params if p.grad is not None]
+    shard_sq = sum(float(g.to_local().double().pow(2).sum()) for g in grads if is_sharded(g))
+    whole_sq = sum(float(g.double().pow(2).sum()) for g in grads if not is_sharded(g))  # equal on every process
+    total = math.sqrt(sum_across([shard_sq], procs)[0] + whole_sq)
+    coef = min(1.0, max_norm / (total + 1e-6))  # torch's rule
+    for g in grads:
+        (g.to_local() if is_sharded(g) else g).mul_(coef)
+    return torch.tensor(total)

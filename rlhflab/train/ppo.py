@@ -75,11 +75,15 @@ from rlhflab.train.common import (
 )
 from rlhflab.train.distributed import (
     Processes,
+    all_processes,
     barrier,
     check_divides,
+    clip_grad_norm,
+    full_state_dict,
     gather_rows,
     pad_and_gather_rows,
     processes,
+    shard_layers,
     share,
     sum_across,
     sum_gradients,
@@ -438,7 +442,7 @@ def ppo_epochs(rollout: Rollout, policy, value_model, optimizers, cfg: PPOConfig
             for model, opt, sched, oc in ((policy, p_opt, p_sched, cfg.optim),
                                           (value_model, v_opt, v_sched, cfg.value_optim)):
                 sum_gradients(model, procs)
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], oc.max_grad_norm)
+                clip_grad_norm([p for p in model.parameters() if p.requires_grad], oc.max_grad_norm, procs)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
@@ -457,7 +461,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         log.info("%s is already DONE; nothing to do", out)
         return run.read_done()
     procs = processes(cfg.device)
-    validate(cfg, procs.world_size)
+    validate(cfg, procs.world_size, procs.shard)
     seed_everything(cfg.seed)  # the same seed on every process: they hold the same models
     if procs.is_main:
         run.start("ppo", cfg)
@@ -472,6 +476,9 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     rm_shares_value_layers = bool(n_frozen) and same_lower_layers(reward, value_model, n_frozen, tokenizer)
     ref_shares_policy_layers = reference is None or not cfg.policy_init or (
         bool(n_frozen) and lower_layers_equal(policy, reference, n_frozen))
+    if shard_layers(policy, procs) + shard_layers(value_model, procs):
+        log.info("FSDP: the policy's and value model's decoder layers sharded across %d processes (reference and "
+                 "reward model whole)", procs.world_size)
     posts = list(load_posts(cfg.data.posts, format=cfg.data.format, limit=cfg.data.limit))
     if len(posts) < cfg.rollout_batch_size:
         raise ValueError(f"{cfg.data.posts}: {len(posts)} posts, fewer than rollout_batch_size="
@@ -511,7 +518,8 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         with autocast(device, cfg.bf16):
             gen = generate(policy, tokenizer, q_ids, q_mask, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
-                           row_seeds=episode_seeds(cfg.seed, update, range(len(batch))[rows]))
+                           row_seeds=episode_seeds(cfg.seed, update, range(len(batch))[rows]),
+                           stop_together=(lambda done: all_processes(done, procs)) if procs.shard else None)
         gen = gather_generation(gen, tokenizer.pad_token_id, procs)
         texts = decode_responses(tokenizer, gen)
         t1 = time.time()
@@ -556,12 +564,11 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
             if update == 1 or last or (cfg.sample_every and update % cfg.sample_every == 0):
                 write_table(run.samples_dir / f"update_{update:05d}.jsonl",
                             sample_rows(update, batch, posts, texts, raw, gen, cfg.n_samples))
-            if cfg.snapshot_every and update % cfg.snapshot_every == 0:
-                save_snapshot(run.path / "snapshots" / f"update_{update:05d}", policy, tokenizer, cfg)
-            if (cfg.save_every and update % cfg.save_every == 0) or last:
-                save_state(run, parts, {"update": update, "kl_coef": kl_coef,
-                                        "episodes": update * cfg.rollout_batch_size},
-                           {"generator": generator.get_state()})
+        if cfg.snapshot_every and update % cfg.snapshot_every == 0:  # every process: sharded weights are gathered
+            save_snapshot(run.path / "snapshots" / f"update_{update:05d}", policy, tokenizer, cfg, procs)
+        if (cfg.save_every and update % cfg.save_every == 0) or last:
+            save_state(run, parts, {"update": update, "kl_coef": kl_coef, "episodes": update * cfg.rollout_batch_size},
+                       procs, {"generator": generator.get_state()})
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/score']:.3f}", kl=f"{metrics['objective/kl']:.2f}",
                         beta=f"{kl_coef:.3g}")
@@ -570,23 +577,34 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
             barrier(procs)
             return {"stopped_at": update}
     bar.close()
+    weights = None if cfg.lora.r > 0 else full_state_dict(policy)  # gathered on every process when sharded
     if not procs.is_main:  # the main process saves the policy and DONE.json
         barrier(procs)
         return run.read_done()
-    summary = finish(run, cfg, policy, tokenizer, t_start)
+    summary = finish(run, cfg, policy, weights, tokenizer, t_start)
     barrier(procs)
     return summary
 
 
-def save_snapshot(path: Path, policy, tokenizer, cfg: PPOConfig) -> None:
-    """The current policy as a plain model (a merged copy for LoRA: the training policy keeps its adapters)."""
-    save_model(copy.deepcopy(policy).merge_and_unload() if cfg.lora.r > 0 else policy, tokenizer, path)
+def save_snapshot(path: Path, policy, tokenizer, cfg: PPOConfig, procs: Processes) -> None:
+    """The current policy as a plain model (a merged copy for LoRA: the training policy keeps its adapters).
+    Every process calls it (sharded weights are gathered); the main one writes."""
+    if cfg.lora.r > 0:  # never sharded (validate)
+        if procs.is_main:
+            save_model(copy.deepcopy(policy).merge_and_unload(), tokenizer, path)
+        return
+    weights = full_state_dict(policy)
+    if procs.is_main:
+        save_model(policy, tokenizer, path, state_dict=weights)
 
 
-def finish(run: RunDir, cfg: PPOConfig, policy, tokenizer, t_start: float) -> dict:
-    """Save the final policy (LoRA adapters merged, so any stage can load it as a plain model) and DONE.json."""
-    to_save = policy.merge_and_unload() if cfg.lora.r > 0 else policy
-    save_model(to_save, tokenizer, run.model_dir)
+def finish(run: RunDir, cfg: PPOConfig, policy, weights: dict | None, tokenizer, t_start: float) -> dict:
+    """Save the final policy (LoRA adapters merged, so any stage can load it as a plain model) and DONE.json.
+    `weights`: the policy's full weights when sharded (None with LoRA)."""
+    if cfg.lora.r > 0:
+        save_model(policy.merge_and_unload(), tokenizer, run.model_dir)
+    else:
+        save_model(policy, tokenizer, run.model_dir, state_dict=weights)
     rows = [r for r in run.read_metrics() if "objective/score" in r]
     first, last = rows[0], rows[-1]
     summary = {"stage": "ppo", "updates": last["step"], "episodes": last["episodes"], "wall_s": time.time() - t_start,
@@ -601,7 +619,7 @@ def finish(run: RunDir, cfg: PPOConfig, policy, tokenizer, t_start: float) -> di
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def validate(cfg: PPOConfig, world_size: int = 1) -> None:
+def validate(cfg: PPOConfig, world_size: int = 1, shard: bool = False) -> None:
     check_divides("rollout_batch_size", cfg.rollout_batch_size, world_size)
     batch_sizes(cfg.mini_batch_size, cfg.micro_batch_size, world_size, name="mini_batch_size")
     if cfg.rollout_batch_size % cfg.mini_batch_size:
@@ -614,6 +632,9 @@ def validate(cfg: PPOConfig, world_size: int = 1) -> None:
     if cfg.policy_init and cfg.lora.r > 0:
         raise ValueError("policy_init with lora.r > 0: a LoRA policy's reference is its own base with the adapters "
                          "off, so it cannot start from another model; use full fine-tuning or policy_init=None")
+    if shard and cfg.lora.r > 0:
+        raise ValueError("FSDP with lora.r > 0: a LoRA policy keeps little to shard (Adam state only for the "
+                         "adapters); launch it with multi_gpu.yaml, or use full fine-tuning with fsdp.yaml")
 
 
 def episode_seeds(seed: int, update: int, rows: range) -> list[int]:

@@ -26,6 +26,7 @@ Both are counted in metrics.jsonl (step 0) and DONE.json.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -62,9 +63,12 @@ from rlhflab.train.common import (
 from rlhflab.train.distributed import (
     Processes,
     barrier,
-    chunk_range,
+    clip_grad_norm,
+    full_state_dict,
     gather_objects,
+    lockstep_chunks,
     processes,
+    shard_layers,
     share,
     sum_across,
     sum_gradients,
@@ -179,10 +183,11 @@ def evaluate(rm: RewardModel, pairs: list[PairExample], cfg: RewardConfig, procs
     per = max(1, cfg.eval_batch_size // 2)
     starts = list(range(0, len(order), per))
     scored = []
-    for k in chunk_range(len(starts), procs):
+    for k, keep in lockstep_chunks(len(starts), procs):
         chunk = [pairs[j] for j in order[starts[k] : starts[k] + per]]
         a, b, _ = forward_pairs(rm, chunk, cfg.bf16, cfg.share_query)
-        scored.append((a.float().cpu(), b.float().cpu()))
+        if keep:
+            scored.append((a.float().cpu(), b.float().cpu()))
     scored = gather_objects(scored, procs)
     r_chosen, r_rejected = torch.cat([a for a, _ in scored]), torch.cat([b for _, b in scored])
     return {"eval/accuracy": float(preference_accuracy(r_chosen, r_rejected)),
@@ -199,6 +204,10 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         log.info("%s is already DONE; nothing to do", out)
         return run.read_done()
     procs = processes(cfg.device)
+    if procs.shard and cfg.share_query:  # its KV-cache path bypasses FSDP's backward hooks (see shard_layers)
+        log.warning("FSDP: share_query=false (each pair runs as two full sequences); the shared-query forward "
+                    "does not work with sharded layers")
+        cfg = dataclasses.replace(cfg, share_query=False)
     seed_everything(cfg.seed)  # the same seed on every process: the same fresh head everywhere
     if procs.is_main:
         run.start("rm", cfg)
@@ -212,7 +221,12 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
                           allow_partial=cfg.allow_partial)
     rm.to(procs.device)
     freeze_lower_layers(rm.lm, cfg.freeze_layers)
+    # every loss here sees only r_chosen − r_rejected, so the head's bias has a zero gradient in exact arithmetic;
+    # left trainable, Adam would move it by lr per step on rounding noise (normalisation sets rm.bias afterwards)
+    rm.head.bias.requires_grad_(False)
     trainable = sum(p.numel() for p in rm.parameters() if p.requires_grad)
+    if shard_layers(rm, procs):
+        log.info("FSDP: each of the backbone's decoder layers sharded across %d processes", procs.world_size)
     rm.train()
 
     # (2) tokenised train / dev pairs (the dev split and repeat policies were applied in load_data)
@@ -265,8 +279,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
             n_tokens += tokens
         sum_gradients(rm, procs)
         loss_total, correct, margin_total, n_tokens = sum_across([loss_total, correct, margin_total, n_tokens], procs)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in rm.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
+        grad_norm = clip_grad_norm([p for p in rm.parameters() if p.requires_grad], cfg.optim.max_grad_norm, procs)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -290,8 +303,8 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.2f}",
                         pairs_s=f"{metrics['train/pairs_per_s']:.2f}")
-        if procs.is_main and ((cfg.save_every and step % cfg.save_every == 0) or last):
-            save_checkpoint(run, rm, optimizer, scheduler, {"step": step, "pairs_seen": pairs_seen})
+        if (cfg.save_every and step % cfg.save_every == 0) or last:
+            save_checkpoint(run, rm, optimizer, scheduler, {"step": step, "pairs_seen": pairs_seen}, procs)
         if stop_after is not None and step >= stop_after and not last:
             bar.close()
             barrier(procs)
@@ -301,13 +314,14 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     # (5) normalise on human references, save model/, DONE.json (the main process writes; the others wait)
     rm.eval()
     norm: dict[str, Any] = {}
-    if cfg.normalise_on and procs.is_main:  # only the saved model needs it; the others' copies are dropped
+    if cfg.normalise_on:  # every process: a sharded model runs only when all do (the others' result is dropped)
         posts = list(load_posts(cfg.normalise_on, limit=cfg.normalise_limit))
         norm = normalise(rm, posts, batch_size=cfg.eval_batch_size, bf16=cfg.bf16, source=cfg.normalise_on)
+    lm_weights = full_state_dict(rm.lm)  # gathered on every process when sharded
     if not procs.is_main:
         barrier(procs)
         return run.read_done()
-    save_reward_model(rm, run.model_dir)
+    save_reward_model(rm, run.model_dir, lm_weights)
     rows = run.read_metrics()
     evals = [r for r in rows if "eval/accuracy" in r]
     best = max(evals, key=lambda r: r["eval/accuracy"]) if evals else None

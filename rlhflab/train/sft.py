@@ -45,9 +45,12 @@ from rlhflab.train.common import (
 from rlhflab.train.distributed import (
     Processes,
     barrier,
-    chunk_range,
+    clip_grad_norm,
+    full_state_dict,
     gather_objects,
+    lockstep_chunks,
     processes,
+    shard_layers,
     share,
     sum_across,
     sum_gradients,
@@ -147,11 +150,12 @@ def eval_loss(model, examples: list[Example], pad_id: int, cfg: SFTConfig, procs
     batches and the per-batch sums are summed in batch order: the same number as one process."""
     starts = list(range(0, len(examples), cfg.micro_batch_size))
     sums = []
-    for i in (starts[k] for k in chunk_range(len(starts), procs)):
-        batch = collate(examples[i : i + cfg.micro_batch_size], pad_id, "response")
+    for k, keep in lockstep_chunks(len(starts), procs):
+        batch = collate(examples[starts[k] : starts[k] + cfg.micro_batch_size], pad_id, "response")
         with autocast(model.device, cfg.bf16):
             loss_sum, n = token_losses(model, batch)
-        sums.append((loss_sum.item(), n))
+        if keep:
+            sums.append((loss_sum.item(), n))
     total, count = 0.0, 0
     for loss_sum, n in gather_objects(sums, procs):
         total, count = total + loss_sum, count + n
@@ -166,6 +170,14 @@ def sample_table(model, tokenizer, posts: list[Post], examples: list[Example], c
         gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.sample_max_tokens, temperature=0.0)
     texts = decode_responses(tokenizer, gen)
     return [{"post_id": p.id, "reference": p.reference, "response": t} for p, t in zip(posts, texts)]
+
+
+def write_samples(run: RunDir, step: int, model, tokenizer, posts: list[Post], examples: list[Example],
+                  cfg: SFTConfig, procs: Processes) -> None:
+    """samples/step_N.jsonl. Every process generates (a sharded model runs only when all do); the main one writes."""
+    rows = sample_table(model, tokenizer, posts[: cfg.n_samples], examples[: cfg.n_samples], cfg)
+    if procs.is_main:
+        write_table(run.samples_dir / f"step_{step:06d}.jsonl", rows)
 
 
 def load_data(cfg: SFTConfig, tokenizer):
@@ -194,6 +206,8 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     model, tokenizer = load_model(cfg.model)
     model.to(procs.device)
     trainable = freeze_lower_layers(model, cfg.freeze_layers)
+    if shard_layers(model, procs):
+        log.info("FSDP: each decoder layer sharded across %d processes", procs.world_size)
     model.train()  # dropout is already 0 in the config; train() only matters for layers that check it
     train_posts, train_ex, eval_posts, eval_ex = load_data(cfg, tokenizer)
     per_epoch, total_steps = plan_steps(len(train_ex), sizes.batch_size, cfg.epochs, cfg.max_steps)
@@ -216,9 +230,8 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         before = eval_loss(model, eval_ex, pad_id, cfg, procs)
         if procs.is_main:
             run.log_metrics(0, {"eval/loss": before})
-        if cfg.n_samples and procs.is_main:
-            rows = sample_table(model, tokenizer, eval_posts[: cfg.n_samples], eval_ex[: cfg.n_samples], cfg)
-            write_table(run.samples_dir / f"step_{0:06d}.jsonl", rows)
+        if cfg.n_samples:
+            write_samples(run, 0, model, tokenizer, eval_posts, eval_ex, cfg, procs)
 
     order, order_epoch = None, -1
     bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", dynamic_ncols=True,
@@ -244,8 +257,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
             (loss_sum / n_target).backward()
             loss_total += loss_sum.item()
         sum_gradients(model, procs)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
+        grad_norm = clip_grad_norm([p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm, procs)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -262,15 +274,14 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         last = step == total_steps
         if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
             metrics["eval/loss"] = eval_loss(model, eval_ex, pad_id, cfg, procs)
-            if cfg.n_samples and procs.is_main:
-                rows = sample_table(model, tokenizer, eval_posts[: cfg.n_samples], eval_ex[: cfg.n_samples], cfg)
-                write_table(run.samples_dir / f"step_{step:06d}.jsonl", rows)
+            if cfg.n_samples:
+                write_samples(run, step, model, tokenizer, eval_posts, eval_ex, cfg, procs)
         if procs.is_main and (step % cfg.log_every == 0 or "eval/loss" in metrics or last):
             run.log_metrics(step, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-        if procs.is_main and ((cfg.save_every and step % cfg.save_every == 0) or last):
-            save_checkpoint(run, model, optimizer, scheduler, {"step": step, "tokens_seen": tokens_seen})
+        if (cfg.save_every and step % cfg.save_every == 0) or last:
+            save_checkpoint(run, model, optimizer, scheduler, {"step": step, "tokens_seen": tokens_seen}, procs)
         if stop_after is not None and step >= stop_after and not last:
             bar.close()
             barrier(procs)
@@ -278,10 +289,11 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     bar.close()
 
     # (5) the model for the next stage, then DONE.json (the main process writes; the others wait and read it)
+    weights = full_state_dict(model)  # gathered on every process when sharded
     if not procs.is_main:
         barrier(procs)
         return run.read_done()
-    save_model(model, tokenizer, run.model_dir)
+    save_model(model, tokenizer, run.model_dir, state_dict=weights)
     metrics_rows = run.read_metrics()
     evals = [r["eval/loss"] for r in metrics_rows if "eval/loss" in r]
     summary = {"stage": "sft", "step": step, "wall_s": time.time() - t_start, "tokens_seen": tokens_seen,
