@@ -26,8 +26,10 @@ plain `rlhflab sft ...` run is exactly what it was.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,6 +204,29 @@ def shard_layers(model: torch.nn.Module, procs: Processes) -> int:
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     return len(layers)
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module, procs: Processes) -> Iterator[None]:
+    """Keep a sharded model's layers whole inside the block, sharded again after it (no-op unsharded).
+
+    For generation, which runs the model once per token: one all-gather per layer per rollout instead of one
+    per layer per token, at the cost of holding the whole model (no gradients, no Adam state) meanwhile."""
+    if not procs.shard:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
 
 
 def is_sharded(t: Any) -> bool:

@@ -81,6 +81,7 @@ from rlhflab.train.distributed import (
     clip_grad_norm,
     full_state_dict,
     gather_rows,
+    gathered,
     pad_and_gather_rows,
     processes,
     shard_layers,
@@ -515,7 +516,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         #     Then every process gets the whole rollout, laid out as one process would have sampled it.
         policy.eval()
         q_ids, q_mask = pad_queries(tokenizer, my_queries)
-        with autocast(device, cfg.bf16):
+        with autocast(device, cfg.bf16), gathered(policy, procs):  # sharded: gather the layers once, not per token
             gen = generate(policy, tokenizer, q_ids, q_mask, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
                            row_seeds=episode_seeds(cfg.seed, update, range(len(batch))[rows]),
