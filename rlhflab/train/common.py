@@ -133,10 +133,11 @@ def save_state(run: RunDir, parts: dict[str, tuple], trainer: dict[str, Any], pr
     weights, optimiser and schedule; the global RNG; `tensors` (e.g. a sampling generator's state); the position.
 
     Weights live in state/ too (not only in model/) so that a crash between two writes can never pair new
-    weights with an old optimiser. Every process calls this: sharded (FSDP) weights and Adam moments are gathered
-    into full tensors, so the files are the same at any number of processes. The main process writes them.
+    weights with an old optimiser. Every process calls this: sharded (FSDP) weights and Adam moments are gathered,
+    one tensor at a time, into the main process, which writes them; so the files are the same at any number of
+    processes.
     """
-    full = {name: (full_state_dict(model, trainable_only=True), full_optimizer_state(optimizer),
+    full = {name: (full_state_dict(model, procs, trainable_only=True), full_optimizer_state(optimizer, procs),
                    scheduler.state_dict()) for name, (model, optimizer, scheduler) in parts.items()}
     if not procs.is_main:
         return

@@ -235,16 +235,22 @@ def is_sharded(t: Any) -> bool:
     return isinstance(t, DTensor)
 
 
-def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor behind a shard (a collective: every process must call it in the same order)."""
-    return t.full_tensor() if is_sharded(t) else t
+def full_tensor(t: torch.Tensor, procs: Processes) -> torch.Tensor | None:
+    """The whole tensor behind a shard, in the main process's CPU memory (None in the others); an unsharded
+    tensor as it is. A collective: every process calls it, in the same order. Gathering one tensor at a time
+    means a sharded model never needs its full size on a device, nor outside the main process."""
+    if not is_sharded(t):
+        return t
+    whole = t.full_tensor()
+    return whole.cpu() if procs.is_main else None
 
 
-def full_state_dict(module: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
-    """module's weights as full tensors (collective when sharded), e.g. for save_pretrained(state_dict=...)."""
+def full_state_dict(module: torch.nn.Module, procs: Processes, trainable_only: bool = False
+                    ) -> dict[str, torch.Tensor | None]:
+    """module's weights as full tensors (see full_tensor), e.g. for save_pretrained(state_dict=...)."""
     if trainable_only:
-        return {n: full_tensor(p.detach()) for n, p in module.named_parameters() if p.requires_grad}
-    return {n: full_tensor(t) for n, t in module.state_dict().items()}
+        return {n: full_tensor(p.detach(), procs) for n, p in module.named_parameters() if p.requires_grad}
+    return {n: full_tensor(t, procs) for n, t in module.state_dict().items()}
 
 
 def local_shard(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -268,10 +274,10 @@ def load_full_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor])
             params[n].to_local().copy_(local_shard(w, params[n]).to_local())
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """optimizer.state_dict() with every sharded state tensor (Adam's moments) gathered (collective)."""
+def full_optimizer_state(optimizer: torch.optim.Optimizer, procs: Processes) -> dict[str, Any]:
+    """optimizer.state_dict() with every sharded state tensor (Adam's moments) gathered (see full_tensor)."""
     sd = optimizer.state_dict()
-    sd["state"] = {i: {k: full_tensor(v) if torch.is_tensor(v) else v for k, v in st.items()}
+    sd["state"] = {i: {k: full_tensor(v, procs) if torch.is_tensor(v) else v for k, v in st.items()}
                    for i, st in sd["state"].items()}
     return sd
 

@@ -578,7 +578,8 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
             barrier(procs)
             return {"stopped_at": update}
     bar.close()
-    weights = None if cfg.lora.r > 0 else full_state_dict(policy)  # gathered on every process when sharded
+    # the policy's full weights (sharded: gathered into the main process); LoRA merges its own below
+    weights = None if cfg.lora.r > 0 else full_state_dict(policy, procs)
     if not procs.is_main:  # the main process saves the policy and DONE.json
         barrier(procs)
         return run.read_done()
@@ -594,7 +595,7 @@ def save_snapshot(path: Path, policy, tokenizer, cfg: PPOConfig, procs: Processe
         if procs.is_main:
             save_model(copy.deepcopy(policy).merge_and_unload(), tokenizer, path)
         return
-    weights = full_state_dict(policy)
+    weights = full_state_dict(policy, procs)
     if procs.is_main:
         save_model(policy, tokenizer, path, state_dict=weights)
 

@@ -317,7 +317,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     if cfg.normalise_on:  # every process: a sharded model runs only when all do (the others' result is dropped)
         posts = list(load_posts(cfg.normalise_on, limit=cfg.normalise_limit))
         norm = normalise(rm, posts, batch_size=cfg.eval_batch_size, bf16=cfg.bf16, source=cfg.normalise_on)
-    lm_weights = full_state_dict(rm.lm)  # gathered on every process when sharded
+    lm_weights = full_state_dict(rm.lm, procs)  # sharded: gathered into the main process
     if not procs.is_main:
         barrier(procs)
         return run.read_done()

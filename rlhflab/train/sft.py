@@ -289,7 +289,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     bar.close()
 
     # (5) the model for the next stage, then DONE.json (the main process writes; the others wait and read it)
-    weights = full_state_dict(model)  # gathered on every process when sharded
+    weights = full_state_dict(model, procs)  # sharded: gathered into the main process
     if not procs.is_main:
         barrier(procs)
         return run.read_done()
