@@ -229,6 +229,19 @@ def gathered(model: torch.nn.Module, procs: Processes) -> Iterator[None]:
             m.set_reshard_after_forward(True, recurse=False)
 
 
+def training_state_mib(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """MiB this process holds to train `model`: its weights, a gradient per trainable weight (present from
+    backward to the step) and the optimiser's state — local shards only when sharded. Activations not included."""
+    def nbytes(t: torch.Tensor) -> int:
+        t = t.to_local() if is_sharded(t) else t
+        return t.numel() * t.element_size()
+
+    weights = sum(nbytes(p) for p in model.parameters())
+    grads = sum(nbytes(p) for p in model.parameters() if p.requires_grad)
+    moments = sum(nbytes(v) for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v))
+    return (weights + grads + moments) / 2**20
+
+
 def is_sharded(t: Any) -> bool:
     from torch.distributed.tensor import DTensor
 

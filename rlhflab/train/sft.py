@@ -54,6 +54,7 @@ from rlhflab.train.distributed import (
     share,
     sum_across,
     sum_gradients,
+    training_state_mib,
 )
 
 log = get_logger(__name__)
@@ -271,12 +272,14 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         metrics = {"train/loss": loss_total / n_target, "train/grad_norm": float(grad_norm),
                    "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": n_tokens / dt,
                    "train/tokens_seen": tokens_seen, "train/epoch": epoch + (position + 1) / per_epoch}
+        if step == 1:  # once Adam's moments exist: what sharding (FSDP) divides between processes
+            metrics["train/state_mib_per_process"] = training_state_mib(model, optimizer)
         last = step == total_steps
         if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
             metrics["eval/loss"] = eval_loss(model, eval_ex, pad_id, cfg, procs)
             if cfg.n_samples:
                 write_samples(run, step, model, tokenizer, eval_posts, eval_ex, cfg, procs)
-        if procs.is_main and (step % cfg.log_every == 0 or "eval/loss" in metrics or last):
+        if procs.is_main and (step % cfg.log_every == 0 or step == 1 or "eval/loss" in metrics or last):
             run.log_metrics(step, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")

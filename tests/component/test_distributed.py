@@ -86,6 +86,10 @@ def test_sft_two_processes_match_one(tmp_path, shared_data, fsdp):
     assert max_diff(half, one) > 100 * ATOL and max_diff(init, one) > 100 * ATOL  # the comparison can fail
     m2, m1 = metrics(tmp_path / "two"), metrics(tmp_path / "one")
     assert [r["step"] for r in m2] == [r["step"] for r in m1]
+    # weights + gradients + Adam moments held by each process: sharding divides the decoder layers' share
+    state2, state1 = (next(r for r in m if r["step"] == 1)["train/state_mib_per_process"] for m in (m2, m1))
+    layers = sum(p.numel() for p in load_model("tiny")[0].model.layers.parameters()) * 4 * 4 / 2**20  # fp32 × 4
+    assert state2 == pytest.approx(state1 - layers / 2 if fsdp else state1, rel=1e-3)
     for r2, r1 in zip(m2, m1):  # global statistics: the loss over all tokens of the batch, the same eval loss
         for k in ("train/loss", "train/grad_norm", "train/tokens_seen", "eval/loss"):
             assert (k in r2) == (k in r1) and r2.get(k, 0) == pytest.approx(r1.get(k, 0), rel=1e-5), k
