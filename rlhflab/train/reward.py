@@ -205,8 +205,9 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         return run.read_done()
     procs = processes(cfg.device)
     if procs.shard and cfg.share_query:  # its KV-cache path bypasses FSDP's backward hooks (see shard_layers)
-        log.warning("FSDP: share_query=false (each pair runs as two full sequences); the shared-query forward "
-                    "does not work with sharded layers")
+        if procs.is_main:
+            log.warning("FSDP: share_query=false (each pair runs as two full sequences); the shared-query "
+                        "forward does not work with sharded layers")
         cfg = dataclasses.replace(cfg, share_query=False)
     seed_everything(cfg.seed)  # the same seed on every process: the same fresh head everywhere
     if procs.is_main:
