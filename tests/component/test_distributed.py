@@ -42,7 +42,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_two(stage: str, config: str, out: Path, overrides: list[str], fsdp: bool = False) -> None:
+def launch_two(stage: str, config: str, out: Path, overrides: list[str], fsdp: bool = False) -> str:
     """`accelerate launch` 2 CPU processes (torchrun underneath; --multi_gpu is accelerate's name for that
     launcher, `device=cpu` makes rlhflab join them with gloo); `fsdp`: --use_fsdp instead."""
     port = free_port()
@@ -57,6 +57,7 @@ def launch_two(stage: str, config: str, out: Path, overrides: list[str], fsdp: b
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     assert (out / "DONE.json").exists()
     assert ("FSDP:" in done.stderr) == fsdp, done.stderr[-3000:]  # the layers really were sharded (or not)
+    return done.stderr
 
 
 def one_process(train, cfg_cls, config: str, out: Path, overrides: list[str], **kw) -> None:
@@ -101,9 +102,11 @@ def test_sft_two_processes_match_one(tmp_path, shared_data, fsdp):
 @pytest.mark.parametrize("fsdp", [False, True], ids=["whole", "fsdp"])
 def test_rm_two_processes_match_one(tmp_path, shared_data, fsdp):
     args = ["max_steps=3", "eval_every=2", "save_every=2", "eval_batch_size=6"]  # 3 dev pairs per forward
-    if fsdp:  # what a sharded RM runs (the shared-query forward does not work with FSDP; the two differ in rounding)
-        args.append("share_query=false")
-    launch_two("rm", "configs/rm/tiny.yaml", tmp_path / "two", args, fsdp)
+    log = launch_two("rm", "configs/rm/tiny.yaml", tmp_path / "two", args, fsdp)
+    if fsdp:  # sharded, the RM says it runs share_query=false (the shared-query forward does not work with FSDP)
+        assert log.count("FSDP: share_query=false") == 1  # said once, by the main process
+        assert "share_query: false" in (tmp_path / "two" / "config.yaml").read_text()  # and recorded as run
+        args.append("share_query=false")  # the one-process runs do the same (the two forwards differ in rounding)
     one_process(reward.train, reward.RewardConfig, "configs/rm/tiny.yaml", tmp_path / "one", args)
     one_process(reward.train, reward.RewardConfig, "configs/rm/tiny.yaml", tmp_path / "half",
                 [*args, "batch_size=4"])
