@@ -16,8 +16,8 @@ Sharded (`accelerate launch --config_file configs/accelerate/fsdp.yaml`): `shard
 layers' weights, gradients and Adam state and gathers a layer's weights only while it runs. That works with the
 loops' direct calls into a model because every layer is its own FSDP unit with its own hooks. Embeddings, final
 norm, output and value heads (tied in Llama-style models; ~21 % of SmolLM2-135M's parameters, ~4 % of a 7B
-Llama's) stay whole on every process and are summed like the unsharded case. FSDP averages the layers' gradients; `sum_gradients` turns that back into
-a sum. Checkpoints and saved models hold full tensors (gathered here), so they are the same files as unsharded
+Llama's) stay whole on every process and are summed like the unsharded case. FSDP averages the layers'
+gradients; `sum_gradients` turns that back into a sum. Checkpoints and saved models hold full tensors (gathered here), so they are the same files as unsharded
 runs write, and a sharded run resumes from them at any number of processes.
 
 With one process (no launcher) nothing here touches torch.distributed and every helper returns its input: a
@@ -122,13 +122,12 @@ def sum_gradients(model: torch.nn.Module, procs: Processes) -> None:
     if procs.world_size == 1:
         return
     from accelerate.utils import reduce
-    from torch.distributed.tensor import DTensor
 
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     for g in grads:
-        if isinstance(g, DTensor):
+        if is_sharded(g):
             g.to_local().mul_(procs.world_size)
-    grads = [g for g in grads if not isinstance(g, DTensor)]
+    grads = [g for g in grads if not is_sharded(g)]
     if not grads:
         return
     flat = reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
