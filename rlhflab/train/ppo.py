@@ -566,7 +566,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
                 write_table(run.samples_dir / f"update_{update:05d}.jsonl",
                             sample_rows(update, batch, posts, texts, raw, gen, cfg.n_samples))
         if cfg.snapshot_every and update % cfg.snapshot_every == 0:  # every process: sharded weights are gathered
-            save_snapshot(run.path / "snapshots" / f"update_{update:05d}", policy, tokenizer, cfg, procs)
+            save_policy(run.path / "snapshots" / f"update_{update:05d}", policy, tokenizer, cfg, procs)
         if (cfg.save_every and update % cfg.save_every == 0) or last:
             save_state(run, parts, {"update": update, "kl_coef": kl_coef, "episodes": update * cfg.rollout_batch_size},
                        procs, {"generator": generator.get_state()})
@@ -578,35 +578,32 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
             barrier(procs)
             return {"stopped_at": update}
     bar.close()
-    # the policy's full weights (sharded: gathered into the main process); LoRA merges its own below
-    weights = None if cfg.lora.r > 0 else full_state_dict(policy, procs)
-    if not procs.is_main:  # the main process saves the policy and DONE.json
+    save_policy(run.model_dir, policy, tokenizer, cfg, procs, training_goes_on=False)
+    if not procs.is_main:  # the main process writes DONE.json
         barrier(procs)
         return run.read_done()
-    summary = finish(run, cfg, policy, weights, tokenizer, t_start)
+    summary = finish(run, t_start)
     barrier(procs)
     return summary
 
 
-def save_snapshot(path: Path, policy, tokenizer, cfg: PPOConfig, procs: Processes) -> None:
-    """The current policy as a plain model (a merged copy for LoRA: the training policy keeps its adapters).
-    Every process calls it (sharded weights are gathered); the main one writes."""
+def save_policy(path: Path, policy, tokenizer, cfg: PPOConfig, procs: Processes, training_goes_on: bool = True
+                ) -> None:
+    """The current policy as a plain model, so any stage can load it. Every process calls it (sharded weights
+    are gathered); the main one writes. LoRA: the adapters are merged into a copy while training goes on (the
+    training policy keeps its adapters), in place at the end."""
     if cfg.lora.r > 0:  # never sharded (validate)
         if procs.is_main:
-            save_model(copy.deepcopy(policy).merge_and_unload(), tokenizer, path)
+            merged = (copy.deepcopy(policy) if training_goes_on else policy).merge_and_unload()
+            save_model(merged, tokenizer, path)
         return
     weights = full_state_dict(policy, procs)
     if procs.is_main:
         save_model(policy, tokenizer, path, state_dict=weights)
 
 
-def finish(run: RunDir, cfg: PPOConfig, policy, weights: dict | None, tokenizer, t_start: float) -> dict:
-    """Save the final policy (LoRA adapters merged, so any stage can load it as a plain model) and DONE.json.
-    `weights`: the policy's full weights when sharded (None with LoRA)."""
-    if cfg.lora.r > 0:
-        save_model(policy.merge_and_unload(), tokenizer, run.model_dir)
-    else:
-        save_model(policy, tokenizer, run.model_dir, state_dict=weights)
+def finish(run: RunDir, t_start: float) -> dict:
+    """DONE.json: the run's summary from its metrics."""
     rows = [r for r in run.read_metrics() if "objective/score" in r]
     first, last = rows[0], rows[-1]
     summary = {"stage": "ppo", "updates": last["step"], "episodes": last["episodes"], "wall_s": time.time() - t_start,
