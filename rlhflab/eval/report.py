@@ -35,6 +35,11 @@ def _pyplot():
     return plt
 
 
+# the plots drawn from one report section, which they skip when the report has none
+PLOT_SECTIONS = {"kl_curve": "kl_curve", "best_of_n": "best_of_n", "rm_confidence": "rm_accuracy_vs_confidence",
+                 "transfer": "transfer"}
+
+
 def write_plots(out: Path, report: dict[str, Any],
                 score_values: dict[str, dict[str, list[float]]] | None = None) -> dict[str, str]:
     """Draw every plot the report has data for into `out/<name>.png`; returns {name: file name}.
@@ -46,6 +51,8 @@ def write_plots(out: Path, report: dict[str, Any],
     drawers = {"win_rate": _win_rate, "scores": _scores, "kl_curve": _kl_curve, "best_of_n": _best_of_n,
                "rm_confidence": _rm_confidence, "transfer": _transfer}
     for name in PLOTS:
+        if name in PLOT_SECTIONS and not report.get(PLOT_SECTIONS[name]):
+            continue
         fig = drawers[name](plt, report, score_values or {}) if name == "scores" else drawers[name](plt, report)
         if fig is None:
             continue
@@ -123,9 +130,7 @@ def _scores(plt, report: dict[str, Any], dist: dict[str, dict[str, list[float]]]
 
 
 def _kl_curve(plt, report: dict[str, Any]):
-    curve = report.get("kl_curve")
-    if not curve:
-        return None
+    curve = report["kl_curve"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     train = [t for t in curve["training"] if t["kl"] is not None and t["score"] is not None]
     if train:
@@ -154,9 +159,7 @@ def _kl_curve(plt, report: dict[str, Any]):
 
 
 def _best_of_n(plt, report: dict[str, Any]):
-    bon = report.get("best_of_n")
-    if not bon:
-        return None
+    bon = report["best_of_n"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
     for judge, r in bon["by_judge"].items():
         if all(v is not None for v in r["win_rate"]):
@@ -172,9 +175,7 @@ def _best_of_n(plt, report: dict[str, Any]):
 
 
 def _rm_confidence(plt, report: dict[str, Any]):
-    runs = report.get("rm_accuracy_vs_confidence")
-    if not runs:
-        return None
+    runs = report["rm_accuracy_vs_confidence"]
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for r in runs:
         ds = list(r["per_confidence"])
@@ -196,9 +197,7 @@ def _rm_confidence(plt, report: dict[str, Any]):
 
 
 def _transfer(plt, report: dict[str, Any]):
-    tr = report.get("transfer")
-    if not tr:
-        return None
+    tr = report["transfer"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     judge = report["primary_judge"]
     _rate_bars(a1, tr["policies"], judge, f"CNN/DM transfer, judge {judge} ({tr['posts']['n']} articles)")
@@ -298,76 +297,23 @@ def examples_table(set_result: dict[str, Any], n: int, judges: list[dict[str, An
 
 def write_html(path: Path, report: dict[str, Any], out: Path, main: dict[str, Any],
                transfer: dict[str, Any] | None, n_examples: int) -> None:
+    """report.html: the settings, judges and policies, then a section for each result the report holds."""
     from rlhflab.core.rundir import atomic_write_text
 
     judges = report["judges"]
-    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>rlhflab eval report</title><style>{CSS}"
-             "</style></head><body>",
-             "<h1>Does the policy beat the humans' own TL;DRs?</h1>",
-             f"<p class=note>{e(report['posts']['n'])} posts from {e(report['posts']['file'])}; summaries "
-             f"{e(report['definitions']['sampling'])}, at most {e(report['settings']['max_new_tokens'])} new tokens; "
-             f"lengths in {e(report['definitions']['length_unit'])}.</p>",
-             "<h2>Judges</h2><table><tr><th>judge</th><th>kind</th><th>spec</th><th>note</th></tr>"]
-    for j in judges:
-        primary = " (primary)" if j["name"] == report["primary_judge"] else ""
-        parts.append(f"<tr><td>{e(j['name'])}{primary}</td><td>{e(j['kind'])}</td><td>{e(j['spec'])}</td>"
-                     f"<td>{e(j['note'])}</td></tr>")
-    parts.append("</table>")
+    parts = _heading(report) + _judges_table(report)
     parts.append("<h2>Policies against the reference</h2>" + policy_table(report["policies"], judges))
     parts.append(image(out, "win_rate") + image(out, "scores"))
     if report.get("likert"):
-        lk = report["likert"]
-        axes = sorted({a for v in lk["per_policy"].values() for a in v})
-        parts.append(f"<h2>Likert ratings (1–7)</h2><p class=note>{e(lk['n_matched'])} of {e(lk['n_ratings'])} "
-                     f"ratings in {e(lk['file'])} matched a summary.</p><table><tr><th>policy</th>"
-                     + "".join(f"<th>{e(a)}</th>" for a in axes) + "</tr>")
-        for name, v in lk["per_policy"].items():
-            parts.append(f"<tr><td>{e(name)}</td>" + "".join(
-                f"<td class=num>{num(v[a]['mean'], 2)} (n={v[a]['n']})</td>" if a in v else "<td>—</td>"
-                for a in axes) + "</tr>")
-        parts.append("</table>")
+        parts += _likert_section(report["likert"])
     if report.get("kl_curve"):
-        c = report["kl_curve"]
-        parts.append(f"<h2>Over-optimisation: reward and win rate against KL</h2><p class=note>{e(c['note'])}. "
-                     f"PPO run {e(c['ppo_run'])}, {e(c['n_snapshots'])} snapshots.</p>" + image(out, "kl_curve"))
-        parts.append("<table><tr><th>update</th><th>KL</th><th>RM score</th><th>mean tokens</th>"
-                     + "".join(f"<th>win rate [{e(j['name'])}]</th>" for j in judges) + "</tr>")
-        for p in c["points"]:
-            parts.append(f"<tr><td>{e(p['update'])}</td><td class=num>{num(p['kl'], 2)}</td>"
-                         f"<td class=num>{num(p.get('reward_score'))}</td><td class=num>{num(p['mean_tokens'], 1)}</td>"
-                         + "".join(f"<td class=num>{ci(p['by_judge'][j['name']]['win_rate'], p['by_judge'][j['name']]['win_rate_ci'])}</td>"
-                                   for j in judges) + "</tr>")
-        parts.append("</table>")
+        parts += _kl_curve_section(report["kl_curve"], judges, out)
     if report.get("best_of_n"):
-        b = report["best_of_n"]
-        parts.append(f"<h2>Best-of-N: win rate against N</h2><p class=note>{e(b['note'])}. Run {e(b['run'])}, "
-                     f"{e(b['n_posts'])} posts.</p>" + image(out, "best_of_n"))
-        parts.append("<table><tr><th>N</th><th>KL bound</th><th>mean score</th><th>mean tokens</th>"
-                     + "".join(f"<th>win rate [{e(j)}]</th>" for j in b["by_judge"]) + "</tr>")
-        for i, k in enumerate(b["k"]):
-            parts.append(f"<tr><td>{k}</td><td class=num>{num(b['kl'][i], 2)}</td>"
-                         f"<td class=num>{num(b['mean_reward_score'][i])}</td><td class=num>{num(b['mean_tokens'][i], 1)}</td>"
-                         + "".join(f"<td class=num>{num(r['win_rate'][i])}</td>" for r in b["by_judge"].values())
-                         + "</tr>")
-        parts.append("</table>")
+        parts += _best_of_n_section(report["best_of_n"], out)
     if report.get("rm_accuracy_vs_confidence"):
-        parts.append("<h2>Reward-model accuracy against labeler confidence</h2>" + image(out, "rm_confidence"))
-        parts.append("<table><tr><th>run</th><th>pairs</th><th>accuracy</th><th>longer wins</th>"
-                     "<th>per confidence |c − 5|: accuracy (n) / longer wins</th></tr>")
-        for r in report["rm_accuracy_vs_confidence"]:
-            per = "; ".join(f"{d}: {num(v['accuracy'])} ({v['n']}) / {num(v['length_baseline_accuracy'])}"
-                            for d, v in r["per_confidence"].items())
-            parts.append(f"<tr><td>{e(r['run'])}</td><td class=num>{e(r['n_pairs'])}</td>"
-                         f"<td class=num>{num(r['accuracy'])}</td><td class=num>{num(r['length_baseline_accuracy'])}</td>"
-                         f"<td>{e(per)}</td></tr>")
-        parts.append("</table>")
+        parts += _rm_confidence_section(report["rm_accuracy_vs_confidence"], out)
     if transfer is not None and report.get("transfer"):
-        tr = report["transfer"]
-        parts.append(f"<h2>Zero-shot transfer to news (CNN/DM)</h2><p class=note>{e(tr['posts']['n'])} articles from "
-                     f"{e(tr['posts']['file'])}, query <code>{{article}}\\n\\nTL;DR:</code> cut to "
-                     f"{e(tr['posts']['max_query_tokens'])} tokens; the reference is the highlights; lead-3 is the "
-                     "first three sentences.</p>" + policy_table(tr["policies"], judges, with_kl=False)
-                     + image(out, "transfer"))
+        parts.append(_transfer_section(report["transfer"], judges, out))
     parts.append("<h2>Definitions</h2><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>"
                                                       for k, v in report["definitions"].items()) + "</ul>")
     parts.append(f"<h2>Summaries</h2><p class=note>The first {min(n_examples, report['posts']['n'])} posts.</p>"
@@ -376,3 +322,82 @@ def write_html(path: Path, report: dict[str, Any], out: Path, main: dict[str, An
         parts.append("<h3>CNN/DM</h3>" + examples_table(transfer, min(n_examples, 10), judges))
     parts.append("</body></html>\n")
     atomic_write_text(path, "\n".join(parts))
+
+
+# Each section below is a list of the page's parts, which write_html joins with newlines.
+
+def _heading(report: dict[str, Any]) -> list[str]:
+    return [f"<!doctype html><html><head><meta charset=utf-8><title>rlhflab eval report</title><style>{CSS}"
+            "</style></head><body>",
+            "<h1>Does the policy beat the humans' own TL;DRs?</h1>",
+            f"<p class=note>{e(report['posts']['n'])} posts from {e(report['posts']['file'])}; summaries "
+            f"{e(report['definitions']['sampling'])}, at most {e(report['settings']['max_new_tokens'])} new tokens; "
+            f"lengths in {e(report['definitions']['length_unit'])}.</p>"]
+
+
+def _judges_table(report: dict[str, Any]) -> list[str]:
+    parts = ["<h2>Judges</h2><table><tr><th>judge</th><th>kind</th><th>spec</th><th>note</th></tr>"]
+    for j in report["judges"]:
+        primary = " (primary)" if j["name"] == report["primary_judge"] else ""
+        parts.append(f"<tr><td>{e(j['name'])}{primary}</td><td>{e(j['kind'])}</td><td>{e(j['spec'])}</td>"
+                     f"<td>{e(j['note'])}</td></tr>")
+    return parts + ["</table>"]
+
+
+def _likert_section(lk: dict[str, Any]) -> list[str]:
+    axes = sorted({a for v in lk["per_policy"].values() for a in v})
+    parts = [f"<h2>Likert ratings (1–7)</h2><p class=note>{e(lk['n_matched'])} of {e(lk['n_ratings'])} "
+             f"ratings in {e(lk['file'])} matched a summary.</p><table><tr><th>policy</th>"
+             + "".join(f"<th>{e(a)}</th>" for a in axes) + "</tr>"]
+    for name, v in lk["per_policy"].items():
+        parts.append(f"<tr><td>{e(name)}</td>" + "".join(
+            f"<td class=num>{num(v[a]['mean'], 2)} (n={v[a]['n']})</td>" if a in v else "<td>—</td>"
+            for a in axes) + "</tr>")
+    return parts + ["</table>"]
+
+
+def _kl_curve_section(c: dict[str, Any], judges: list[dict[str, Any]], out: Path) -> list[str]:
+    parts = [f"<h2>Over-optimisation: reward and win rate against KL</h2><p class=note>{e(c['note'])}. "
+             f"PPO run {e(c['ppo_run'])}, {e(c['n_snapshots'])} snapshots.</p>" + image(out, "kl_curve"),
+             "<table><tr><th>update</th><th>KL</th><th>RM score</th><th>mean tokens</th>"
+             + "".join(f"<th>win rate [{e(j['name'])}]</th>" for j in judges) + "</tr>"]
+    for p in c["points"]:
+        parts.append(f"<tr><td>{e(p['update'])}</td><td class=num>{num(p['kl'], 2)}</td>"
+                     f"<td class=num>{num(p.get('reward_score'))}</td><td class=num>{num(p['mean_tokens'], 1)}</td>"
+                     + "".join(f"<td class=num>{ci(p['by_judge'][j['name']]['win_rate'], p['by_judge'][j['name']]['win_rate_ci'])}</td>"
+                               for j in judges) + "</tr>")
+    return parts + ["</table>"]
+
+
+def _best_of_n_section(b: dict[str, Any], out: Path) -> list[str]:
+    parts = [f"<h2>Best-of-N: win rate against N</h2><p class=note>{e(b['note'])}. Run {e(b['run'])}, "
+             f"{e(b['n_posts'])} posts.</p>" + image(out, "best_of_n"),
+             "<table><tr><th>N</th><th>KL bound</th><th>mean score</th><th>mean tokens</th>"
+             + "".join(f"<th>win rate [{e(j)}]</th>" for j in b["by_judge"]) + "</tr>"]
+    for i, k in enumerate(b["k"]):
+        parts.append(f"<tr><td>{k}</td><td class=num>{num(b['kl'][i], 2)}</td>"
+                     f"<td class=num>{num(b['mean_reward_score'][i])}</td><td class=num>{num(b['mean_tokens'][i], 1)}</td>"
+                     + "".join(f"<td class=num>{num(r['win_rate'][i])}</td>" for r in b["by_judge"].values())
+                     + "</tr>")
+    return parts + ["</table>"]
+
+
+def _rm_confidence_section(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    parts = ["<h2>Reward-model accuracy against labeler confidence</h2>" + image(out, "rm_confidence"),
+             "<table><tr><th>run</th><th>pairs</th><th>accuracy</th><th>longer wins</th>"
+             "<th>per confidence |c − 5|: accuracy (n) / longer wins</th></tr>"]
+    for r in runs:
+        per = "; ".join(f"{d}: {num(v['accuracy'])} ({v['n']}) / {num(v['length_baseline_accuracy'])}"
+                        for d, v in r["per_confidence"].items())
+        parts.append(f"<tr><td>{e(r['run'])}</td><td class=num>{e(r['n_pairs'])}</td>"
+                     f"<td class=num>{num(r['accuracy'])}</td><td class=num>{num(r['length_baseline_accuracy'])}</td>"
+                     f"<td>{e(per)}</td></tr>")
+    return parts + ["</table>"]
+
+
+def _transfer_section(tr: dict[str, Any], judges: list[dict[str, Any]], out: Path) -> str:
+    return (f"<h2>Zero-shot transfer to news (CNN/DM)</h2><p class=note>{e(tr['posts']['n'])} articles from "
+            f"{e(tr['posts']['file'])}, query <code>{{article}}\\n\\nTL;DR:</code> cut to "
+            f"{e(tr['posts']['max_query_tokens'])} tokens; the reference is the highlights; lead-3 is the "
+            "first three sentences.</p>" + policy_table(tr["policies"], judges, with_kl=False)
+            + image(out, "transfer"))
