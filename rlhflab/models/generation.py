@@ -11,12 +11,15 @@ embedded tokenizer has pad == eos.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from rlhflab.ops.ppo import entropy_from_logits, mask_after_eos
 
 
 @dataclass
@@ -82,6 +85,28 @@ def generate(
     stop_together(this_process_done) -> every process done: for processes running one sharded model on different
     rows, which must all run the same number of steps (each step gathers the model's layers from all of them).
     """
+    _check_generate_args(query_ids, max_new_tokens, n_per_query, temperature, row_seeds)
+    row_generators = None if row_seeds is None else [torch.Generator().manual_seed(s) for s in row_seeds]
+    pick = functools.partial(_pick, temperature=temperature, top_p=top_p, generator=generator,
+                             row_generators=row_generators)
+    eos_id, pad_id = _eos_id(tokenizer), tokenizer.pad_token_id
+    device = _device(model)
+    query_ids, query_mask = query_ids.to(device), query_mask.to(device).long()
+
+    # (1) the queries run once; with n_per_query = k each query's KV cache then serves its k rows (B -> B*k)
+    k = n_per_query
+    logits, cache, positions = _prefill(model, query_ids, query_mask, k)
+    query_ids, query_mask = query_ids.repeat_interleave(k, dim=0), query_mask.repeat_interleave(k, dim=0)
+    # (2) one token a step on the cache, until max_new_tokens or (stop_at_eos) every row has ended
+    tokens, logprobs = _decode(model, logits, cache, query_mask, positions, pick=pick, eos_id=eos_id,
+                               max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, stop_together=stop_together)
+    # (3) what follows a row's first EOS is padding
+    return _as_generation(query_ids, query_mask, torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1),
+                          eos_id, pad_id)
+
+
+def _check_generate_args(query_ids: Tensor, max_new_tokens: int, n_per_query: int, temperature: float,
+                         row_seeds: list[int] | None) -> None:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if n_per_query < 1:
@@ -90,63 +115,65 @@ def generate(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if row_seeds is not None and len(row_seeds) != query_ids.shape[0] * n_per_query:
         raise ValueError(f"row_seeds: {len(row_seeds)} seeds for {query_ids.shape[0] * n_per_query} rows")
-    row_generators = None if row_seeds is None else [torch.Generator().manual_seed(s) for s in row_seeds]
-    eos_id, pad_id = _eos_id(tokenizer), tokenizer.pad_token_id
-    device = _device(model)
-    query_ids, query_mask = query_ids.to(device), query_mask.to(device).long()
-    B = query_ids.shape[0]
 
-    mask = query_mask  # (B, T) grows by one column per step; generated tokens count as real while generating
-    positions = position_ids_from_mask(mask)  # (B, Tq)
-    input_ids, cache = query_ids, None
-    tokens, logprobs = [], []  # Tr tensors of (B,)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+
+def _prefill(model, query_ids: Tensor, query_mask: Tensor, k: int) -> tuple[Tensor, Any, Tensor]:
+    """(B, Tq) left-padded queries -> ((B*k, V) logits of the first new token, the KV cache of B*k rows, (B*k, Tq)
+    positions). k > 1 repeats each query's cache k times: best-of-N pays for one prefill per query, not k."""
+    positions = position_ids_from_mask(query_mask)  # (B, Tq)
+    out = model(input_ids=query_ids, attention_mask=query_mask, position_ids=positions, past_key_values=None,
+                use_cache=True, logits_to_keep=1)  # only the last position's logits: (B, 1, V)
+    cache, logits = out.past_key_values, out.logits[:, -1, :].float()  # (B, V)
+    if k > 1:
+        cache.batch_repeat_interleave(k)
+        logits, positions = logits.repeat_interleave(k, dim=0), positions.repeat_interleave(k, dim=0)
+    return logits, cache, positions
+
+
+def _decode(model, logits: Tensor, cache: Any, mask: Tensor, positions: Tensor, *,
+            pick: Callable[[Tensor], tuple[Tensor, Tensor]], eos_id: int, max_new_tokens: int, stop_at_eos: bool,
+            stop_together: Callable[[bool], bool] | None) -> tuple[list[Tensor], list[Tensor]]:
+    """Sample from (B, V) `logits`, feed the token back, repeat -> Tr tokens and Tr log-probs, each (B,).
+
+    `mask` (B, T) grows by one column a step: generated tokens count as real while generating (also after EOS).
+    """
+    B = logits.shape[0]
+    tokens, logprobs = [], []
+    done = torch.zeros(B, dtype=torch.bool, device=logits.device)  # (B,) has the row produced EOS
     for step in range(max_new_tokens):
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)  # only the last position's logits: (B, 1, V)
-        cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()  # (B, V)
-        if step == 0 and n_per_query > 1:  # after the shared prefill: B queries -> B*k rows
-            k = n_per_query
-            cache.batch_repeat_interleave(k)
-            logits = logits.repeat_interleave(k, dim=0)  # (B*k, V)
-            mask, positions = mask.repeat_interleave(k, dim=0), positions.repeat_interleave(k, dim=0)
-            query_ids, query_mask = query_ids.repeat_interleave(k, dim=0), query_mask.repeat_interleave(k, dim=0)
-            B = B * k
-            done = done.repeat_interleave(k, dim=0)
-        token, logprob = _pick(logits, temperature, top_p, generator, row_generators)
+        token, logprob = pick(logits)  # (B,), (B,)
         tokens.append(token)
         logprobs.append(logprob)
         done = done | (token == eos_id)
         if stop_at_eos:
             finished = bool(done.all())
-            if stop_together is not None:
+            if stop_together is not None:  # every process calls it at every step: it is a collective
                 finished = stop_together(finished)
             if finished:
                 break
-        input_ids = token[:, None]  # (B, 1)
+        if step == max_new_tokens - 1:
+            break
         positions = positions[:, -1:] + 1  # (B, 1)
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        cache, logits = out.past_key_values, out.logits[:, -1, :].float()  # (B, V)
+    return tokens, logprobs
 
-    response = torch.stack(tokens, dim=1)  # (B, Tr)
-    response_mask = first_eos_mask(response, eos_id)  # (B, Tr)
+
+def _as_generation(query_ids: Tensor, query_mask: Tensor, response: Tensor, logprobs: Tensor, eos_id: int,
+                   pad_id: int) -> Generation:
+    """(B, Tq) queries and (B, Tr) sampled tokens and log-probs -> a Generation, tokens after the first EOS padded."""
+    response_mask = mask_after_eos(response, eos_id)  # (B, Tr)
     response = response.masked_fill(~response_mask, pad_id)
-    logprob_t = torch.stack(logprobs, dim=1).masked_fill(~response_mask, 0.0)  # (B, Tr)
     return Generation(
         query_response=torch.cat([query_ids, response], dim=1),
         attention_mask=torch.cat([query_mask, response_mask.long()], dim=1),
         response=response,
-        logprobs=logprob_t,
+        logprobs=logprobs.masked_fill(~response_mask, 0.0),
         response_mask=response_mask,
         eos=(response == eos_id).logical_and(response_mask).any(dim=1),
     )
-
-
-def first_eos_mask(response: Tensor, eos_id: int) -> Tensor:
-    """(B, Tr) ids -> (B, Tr) bool, True up to and including the first EOS (all True when there is none)."""
-    is_eos = (response == eos_id).long()  # (B, Tr)
-    eos_before = is_eos.cumsum(dim=1) - is_eos  # how many EOS strictly before each position
-    return eos_before == 0
 
 
 def response_logprobs(model, query_response: Tensor, attention_mask: Tensor, query_len: int,
@@ -178,9 +205,7 @@ def response_logprobs_and_entropy(model, query_response: Tensor, attention_mask:
     # gather - logsumexp instead of log_softmax: no second (B, Tr, V) tensor, which dominates memory at V=49152
     logz = torch.logsumexp(logits, dim=-1)  # (B, Tr)
     token_logp = logits.gather(-1, response[..., None]).squeeze(-1) - logz  # (B, Tr)
-    ent = None
-    if entropy:
-        ent = (logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)).masked_fill(masked, 0.0)  # (B, Tr)
+    ent = entropy_from_logits(logits, logz).masked_fill(masked, 0.0) if entropy else None  # (B, Tr)
     return token_logp.masked_fill(masked, 0.0), ent
 
 

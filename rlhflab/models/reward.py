@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from rlhflab.core.rundir import RunDir, RunError, atomic_path, is_run_dir
 from rlhflab.data.format import format_query, format_reference
 from rlhflab.data.records import Post
+from rlhflab.models.device import autocast
 from rlhflab.models.generation import position_ids_from_mask
 from rlhflab.models.loading import ModelLoadError, load_model, save_model
 
@@ -165,7 +166,7 @@ class RewardModel(nn.Module):
         out = []
         for i in range(0, len(seqs), batch_size):
             ids, mask = pad_sequences(seqs[i : i + batch_size], self.tokenizer.pad_token_id)
-            with autocast(bf16, device.type):
+            with autocast(device, bf16):
                 out.append(self(ids.to(device), mask.to(device)).cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -182,7 +183,7 @@ class RewardModel(nn.Module):
         per = max(1, batch_size // k)
         out = []
         for i in range(0, m, per):
-            with autocast(bf16, device.type):
+            with autocast(device, bf16):
                 out.append(self.forward_groups(query_ids[i : i + per], response_ids[i * k : (i + per) * k], k).cpu())
         return torch.cat(out) if out else torch.zeros(0, k)
 
@@ -229,12 +230,6 @@ def encode_response(tokenizer, text: str, *, eos: bool = True, max_tokens: int |
     Cut to `max_tokens` (a cut summary loses its EOS, like the SFT targets)."""
     ids = tokenizer.encode(format_reference(text, tokenizer.eos_token if eos else ""), add_special_tokens=False)
     return ids[:max_tokens] if max_tokens else ids
-
-
-def autocast(bf16: bool, device_type: str = "cpu"):
-    import contextlib
-
-    return torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def new_reward_model(spec: str, *, max_query_tokens: int = 512, max_response_tokens: int = 64, seed: int = 0,

@@ -147,9 +147,12 @@ def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Te
     return loss, {"clipfrac": clipfrac}
 
 
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """(..., V) logits -> (...) entropy of softmax(logits), without materialising log_softmax twice."""
-    logz = torch.logsumexp(logits, dim=-1)  # (...)
+def entropy_from_logits(logits: Tensor, logz: Tensor | None = None) -> Tensor:
+    """(..., V) logits -> (...) entropy of softmax(logits), without materialising log_softmax twice.
+
+    `logz` (...), the logits' logsumexp, when the caller has it already (one (..., V) pass less)."""
+    if logz is None:
+        logz = torch.logsumexp(logits, dim=-1)  # (...)
     probs = torch.softmax(logits, dim=-1)
     return logz - (probs * logits).sum(dim=-1)
 

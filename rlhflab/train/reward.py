@@ -42,13 +42,8 @@ from rlhflab.data.loaders import load_comparisons, load_posts
 from rlhflab.data.records import Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
-from rlhflab.models.reward import (
-    RewardModel,
-    autocast,
-    new_reward_model,
-    normalise,
-    save_reward_model,
-)
+from rlhflab.models.device import autocast
+from rlhflab.models.reward import RewardModel, new_reward_model, normalise, save_reward_model
 from rlhflab.ops.losses import confidence_preference_loss, preference_accuracy, preference_loss
 from rlhflab.train.common import (
     OptimConfig,
@@ -167,7 +162,7 @@ def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_q
                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(r_chosen (m,), r_rejected (m,), tokens processed) of one micro batch: chosen and rejected together —
     the query once and both summaries on its cache (share_query), or one forward of the 2m full sequences."""
-    with autocast(bf16, rm.head.weight.device.type):
+    with autocast(rm.head.weight.device, bf16):
         r_chosen, r_rejected = rm.forward_pairs([p.query_ids for p in pairs], [p.chosen_ids for p in pairs],
                                                 [p.rejected_ids for p in pairs], share_query=share_query)
     per_query = 1 if share_query else 2

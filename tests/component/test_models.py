@@ -11,12 +11,12 @@ from rlhflab.core.rundir import RunError
 from rlhflab.models import loading
 from rlhflab.models.generation import (
     decode_responses,
-    first_eos_mask,
     generate,
     pad_queries,
     response_logprobs,
 )
 from rlhflab.models.loading import ModelLoadError, load_model, save_model, tiny_model_and_tokenizer
+from rlhflab.ops.ppo import mask_after_eos
 
 TEXTS = ["hello world", " Héllo\n\n  wörld 日本 😀\t", "SUBREDDIT: r/AskReddit\n\nTITLE: x\n\nPOST: y\n\nTL;DR:", ""]
 
@@ -63,9 +63,9 @@ def test_pad_queries_left_pads():
     assert mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
 
 
-def test_first_eos_mask():
+def test_first_eos_mask():  # generation masks responses with ops.ppo's mask_after_eos
     r = torch.tensor([[5, 9, 6, 9], [5, 5, 5, 5], [9, 1, 2, 3]])
-    assert first_eos_mask(r, 9).tolist() == [[True, True, False, False], [True] * 4, [True, False, False, False]]
+    assert mask_after_eos(r, 9).tolist() == [[True, True, False, False], [True] * 4, [True, False, False, False]]
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
