@@ -74,10 +74,7 @@ class RewardModel(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
         """(B, T) ids and mask (any padding side) -> (B,) float32 scores. `inputs_embeds` (B, T, H), when given,
         is fed instead of the ids (frozen lower layers' output, see models/trunk.py)."""
-        position_ids = position_ids_from_mask(attention_mask)  # (B, T)
-        hidden = self.lm.base_model(input_ids=None if inputs_embeds is not None else input_ids,
-                                    inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                    position_ids=position_ids).last_hidden_state  # (B, T, H)
+        hidden = backbone_states(self.lm, input_ids, attention_mask, inputs_embeds)  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
         h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         return self.head(h_last).squeeze(-1).float() + self.bias  # (B,)
@@ -87,10 +84,7 @@ class RewardModel(nn.Module):
         """(B, T) ids and mask -> (B, T - first) float32 scores at every position from `first` on: PPO's value
         model is a reward model read at every token (V_t = the score of the prefix ending at t). `inputs_embeds`
         (B, T, H), when given, is fed instead of the ids (frozen lower layers' output, see models/trunk.py)."""
-        position_ids = position_ids_from_mask(attention_mask)  # (B, T)
-        hidden = self.lm.base_model(input_ids=None if inputs_embeds is not None else input_ids,
-                                    inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                    position_ids=position_ids).last_hidden_state  # (B, T, H)
+        hidden = backbone_states(self.lm, input_ids, attention_mask, inputs_embeds)  # (B, T, H)
         return self.head(hidden[:, first:]).squeeze(-1).float() + self.bias  # (B, T - first)
 
     def forward_pairs(self, query_ids: Sequence[Sequence[int]], chosen_ids: Sequence[Sequence[int]],
@@ -124,8 +118,7 @@ class RewardModel(nn.Module):
         queries are long (RM pairs: k = 2; best-of-N: k = N).
         """
         m = len(query_ids)
-        if len(response_ids) != m * k:
-            raise ValueError(f"{m} queries x k={k} needs {m * k} responses, got {len(response_ids)}")
+        check_group_sizes(m, len(response_ids), k)
         device = self.head.weight.device
         pad = self.tokenizer.pad_token_id
         q_ids, q_mask = pad_sequences(query_ids, pad, side="left")  # (m, Tq)
@@ -177,8 +170,7 @@ class RewardModel(nn.Module):
         each query run once (`forward_groups`). `batch_size` counts responses: max(1, batch_size // k) queries a
         forward."""
         m = len(query_ids)
-        if len(response_ids) != m * k:
-            raise ValueError(f"{m} queries x k={k} needs {m * k} responses, got {len(response_ids)}")
+        check_group_sizes(m, len(response_ids), k)
         device = next(self.parameters()).device
         per = max(1, batch_size // k)
         out = []
@@ -201,6 +193,21 @@ class RewardModel(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ functions
+
+def backbone_states(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, inputs_embeds: Tensor | None = None
+                    ) -> Tensor:
+    """(B, T) ids and mask -> (B, T, H) last hidden states of `lm`'s backbone, positions from the mask (any padding
+    side). `inputs_embeds` (B, T, H), when given, is fed instead of the ids."""
+    return lm.base_model(input_ids=None if inputs_embeds is not None else input_ids, inputs_embeds=inputs_embeds,
+                         attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+                         ).last_hidden_state
+
+
+def check_group_sizes(n_queries: int, n_responses: int, k: int) -> None:
+    """k responses to each query: response i*k … i*k+k-1 answer query i."""
+    if n_responses != n_queries * k:
+        raise ValueError(f"{n_queries} queries x k={k} needs {n_queries * k} responses, got {n_responses}")
+
 
 def last_token_index(attention_mask: Tensor) -> Tensor:
     """(B, T) mask -> (B,) index of the last 1 in each row (works for left and right padding)."""
