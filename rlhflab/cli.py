@@ -25,7 +25,7 @@ STAGES = {
     "score": ("rlhflab.eval.score", "ScoreConfig", "score", "add reward-model scores to a samples file"),
     "ppo": ("rlhflab.train.ppo", "PPOConfig", "train",
             "optimise a policy against a reward model with PPO and a KL penalty to the SFT model"),
-    "best-of-n": ("rlhflab.train.best_of_n", "BestOfNConfig", "best_of_n",
+    "best-of-n": ("rlhflab.eval.best_of_n", "BestOfNConfig", "best_of_n",
                   "sample N summaries per post, keep the one the reward model scores highest"),
     "simulate-labels": ("rlhflab.eval.simulate", "SimulateConfig", "simulate",
                         "answer comparison tasks with a judge (e.g. a gold RM) and a noise model, like a labeler"),

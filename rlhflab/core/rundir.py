@@ -116,16 +116,11 @@ class RunDir:
             f.flush()
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a torn last line from a killed run
-                    break
-        return rows
+        """The logged rows; a torn last line from a killed run is left out (and left in the file for
+        `truncate_metrics`: reading another run's metrics never changes them)."""
+        from rlhflab.core.appendlog import read_complete
+
+        return read_complete(self.metrics_path).rows
 
     def truncate_metrics(self, last_step: int) -> None:
         """On resume: drop metric rows logged after the checkpoint we resume from."""

@@ -1,9 +1,9 @@
 """Append-only JSONL caches inside an eval run directory: what an interrupted `rlhflab eval` keeps.
 
-Rows are appended a batch at a time. A run killed mid-write leaves at most one torn last line; `read_rows` drops
-it (and rewrites the file without it, atomically), so the next append starts on a clean line and nothing already
-computed is computed again. The run directory's config check (`RunDir.start`) guarantees that a resumed eval has
-the same settings, so cached rows are always valid for it.
+Rows are appended a batch at a time (`rlhflab.data.resumable`). A run killed mid-write leaves at most one torn
+last line; `read_rows` drops it (and rewrites the file without it, atomically), so the next append starts on a
+clean line and nothing already computed is computed again. The run directory's config check (`RunDir.start`)
+guarantees that a resumed eval has the same settings, so cached rows are always valid for it.
 """
 
 from __future__ import annotations
@@ -11,41 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from rlhflab.core.rundir import atomic_write_text
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSONL file up to the first line that does not parse (a torn last line), which is removed."""
-    if not path.exists():
-        return []
-    text = path.read_text()
-    rows, good = [], []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if not isinstance(row, dict):
-            break
-        rows.append(row)
-        good.append(line)
-    clean = "".join(line + "\n" for line in good)
-    if clean != text:
-        atomic_write_text(path, clean)
-    return rows
-
-
-def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    if data:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
+from rlhflab.data.resumable import append_rows, read_rows
 
 
 def slug(text: str, max_len: int = 48) -> str:

@@ -7,7 +7,6 @@ it stopped and never writes a summary twice.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_query
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.records import Post, Sample
+from rlhflab.data.resumable import ResumableRows, pending_batches
 from rlhflab.models.device import autocast, resolve_device
 from rlhflab.models.generation import generate, pad_queries
 from rlhflab.models.loading import load_model
@@ -57,22 +57,6 @@ def policy_name(cfg: SampleConfig) -> str:
     return path.name if path.exists() else cfg.model
 
 
-def done_keys(path: Path) -> set[tuple[str, int]]:
-    """(post_id, index) pairs already written; a torn last line (killed mid-write) is dropped."""
-    if not path.exists():
-        return set()
-    keys, good = set(), []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        keys.add((row["post_id"], row["index"]))
-        good.append(line)
-    path.write_text("".join(line + "\n" for line in good))
-    return keys
-
-
 def sample(cfg: SampleConfig, out: str) -> dict:
     run = RunDir(out)
     if run.is_done():
@@ -80,36 +64,31 @@ def sample(cfg: SampleConfig, out: str) -> dict:
     run.start("sample", cfg)
     seed_everything(cfg.seed)
     t_start = time.time()
-    samples_path = run.path / "samples.jsonl"
-    done = done_keys(samples_path)
+    written = ResumableRows(run.path / "samples.jsonl", key=lambda r: (r["post_id"], r["index"]), ascii_only=True)
 
     model, tokenizer = load_model(cfg.model, allow_partial=cfg.allow_partial)
     model.to(resolve_device(cfg.device)).eval()
     limit = None if cfg.limit is None else cfg.offset + cfg.limit
     posts: list[Post] = list(load_posts(cfg.posts, format=cfg.format, limit=limit))[cfg.offset :]
     name = policy_name(cfg)
-    todo = [(p, i) for p in posts for i in range(cfg.n) if (p.id, i) not in done]
+    work = [(p, i) for p in posts for i in range(cfg.n)]  # the full, fixed order the batches are cut from
     log.info("sample: %d posts × %d = %d summaries by %s (%d already written)",
-             len(posts), cfg.n, len(posts) * cfg.n, name, len(done))
+             len(posts), cfg.n, len(work), name, len(written))
 
-    n_eos = 0
-    bar = tqdm(total=len(posts) * cfg.n, initial=len(done), desc="sample", unit="summary", dynamic_ncols=True)
-    for start in range(0, len(todo), cfg.batch_size):
-        chunk = todo[start : start + cfg.batch_size]
-        # A generator seeded per batch position keeps sampled runs reproducible across resumes.
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + len(done) + start)
-        rows = sample_batch(model, tokenizer, chunk, name, cfg, generator)
-        n_eos += sum(r.eos for r in rows)
-        with open(samples_path, "a") as f:
-            f.write("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
-        bar.update(len(rows))
+    bar = tqdm(total=len(work), initial=len(written), desc="sample", unit="summary", dynamic_ncols=True)
+    for batch in pending_batches(work, cfg.batch_size, lambda item: (item[0].id, item[1]) in written):
+        # A partly written batch is sampled again whole, with the seed of its place in `work`: the same rows as
+        # an uninterrupted run; only the missing ones are written.
+        generator = torch.Generator().manual_seed(batch.seed(cfg.seed))
+        fresh = written.add(r.to_dict() for r in sample_batch(model, tokenizer, batch.items, name, cfg, generator))
+        bar.update(len(fresh))
     bar.close()
 
-    written = [json.loads(line) for line in samples_path.read_text().splitlines()] if samples_path.exists() else []
-    summary = {"stage": "sample", "policy": name, "n_samples": len(written), "wall_s": time.time() - t_start,
-               "mean_tokens": sum(r["n_tokens"] for r in written) / max(len(written), 1),
-               "eos_rate": sum(r["eos"] for r in written) / max(len(written), 1),
-               "samples": str(samples_path)}
+    rows = list(written.rows.values())
+    summary = {"stage": "sample", "policy": name, "n_samples": len(rows), "wall_s": time.time() - t_start,
+               "mean_tokens": sum(r["n_tokens"] for r in rows) / max(len(rows), 1),
+               "eos_rate": sum(r["eos"] for r in rows) / max(len(rows), 1),
+               "samples": str(written.path)}
     run.write_done(summary)
     return summary
 

@@ -16,7 +16,7 @@ from rlhflab.core.rundir import RunError  # noqa: E402
 from rlhflab.models.generation import generate, pad_queries  # noqa: E402
 from rlhflab.models.loading import ModelLoadError, save_model, tiny_model_and_tokenizer  # noqa: E402
 from rlhflab.models.reward import load_reward_model, new_reward_model  # noqa: E402
-from rlhflab.train.best_of_n import (  # noqa: E402
+from rlhflab.eval.best_of_n import (  # noqa: E402
     BestOfNConfig,
     best_index,
     best_of_n,

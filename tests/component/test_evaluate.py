@@ -74,7 +74,7 @@ def world(tmp_path_factory):
         save_model(*tiny_model_and_tokenizer(seed=seed), where)
     (ppo / "DONE.json").write_text(json.dumps({"stage": "ppo", "updates": 2}))
 
-    from rlhflab.train.best_of_n import BestOfNConfig, best_of_n
+    from rlhflab.eval.best_of_n import BestOfNConfig, best_of_n
 
     best_of_n(BestOfNConfig(model="tiny", reward=str(root / "rm"), posts=str(posts), n=4, temperature=1.0,
                             max_query_tokens=400, max_new_tokens=8, batch_size=2, write_all=True, device="cpu"),

@@ -18,7 +18,6 @@ score, so a truncated text cannot win (the paper's PPO gives such responses a fi
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -33,15 +32,13 @@ from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_query
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.records import Post, Sample
+from rlhflab.data.resumable import ResumableRows, append_rows, dumps_rows, pending_batches, read_rows
 from rlhflab.models.device import autocast, resolve_device
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model
 from rlhflab.models.reward import RewardModel, load_reward_model
 
 log = get_logger(__name__)
-
-SEED_STRIDE = 1_000_003  # the batch generator's seed is seed * SEED_STRIDE + index of the batch's first post
-
 
 @dataclass
 class BestOfNConfig:
@@ -113,37 +110,17 @@ def expected_best_of_k(scores: list[float], k: int) -> float:
     return sum(s * math.comb(i, k - 1) for i, s in enumerate(ordered) if i >= k - 1) / total
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSONL file up to the first line that does not parse (a torn last line); the file is rewritten
-    without it (atomically), so later appends start on a clean line."""
-    if not path.exists():
-        return []
-    rows, good = [], []
-    text = path.read_text()
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good.append(line)
-    clean = "".join(line + "\n" for line in good)
-    if clean != text:
-        atomic_write_text(path, clean)
-    return rows
-
-
-def resume_state(samples_path: Path, candidates_path: Path | None) -> set[str]:
-    """Post ids already written. A post's candidates are written before its sample, so candidates of posts that
-    have no sample yet (an interrupted batch) are dropped here and written again with the batch."""
-    done: set[str] = set()
-    for row in read_rows(samples_path):
-        if row["post_id"] in done:
-            raise RunError(f"{samples_path}: post {row['post_id']} is written twice")
-        done.add(row["post_id"])
+def resume_state(samples_path: Path, candidates_path: Path | None) -> ResumableRows[str]:
+    """The samples already written, by post id. A post's candidates are written before its sample, so
+    candidates of posts that have no sample yet (an interrupted batch) are dropped here and written again with
+    the batch."""
+    written = ResumableRows(samples_path, key=lambda r: r["post_id"], ascii_only=True)
+    if written.repeated is not None:
+        raise RunError(f"{samples_path}: post {written.repeated} is written twice")
     if candidates_path is not None and candidates_path.exists():
-        rows = [r for r in read_rows(candidates_path) if r["post_id"] in done]
-        atomic_write_text(candidates_path, "".join(json.dumps(r) + "\n" for r in rows))
-    return done
+        kept = [r for r in read_rows(candidates_path) if r["post_id"] in written]
+        atomic_write_text(candidates_path, dumps_rows(kept, ascii_only=True))
+    return written
 
 
 def best_of_n(cfg: BestOfNConfig, out: str, stop_after: int | None = None) -> dict:
@@ -166,41 +143,34 @@ def best_of_n(cfg: BestOfNConfig, out: str, stop_after: int | None = None) -> di
     t_start = time.time()
     samples_path = run.path / "samples.jsonl"
     candidates_path = run.path / "candidates.jsonl" if cfg.write_all else None
-    done = resume_state(samples_path, candidates_path)
+    written = resume_state(samples_path, candidates_path)
 
     posts = unique_posts(list(load_posts(cfg.posts, format=cfg.format, limit=cfg.limit)))
     name, base = policy_name(cfg), base_policy_name(cfg.model)
     log.info("best-of-n: %d posts × n=%d by %s, scored by %s (%d posts already written)",
-             len(posts), cfg.n, base, cfg.reward, len(done))
+             len(posts), cfg.n, base, cfg.reward, len(written))
 
     n_generated, t_gen, batches = 0, 0.0, 0
-    bar = tqdm(total=len(posts), initial=sum(p.id in done for p in posts), desc="best-of-n", unit="post",
+    bar = tqdm(total=len(posts), initial=sum(p.id in written for p in posts), desc="best-of-n", unit="post",
                dynamic_ncols=True)
-    for start in range(0, len(posts), cfg.batch_size):
-        chunk = posts[start : start + cfg.batch_size]
-        missing = [b for b, p in enumerate(chunk) if p.id not in done]
-        if not missing:
-            continue
+    for batch in pending_batches(posts, cfg.batch_size, lambda p: p.id in written):
         if stop_after is not None and batches >= stop_after:
             bar.close()
             return {"stopped_at": batches}
         # The whole fixed batch is sampled again even when only part of it is missing: the same rows with the
         # same generator give the same samples as an uninterrupted run.
-        generator = torch.Generator().manual_seed(cfg.seed * SEED_STRIDE + start)
+        generator = torch.Generator().manual_seed(batch.seed(cfg.seed))
         t0 = time.time()
-        candidates = sample_and_score(model, tokenizer, rm, chunk, cfg, generator, base)
+        candidates = sample_and_score(model, tokenizer, rm, batch.items, cfg, generator, base)
         t_gen += time.time() - t0
-        n_generated += len(chunk) * cfg.n
+        n_generated += len(batch.items) * cfg.n
         batches += 1
-        chosen = [pick_best(chunk[b], candidates[b], name, cfg) for b in missing]
+        missing = [b for b, p in enumerate(batch.items) if p.id not in written]
         if candidates_path is not None:
-            with open(candidates_path, "a") as f:
-                f.write("".join(json.dumps(c.to_dict()) + "\n" for b in missing for c in candidates[b]))
-        with open(samples_path, "a") as f:
-            f.write("".join(json.dumps(s.to_dict()) + "\n" for s in chosen))
-        done.update(chunk[b].id for b in missing)
-        bar.update(len(missing))
-        bar.set_postfix(best=f"{sum(s.score for s in chosen) / len(chosen):.3f}")
+            append_rows(candidates_path, (c.to_dict() for b in missing for c in candidates[b]), ascii_only=True)
+        chosen = written.add(pick_best(batch.items[b], candidates[b], name, cfg).to_dict() for b in missing)
+        bar.update(len(chosen))
+        bar.set_postfix(best=f"{sum(s['score'] for s in chosen) / len(chosen):.3f}")
     bar.close()
 
     summary = summarise(cfg, samples_path, candidates_path, name, base)
