@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from rlhflab.models.device import resolve_device
+from rlhflab.models.generation import Generation
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,28 @@ def pad_and_gather_rows(t: torch.Tensor, procs: Processes, pad: float | int, lef
 
     padded = pad_across_processes(t.to(procs.device), dim=1, pad_index=pad, pad_first=left)
     return gather_rows(padded, procs).to(t.device)
+
+
+def rows_of(gen: Generation, rows: slice) -> Generation:
+    """Some rows of a rollout, in its layout (same widths)."""
+    return Generation(gen.query_response[rows], gen.attention_mask[rows], gen.response[rows], gen.logprobs[rows],
+                      gen.response_mask[rows], gen.eos[rows])
+
+
+def gather_generation(gen: Generation, pad_id: int, procs: Processes) -> Generation:
+    """Every process's rows, in rank order, padded to the widest query (on the left) and the longest response (on
+    the right) of any process — the layout one process sampling all rows would have produced."""
+    if procs.world_size == 1:
+        return gen
+    query_len = gen.query_response.shape[1] - gen.response.shape[1]
+    query = pad_and_gather_rows(gen.query_response[:, :query_len], procs, pad_id, left=True)
+    query_mask = pad_and_gather_rows(gen.attention_mask[:, :query_len], procs, 0, left=True)
+    response = pad_and_gather_rows(gen.response, procs, pad_id)
+    response_mask = pad_and_gather_rows(gen.response_mask.long(), procs, 0).bool()
+    return Generation(query_response=torch.cat([query, response], dim=1),
+                      attention_mask=torch.cat([query_mask, response_mask.long()], dim=1),
+                      response=response, logprobs=pad_and_gather_rows(gen.logprobs, procs, 0.0),
+                      response_mask=response_mask, eos=gather_rows(gen.eos, procs))
 
 
 def gather_objects(items: list[Any], procs: Processes) -> list[Any]:

@@ -25,7 +25,6 @@ batches of the whole minibatch and the gradients are summed. Only the main proce
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 import time
@@ -43,16 +42,10 @@ from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_query
 from rlhflab.data.loaders import load_posts
 from rlhflab.models.device import autocast
-from rlhflab.models.generation import (
-    Generation,
-    decode_responses,
-    generate,
-    pad_queries,
-    response_logprobs_and_entropy,
-)
+from rlhflab.models.generation import Generation, decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model, save_model
-from rlhflab.models.trunk import lower_hidden, split_matches_full, upper_layers
 from rlhflab.models.reward import NotARewardModelError, RewardModel, load_reward_model, new_reward_model
+from rlhflab.models.trunk import LayerReuse, RolloutStates, lower_layers_equal, split_matches_full
 from rlhflab.ops.ppo import (
     gae,
     kl_penalised_rewards,
@@ -80,10 +73,11 @@ from rlhflab.train.distributed import (
     check_divides,
     clip_grad_norm,
     full_state_dict,
+    gather_generation,
     gather_rows,
     gathered,
-    pad_and_gather_rows,
     processes,
+    rows_of,
     shard_layers,
     share,
     sum_across,
@@ -93,6 +87,8 @@ from rlhflab.train.distributed import (
 log = get_logger(__name__)
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+
+
 
 
 @dataclass
@@ -160,23 +156,41 @@ class PPOConfig:
     allow_partial: bool = False
 
 
+
 @dataclass
 class Rollout:
     """One update's episodes, all (R, ...) tensors on the training device; T = response tokens."""
-    query_response: torch.Tensor  # (R, Tq+T)
-    attention_mask: torch.Tensor  # (R, Tq+T)
-    query_len: int
+    states: RolloutStates  # the episodes' ids and mask, and the frozen-layer states every PPO epoch reads
     mask: torch.Tensor  # (R, T) bool: real response tokens
     logprobs: torch.Tensor  # (R, T) old policy log-probs
     ref_logprobs: torch.Tensor  # (R, T)
     values: torch.Tensor  # (R, T) old values
     advantages: torch.Tensor  # (R, T)
     returns: torch.Tensor  # (R, T)
-    policy_hidden: torch.Tensor | None = None  # (R, Tq+T, H) output of the policy's frozen lower layers, or None
-    value_hidden: torch.Tensor | None = None  # (R, Tq+T, H) the same for the value model
+
+
+@dataclass
+class PPOModels:
+    policy: torch.nn.Module  # trained
+    reference: torch.nn.Module | None  # frozen SFT model; None with LoRA: the policy with its adapters off
+    value_model: RewardModel  # trained
+    reward: RewardModel | RewardFn  # frozen
+    tokenizer: Any
+    reuse: LayerReuse  # which forwards read frozen-layer states computed once per rollout
 
 
 # ------------------------------------------------------------------------------------------------ models
+
+def load_models(cfg: PPOConfig, reward_fn: RewardFn | None, procs: Processes) -> PPOModels:
+    policy, reference, tokenizer = load_policy_and_reference(cfg, procs.device)
+    reward = load_reward(cfg, reward_fn, procs.device)
+    value_model = load_value_model(cfg, procs.device)
+    reuse = plan_reuse(cfg, policy, reference, value_model, reward, tokenizer)
+    if shard_layers(policy, procs) + shard_layers(value_model, procs):
+        log.info("FSDP: the policy's and value model's decoder layers sharded across %d processes (reference and "
+                 "reward model whole)", procs.world_size)
+    return PPOModels(policy, reference, value_model, reward, tokenizer, reuse)
+
 
 def load_policy_and_reference(cfg: PPOConfig, device: torch.device):
     """(policy, reference or None, tokenizer). With LoRA the reference is the policy with its adapters off."""
@@ -220,28 +234,46 @@ def load_value_model(cfg: PPOConfig, device: torch.device) -> RewardModel:
     return value.to(device).train()
 
 
+def plan_reuse(cfg: PPOConfig, policy, reference, value_model: RewardModel, reward, tokenizer) -> LayerReuse:
+    """Run the frozen lower layers once per rollout when the models split cleanly there (same math). The
+    reference reads the policy's states unless the policy started elsewhere (`policy_init`) with other lower
+    layers; the RM reads the value model's when it is the RM the value model started as."""
+    if not (cfg.reuse_frozen and cfg.freeze_layers and cfg.lora.r == 0):
+        return LayerReuse()
+    n = cfg.freeze_layers
+    try:
+        ok = all(split_matches_full(m, n, policy.config.vocab_size) for m in (policy, value_model.lm))
+    except TypeError:  # no .layers/.norm decoder
+        ok = False
+    if not ok:
+        log.warning("reuse_frozen: this architecture does not split cleanly at layer %d; running every layer "
+                    "in every PPO epoch", n)
+        return LayerReuse()
+    log.info("the frozen lower %d layers run once per rollout (policy, reference and value model)", n)
+    reward_reads_value = (isinstance(reward, RewardModel) and reward.tokenizer.get_vocab() == tokenizer.get_vocab()
+                          and lower_layers_equal(value_model.lm, reward.lm, n))
+    if reward_reads_value:
+        log.info("the reward model shares the value model's frozen lower %d layers (the value model started as "
+                 "it)", n)
+    reference_reads_policy = reference is None or not cfg.policy_init or lower_layers_equal(policy, reference, n)
+    return LayerReuse(n, reference_reads_policy, reward_reads_value)
+
+
 # ------------------------------------------------------------------------------------------------ phases
 
 def score_responses(reward, tokenizer, queries: list[list[int]], gen: Generation, cfg: PPOConfig,
-                    texts: tuple[list[str], list[str]], shared: tuple[torch.Tensor, int] | None = None
-                    ) -> torch.Tensor:
-    """(R,) float32 scores of the responses (response tokens up to and including EOS). `shared` = (the value
-    model's frozen-layer states, N): the RM has the same lower N layers, so it runs only its upper ones on them."""
+                    texts: tuple[list[str], list[str]], states: RolloutStates | None = None) -> torch.Tensor:
+    """(R,) float32 scores of the responses (response tokens up to and including EOS). `states`: the value
+    model's frozen-layer states of these rows, when the RM has the same lower layers (it runs only its upper
+    ones on them, in the rollout's layout)."""
     if not isinstance(reward, RewardModel):
         scores = torch.tensor([float(x) for x in reward(*texts)], dtype=torch.float32)
         if scores.shape != (len(queries),):
             raise ValueError(f"the reward callable returned {tuple(scores.shape)} scores for {len(queries)} "
                              "responses")
         return scores
-    if shared is not None:
-        hidden, n_frozen = shared
-        qlen = gen.query_response.shape[1] - gen.response.shape[1]
-
-        def run(s):  # the rollout's own layout: the RM reads the last real token, i.e. the EOS if there is one
-            q, a, _ = trim_left(gen.query_response[s], gen.attention_mask[s], qlen)
-            with autocast(q.device, cfg.bf16), upper(reward.lm, n_frozen):
-                return reward(q, a, inputs_embeds=slice_hidden(hidden, s, q.shape[1], reward.lm))
-        return forward_in_chunks(run, len(queries), cfg.score_batch_size).cpu()
+    if states is not None:
+        return states.in_chunks(lambda mb: mb.scores(reward, "value"), cfg.score_batch_size, cfg.bf16).cpu()
     responses = [gen.response[b, : int(gen.response_mask[b].sum())].tolist() for b in range(len(queries))]
     if reward.tokenizer.get_vocab() != tokenizer.get_vocab():  # a different tokenizer: go through the text
         return reward.score(texts[0], texts[1], eos=gen.eos.tolist(), batch_size=cfg.score_batch_size,
@@ -249,144 +281,45 @@ def score_responses(reward, tokenizer, queries: list[list[int]], gen: Generation
     return reward.score_ids(queries, responses, batch_size=cfg.score_batch_size, bf16=cfg.bf16)
 
 
-@torch.no_grad()
-def forward_in_chunks(fn, n: int, size: int) -> torch.Tensor:
-    return torch.cat([fn(slice(i, i + size)) for i in range(0, n, size)])
+def frozen_states(gen: Generation, m: PPOModels, cfg: PPOConfig) -> RolloutStates:
+    """A rollout's rows with the policy's and the value model's frozen-layer states (none without reuse)."""
+    states = RolloutStates.of(gen, m.reuse.n_layers)
+    states.add("policy", m.policy, cfg.score_batch_size, cfg.bf16)
+    states.add("value", m.value_model.lm, cfg.score_batch_size, cfg.bf16)
+    return states
 
 
-def values_of(value_model: RewardModel, query_response: torch.Tensor, attention_mask: torch.Tensor,
-              query_len: int, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, T) V_t: the value head read at the position that predicts response token t."""
-    return value_model.per_token(query_response, attention_mask, first=query_len - 1,
-                                 inputs_embeds=inputs_embeds)[:, :-1]
+def policy_logprobs(states: RolloutStates, m: PPOModels, cfg: PPOConfig) -> torch.Tensor:
+    """(R, T) log-probs of the sampled tokens under the policy that sampled them (the PPO ratio's denominator)."""
+    logprobs = states.in_chunks(lambda mb: mb.logprobs(m.policy, cfg.temperature, "policy")[0],
+                                cfg.score_batch_size, cfg.bf16)
+    return logprobs.masked_fill(~states.response_mask, 0.0)
 
 
-def frozen_layers_to_reuse(cfg: PPOConfig, policy, value_model: RewardModel, vocab_size: int) -> int:
-    """How many frozen lower layers to run once per rollout: cfg.freeze_layers when it is safe, else 0."""
-    if not (cfg.reuse_frozen and cfg.freeze_layers and cfg.lora.r == 0):
-        return 0
-    try:
-        ok = all(split_matches_full(m, cfg.freeze_layers, vocab_size) for m in (policy, value_model.lm))
-    except TypeError:  # no .layers/.norm decoder
-        ok = False
-    if not ok:
-        log.warning("reuse_frozen: this architecture does not split cleanly at layer %d; running every layer "
-                    "in every PPO epoch", cfg.freeze_layers)
-    if ok:
-        log.info("the frozen lower %d layers run once per rollout (policy, reference and value model)",
-                 cfg.freeze_layers)
-    return cfg.freeze_layers if ok else 0
+def reference_logprobs(states: RolloutStates, m: PPOModels, cfg: PPOConfig) -> torch.Tensor:
+    """(R, T) log-probs of the sampled tokens under the reference (the SFT model)."""
+    if m.reference is None:  # LoRA: the reference is the base model, i.e. the policy with its adapters off
+        with m.policy.disable_adapter():
+            logprobs = states.in_chunks(lambda mb: mb.logprobs(m.policy, cfg.temperature)[0],
+                                        cfg.score_batch_size, cfg.bf16)
+    else:
+        reads = "policy" if m.reuse.reference_reads_policy else None
+        logprobs = states.in_chunks(lambda mb: mb.logprobs(m.reference, cfg.temperature, reads)[0],
+                                    cfg.score_batch_size, cfg.bf16)
+    return logprobs.masked_fill(~states.response_mask, 0.0)
 
 
-def frozen_states(model, qr: torch.Tensor, am: torch.Tensor, qlen: int, n_frozen: int, cfg: PPOConfig
-                  ) -> torch.Tensor:
-    """(R, Tq+T, H) output of the frozen lower layers for the whole rollout, computed in chunks on trimmed rows
-    and left-padded back to the rollout's width with zeros (pad positions are masked everywhere)."""
-    chunks = []
-    for i in range(0, qr.shape[0], cfg.score_batch_size):
-        s = slice(i, i + cfg.score_batch_size)
-        q, a, _ = trim_left(qr[s], am[s], qlen)
-        with autocast(q.device, cfg.bf16):
-            h = lower_hidden(model, q, a, n_frozen)  # (b, t, H)
-        chunks.append(torch.nn.functional.pad(h, (0, 0, qr.shape[1] - q.shape[1], 0)))
-    return torch.cat(chunks)
+def old_values(states: RolloutStates, m: PPOModels, cfg: PPOConfig) -> torch.Tensor:
+    """(R, T) the value model's V_t for the rollout, before this update's training."""
+    values = states.in_chunks(lambda mb: mb.values(m.value_model, "value"), cfg.score_batch_size, cfg.bf16)
+    return values.masked_fill(~states.response_mask, 0.0)
 
 
-def frozen_rollout_states(gen: Generation, policy, value_model: RewardModel, n_frozen: int, cfg: PPOConfig
-                          ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The policy's and the value model's frozen-layer states for a rollout (None, None without reuse)."""
-    if not n_frozen:
-        return None, None
-    qr, am = gen.query_response, gen.attention_mask
-    qlen = qr.shape[1] - gen.response.shape[1]
-    return (frozen_states(policy, qr, am, qlen, n_frozen, cfg),
-            frozen_states(value_model.lm, qr, am, qlen, n_frozen, cfg))
-
-
-def lower_layers_equal(ours, theirs, n_frozen: int) -> bool:
-    """Do two decoder LMs hold the same embeddings and lowest n layers (compared in `theirs`' dtype)?"""
-    names = ("embed_tokens.",) + tuple(f"layers.{i}." for i in range(n_frozen))
-    mine = dict(ours.get_decoder().named_parameters())
-    other = {k: p for k, p in theirs.get_decoder().named_parameters() if k.startswith(names)}
-    return bool(other) and all(k in mine and torch.equal(mine[k].detach().to(p.dtype), p) for k, p in other.items())
-
-
-def same_lower_layers(reward, value_model: RewardModel, n_frozen: int, tokenizer) -> bool:
-    """Can the RM run on the value model's frozen-layer states? Yes when it is a reward model with the same
-    tokenizer whose embeddings and lowest n layers hold the same weights (the value model started as this RM)."""
-    if not isinstance(reward, RewardModel) or reward.tokenizer.get_vocab() != tokenizer.get_vocab():
-        return False
-    if not lower_layers_equal(value_model.lm, reward.lm, n_frozen):
-        return False
-    log.info("the reward model shares the value model's frozen lower %d layers (the value model started as it)",
-             n_frozen)
-    return True
-
-
-def slice_hidden(hidden: torch.Tensor | None, rows, width: int, model) -> torch.Tensor | None:
-    """The rows of a rollout's frozen-layer states, cut to a trimmed micro batch's last `width` columns, in the
-    dtype of `model`'s weights (a bf16 reference reads the fp32 policy states)."""
-    if hidden is None:
-        return None
-    return hidden[rows][:, hidden.shape[1] - width :].to(next(model.parameters()).dtype)
-
-
-def upper(model, n_frozen: int):
-    """Run only the layers above the frozen ones (inputs_embeds = their states); a no-op for n_frozen == 0."""
-    return upper_layers(model, n_frozen) if n_frozen else contextlib.nullcontext()
-
-
-def trim_left(query_response: torch.Tensor, attention_mask: torch.Tensor, query_len: int
-              ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Drop the left-padding columns that every row of a micro batch has (less work for short queries)."""
-    start = int(attention_mask[:, :query_len].any(dim=0).long().argmax())
-    return query_response[:, start:], attention_mask[:, start:], query_len - start
-
-
-def old_logprobs_and_values(gen: Generation, policy, reference, value_model, cfg: PPOConfig, n_frozen: int,
-                            policy_hidden: torch.Tensor | None, value_hidden: torch.Tensor | None,
-                            ref_shares_policy_layers: bool = True
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The forward passes of steps (3) and (4): (R, T) old log-probs, reference log-probs and values. With
-    n_frozen > 0 only the upper layers run, on the frozen layers' states; the reference reads the policy's when it
-    has the same lower layers (always, unless the policy started from `policy_init`)."""
-    qr, am, mask = gen.query_response, gen.attention_mask, gen.response_mask
-    qlen = qr.shape[1] - gen.response.shape[1]
-    n, size = qr.shape[0], cfg.score_batch_size
-
-    def logp_of(model, hidden):
-        def run(s):
-            q, a, ql = trim_left(qr[s], am[s], qlen)
-            h = slice_hidden(hidden, s, q.shape[1], model)
-            with autocast(q.device, cfg.bf16), upper(model, n_frozen if h is not None else 0):
-                return response_logprobs_and_entropy(model, q, a, ql, cfg.temperature, entropy=False,
-                                                     inputs_embeds=h)[0]
-        return run
-
-    def ref_logp(s):
-        if reference is not None:
-            return logp_of(reference, policy_hidden if ref_shares_policy_layers else None)(s)
-        with policy.disable_adapter():  # LoRA: the reference is the base model
-            return logp_of(policy, None)(s)
-
-    def value_run(s):
-        q, a, ql = trim_left(qr[s], am[s], qlen)
-        h = slice_hidden(value_hidden, s, q.shape[1], value_model.lm)
-        with autocast(q.device, cfg.bf16), upper(value_model.lm, n_frozen if h is not None else 0):
-            return values_of(value_model, q, a, ql, h)
-
-    logprobs = forward_in_chunks(logp_of(policy, policy_hidden), n, size).masked_fill(~mask, 0.0)
-    ref_logprobs = forward_in_chunks(ref_logp, n, size).masked_fill(~mask, 0.0)
-    values = forward_in_chunks(value_run, n, size).masked_fill(~mask, 0.0)
-    return logprobs, ref_logprobs, values
-
-
-def build_rollout(gen: Generation, scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                  values: torch.Tensor, kl_coef: float, cfg: PPOConfig, policy_hidden: torch.Tensor | None,
-                  value_hidden: torch.Tensor | None) -> tuple[Rollout, dict[str, float]]:
-    """Steps (3) and (4) on the whole rollout: KL-penalised rewards, GAE, whitened advantages, and their stats."""
-    qr, am, mask = gen.query_response, gen.attention_mask, gen.response_mask
-    qlen = qr.shape[1] - gen.response.shape[1]
+def build_rollout(states: RolloutStates, scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                  values: torch.Tensor, kl_coef: float, cfg: PPOConfig) -> tuple[Rollout, dict[str, float]]:
+    """Steps (3) and (4) on the whole rollout: KL-penalised rewards, GAE, whitened advantages, and their stats.
+    `scores` (R,) are the scores the rewards end with (unfinished responses already penalised)."""
+    mask = states.response_mask  # (R, T)
     kl = kl_per_token(logprobs, ref_logprobs, cfg.kl.estimator).masked_fill(~mask, 0.0)  # (R, T)
     rewards = kl_penalised_rewards(scores.to(kl.device), kl, mask, kl_coef)  # (R, T)
     if cfg.whiten_rewards:
@@ -399,49 +332,31 @@ def build_rollout(gen: Generation, scores: torch.Tensor, logprobs: torch.Tensor,
              "objective/reward": float(rewards.sum(1).mean()),
              "ppo/value_mean": float(masked_mean(values, mask)),
              "ppo/return_mean": float(masked_mean(returns, mask))}
-    return Rollout(qr, am, qlen, mask, logprobs, ref_logprobs, values, advantages, returns, policy_hidden,
-                   value_hidden), stats
+    return Rollout(states, mask, logprobs, ref_logprobs, values, advantages, returns), stats
 
 
-def ppo_epochs(rollout: Rollout, policy, value_model, optimizers, cfg: PPOConfig,
-               generator: torch.Generator, n_frozen: int, procs: Processes) -> dict[str, float]:
-    """Step (5): `ppo_epochs` passes over shuffled minibatches, gradient accumulation over micro batches; with
-    n_frozen > 0 only the upper layers run, on the rollout's frozen-layer states. Every process draws the same
-    shuffle of the whole rollout and runs its share of each minibatch; gradients are summed over processes."""
-    (p_opt, p_sched), (v_opt, v_sched) = optimizers
+def ppo_epochs(rollout: Rollout, m: PPOModels, optimizers, cfg: PPOConfig, generator: torch.Generator,
+               procs: Processes) -> dict[str, float]:
+    """Step (5): `ppo_epochs` passes over shuffled minibatches, gradient accumulation over micro batches. Every
+    process draws the same shuffle of the whole rollout and runs its share of each minibatch; gradients are
+    summed over processes. Returns each loss and statistic averaged over all micro batches."""
     sizes = batch_sizes(cfg.mini_batch_size, cfg.micro_batch_size, procs.world_size, name="mini_batch_size")
     micro_per_minibatch = sizes.grad_accum_steps * procs.world_size  # all processes together
-    R = rollout.query_response.shape[0]
+    R = rollout.mask.shape[0]
     sums: dict[str, float] = {}
     n_micro = 0
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(R, generator=generator).tolist()
         for start in range(0, R, sizes.batch_size):
-            mine = order[start : start + sizes.batch_size][share(sizes.batch_size, procs)]
-            for m in range(0, len(mine), sizes.micro_batch_size):
-                idx = torch.tensor(mine[m : m + sizes.micro_batch_size], device=rollout.mask.device)
-                q, a, ql = trim_left(rollout.query_response[idx], rollout.attention_mask[idx], rollout.query_len)
-                mask = rollout.mask[idx]
-                p_h = slice_hidden(rollout.policy_hidden, idx, q.shape[1], policy)
-                v_h = slice_hidden(rollout.value_hidden, idx, q.shape[1], value_model.lm)
-                with autocast(q.device, cfg.bf16):
-                    with upper(policy, n_frozen if p_h is not None else 0):
-                        logp, entropy = response_logprobs_and_entropy(policy, q, a, ql, cfg.temperature,
-                                                                      inputs_embeds=p_h)
-                    with upper(value_model.lm, n_frozen if v_h is not None else 0):
-                        values = values_of(value_model, q, a, ql, v_h)
-                pg_loss, pg = ppo_policy_loss(logp, rollout.logprobs[idx], rollout.advantages[idx], mask,
-                                              cfg.clip_range)
-                vf_loss, vf = ppo_value_loss(values, rollout.values[idx], rollout.returns[idx], mask,
-                                             cfg.clip_range_value)
-                ((pg_loss + vf_loss) / micro_per_minibatch).backward()  # separate models: separate grads
-                for k, v in {"ppo/policy_loss": pg_loss, "ppo/value_loss": vf_loss, "ppo/clipfrac": pg["clipfrac"],
-                             "ppo/approxkl": pg["approxkl"], "ppo/value_clipfrac": vf["clipfrac"],
-                             "objective/entropy": masked_mean(entropy.detach(), mask)}.items():
+            local_rows = order[start : start + sizes.batch_size][share(sizes.batch_size, procs)]
+            for i in range(0, len(local_rows), sizes.micro_batch_size):
+                idx = torch.tensor(local_rows[i : i + sizes.micro_batch_size], device=rollout.mask.device)
+                loss, stats = micro_batch_loss(rollout, idx, m, cfg)
+                (loss / micro_per_minibatch).backward()  # separate models: separate grads
+                for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 n_micro += 1
-            for model, opt, sched, oc in ((policy, p_opt, p_sched, cfg.optim),
-                                          (value_model, v_opt, v_sched, cfg.value_optim)):
+            for model, (opt, sched), oc in zip((m.policy, m.value_model), optimizers, (cfg.optim, cfg.value_optim)):
                 sum_gradients(model, procs)
                 clip_grad_norm([p for p in model.parameters() if p.requires_grad], oc.max_grad_norm, procs)
                 opt.step()
@@ -450,6 +365,21 @@ def ppo_epochs(rollout: Rollout, policy, value_model, optimizers, cfg: PPOConfig
     keys = sorted(sums)
     totals = sum_across([sums[k] for k in keys] + [float(n_micro)], procs)  # means over every process's micro batches
     return {k: v / max(totals[-1], 1) for k, v in zip(keys, totals)}
+
+
+def micro_batch_loss(rollout: Rollout, idx: torch.Tensor, m: PPOModels, cfg: PPOConfig
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped policy loss plus the clipped value loss of the rollout's rows `idx`, and their statistics.
+    With frozen-layer reuse only the upper layers run, on the rollout's states."""
+    mb, mask = rollout.states.rows(idx), rollout.mask[idx]
+    with autocast(mb.ids.device, cfg.bf16):
+        logprobs, entropy = mb.logprobs(m.policy, cfg.temperature, "policy", entropy=True)
+        values = mb.values(m.value_model, "value")
+    pg_loss, pg = ppo_policy_loss(logprobs, rollout.logprobs[idx], rollout.advantages[idx], mask, cfg.clip_range)
+    vf_loss, vf = ppo_value_loss(values, rollout.values[idx], rollout.returns[idx], mask, cfg.clip_range_value)
+    return pg_loss + vf_loss, {"ppo/policy_loss": pg_loss, "ppo/value_loss": vf_loss, "ppo/clipfrac": pg["clipfrac"],
+                               "ppo/approxkl": pg["approxkl"], "ppo/value_clipfrac": vf["clipfrac"],
+                               "objective/entropy": masked_mean(entropy.detach(), mask)}
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -466,40 +396,19 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     seed_everything(cfg.seed)  # the same seed on every process: they hold the same models
     if procs.is_main:
         run.start("ppo", cfg)
-    device = procs.device
     t_start = time.time()
 
     # models, data, optimisers
-    policy, reference, tokenizer = load_policy_and_reference(cfg, device)
-    reward = load_reward(cfg, reward_fn, device)
-    value_model = load_value_model(cfg, device)
-    n_frozen = frozen_layers_to_reuse(cfg, policy, value_model, policy.config.vocab_size)
-    rm_shares_value_layers = bool(n_frozen) and same_lower_layers(reward, value_model, n_frozen, tokenizer)
-    ref_shares_policy_layers = reference is None or not cfg.policy_init or (
-        bool(n_frozen) and lower_layers_equal(policy, reference, n_frozen))
-    if shard_layers(policy, procs) + shard_layers(value_model, procs):
-        log.info("FSDP: the policy's and value model's decoder layers sharded across %d processes (reference and "
-                 "reward model whole)", procs.world_size)
-    posts = list(load_posts(cfg.data.posts, format=cfg.data.format, limit=cfg.data.limit))
-    if len(posts) < cfg.rollout_batch_size:
-        raise ValueError(f"{cfg.data.posts}: {len(posts)} posts, fewer than rollout_batch_size="
-                         f"{cfg.rollout_batch_size}")
-    query_texts = [format_query(p, tokenizer, cfg.data.max_query_tokens) for p in posts]
-    queries = [tokenizer.encode(q, add_special_tokens=False) for q in query_texts]
+    m = load_models(cfg, reward_fn, procs)
+    policy, tokenizer = m.policy, m.tokenizer
+    posts, query_texts, queries = load_queries(cfg, tokenizer)
     n_updates = cfg.total_episodes // cfg.rollout_batch_size
     opt_steps = n_updates * cfg.ppo_epochs * (cfg.rollout_batch_size // cfg.mini_batch_size)
-    optimizers = (make_optimizer(policy, cfg.optim, opt_steps), make_optimizer(value_model, cfg.value_optim,
+    optimizers = (make_optimizer(policy, cfg.optim, opt_steps), make_optimizer(m.value_model, cfg.value_optim,
                                                                                opt_steps))
-    parts = {"policy": (policy, *optimizers[0]), "value": (value_model, *optimizers[1])}
+    parts = {"policy": (policy, *optimizers[0]), "value": (m.value_model, *optimizers[1])}
     generator = torch.Generator().manual_seed(cfg.seed)  # the minibatch shuffle: the same on every process
-    update, kl_coef = 0, cfg.kl.init_coef
-    if run.has_state():
-        trainer, tensors = load_state(run, parts)
-        update, kl_coef = trainer["update"], trainer["kl_coef"]
-        generator.set_state(tensors["generator"])
-        if procs.is_main:
-            run.truncate_metrics(update)
-        log.info("resumed after update %d (β = %.4g)", update, kl_coef)
+    update, kl_coef = resume(run, parts, generator, cfg, procs)
     log.info("ppo: %d updates × %d episodes, %d posts, %d PPO epochs, minibatch %d (micro %d), reward %s",
              n_updates, cfg.rollout_batch_size, len(posts), cfg.ppo_epochs, cfg.mini_batch_size,
              cfg.micro_batch_size, "callable" if reward_fn else cfg.reward)
@@ -509,54 +418,53 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     while update < n_updates:
         t0 = time.time()
         batch = batch_indices(update, cfg.rollout_batch_size, len(posts), cfg.seed)
-        rows = share(len(batch), procs)  # this process's episodes of the update (all of them with one process)
-        my_queries = [queries[i] for i in batch[rows]]
+        local_rows = share(len(batch), procs)  # this process's episodes of the update (all of them with one process)
+        local_batch = batch[local_rows]
 
         # (1) roll out this process's share; each episode's randomness comes from (seed, update, row) only.
         #     Then every process gets the whole rollout, laid out as one process would have sampled it.
         policy.eval()
-        q_ids, q_mask = pad_queries(tokenizer, my_queries)
-        with autocast(device, cfg.bf16), gathered(policy, procs):  # sharded: gather the layers once, not per token
-            gen = generate(policy, tokenizer, q_ids, q_mask, max_new_tokens=cfg.max_new_tokens,
+        ids, mask = pad_queries(tokenizer, [queries[i] for i in local_batch])
+        with autocast(procs.device, cfg.bf16), gathered(policy, procs):  # sharded: gather the layers once, not per token
+            gen = generate(policy, tokenizer, ids, mask, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
-                           row_seeds=episode_seeds(cfg.seed, update, range(len(batch))[rows]),
+                           row_seeds=episode_seeds(cfg.seed, update, range(len(batch))[local_rows]),
                            stop_together=(lambda done: all_processes(done, procs)) if procs.shard else None)
         gen = gather_generation(gen, tokenizer.pad_token_id, procs)
         texts = decode_responses(tokenizer, gen)
         t1 = time.time()
 
-        # (2) score; (3) KL-penalised rewards; (4) values and advantages. Frozen lower layers run once, here.
-        #     The forward passes run on this process's rows (of the whole rollout's layout) and are gathered.
-        mine = rows_of(gen, rows)
-        policy_hidden, value_hidden = frozen_rollout_states(mine, policy, value_model, n_frozen, cfg)
-        raw = score_responses(reward, tokenizer, my_queries, mine, cfg,
-                              ([query_texts[i] for i in batch[rows]], texts[rows]),
-                              shared=(value_hidden, n_frozen) if rm_shares_value_layers else None)
-        old = old_logprobs_and_values(mine, policy, reference, value_model, cfg, n_frozen, policy_hidden,
-                                      value_hidden, ref_shares_policy_layers)
-        raw, policy_hidden, value_hidden = (gather_rows(t, procs) for t in (raw, policy_hidden, value_hidden))
-        logprobs, ref_logprobs, values = (gather_rows(t, procs) for t in old)
-        scores = penalise_unfinished(raw, gen.eos.cpu(), cfg.no_eos_penalty)
-        rollout, roll_stats = build_rollout(gen, scores, logprobs, ref_logprobs, values, kl_coef, cfg,
-                                            policy_hidden, value_hidden)
+        # (2) score, (3) log-probs and (4) values on this process's rows of the rollout, then gathered. The frozen
+        #     lower layers run once, here; every later forward of the update runs only the layers above them.
+        local = frozen_states(rows_of(gen, local_rows), m, cfg)
+        scores = score_responses(m.reward, tokenizer, [queries[i] for i in local_batch], rows_of(gen, local_rows),
+                                 cfg, ([query_texts[i] for i in local_batch], texts[local_rows]),
+                                 local if m.reuse.reward_reads_value else None)
+        logprobs, ref_logprobs, values = (policy_logprobs(local, m, cfg), reference_logprobs(local, m, cfg),
+                                          old_values(local, m, cfg))
+        scores, logprobs, ref_logprobs, values = (gather_rows(t, procs) for t in (scores, logprobs, ref_logprobs,
+                                                                                   values))
+        states = RolloutStates.of(gen, local.n_layers, {k: gather_rows(h, procs) for k, h in local.hidden.items()})
+        penalised_scores = penalise_unfinished(scores, gen.eos.cpu(), cfg.no_eos_penalty)
+        rollout, rollout_stats = build_rollout(states, penalised_scores, logprobs, ref_logprobs, values, kl_coef, cfg)
         t2 = time.time()
 
         # (5) PPO epochs over minibatches
         policy.train()
-        train_stats = ppo_epochs(rollout, policy, value_model, optimizers, cfg, generator, n_frozen, procs)
+        train_stats = ppo_epochs(rollout, m, optimizers, cfg, generator, procs)
         t3 = time.time()
 
         # (6) KL controller, metrics, samples, checkpoint
         update += 1
-        metrics = {"episodes": update * cfg.rollout_batch_size, "objective/score": float(raw.mean()),
-                   "objective/score_penalised": float(scores.mean()), "objective/kl_coef": kl_coef,
-                   **roll_stats, **train_stats,
+        metrics = {"episodes": update * cfg.rollout_batch_size, "objective/score": float(scores.mean()),
+                   "objective/score_penalised": float(penalised_scores.mean()), "objective/kl_coef": kl_coef,
+                   **rollout_stats, **train_stats,
                    "response/length": float(gen.response_mask.sum(1).float().mean()),
                    "response/eos_rate": float(gen.eos.float().mean()),
                    "ppo/lr": optimizers[0][1].get_last_lr()[0],
                    "time/generation_s": t1 - t0, "time/scoring_s": t2 - t1, "time/training_s": t3 - t2,
                    "time/update_s": t3 - t0, "time/episodes_per_s": cfg.rollout_batch_size / (t3 - t0)}
-        kl_coef = next_kl_coef(cfg.kl.controller, kl_coef, roll_stats["objective/kl"], cfg.kl.target,
+        kl_coef = next_kl_coef(cfg.kl.controller, kl_coef, rollout_stats["objective/kl"], cfg.kl.target,
                                cfg.kl.horizon, cfg.rollout_batch_size)
         last = update == n_updates
         if procs.is_main:  # the one process that writes the run directory
@@ -564,7 +472,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
                 run.log_metrics(update, metrics)
             if update == 1 or last or (cfg.sample_every and update % cfg.sample_every == 0):
                 write_table(run.samples_dir / f"update_{update:05d}.jsonl",
-                            sample_rows(update, batch, posts, texts, raw, gen, cfg.n_samples))
+                            sample_rows(update, batch, posts, texts, scores, gen, cfg.n_samples))
         if cfg.snapshot_every and update % cfg.snapshot_every == 0:  # every process: sharded weights are gathered
             save_policy(run.path / "snapshots" / f"update_{update:05d}", policy, tokenizer, cfg, procs)
         if (cfg.save_every and update % cfg.save_every == 0) or last:
@@ -585,6 +493,30 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     summary = finish(run, t_start)
     barrier(procs)
     return summary
+
+
+def load_queries(cfg: PPOConfig, tokenizer) -> tuple[list, list[str], list[list[int]]]:
+    """(posts, their formatted queries, the queries' token ids)."""
+    posts = list(load_posts(cfg.data.posts, format=cfg.data.format, limit=cfg.data.limit))
+    if len(posts) < cfg.rollout_batch_size:
+        raise ValueError(f"{cfg.data.posts}: {len(posts)} posts, fewer than rollout_batch_size="
+                         f"{cfg.rollout_batch_size}")
+    query_texts = [format_query(p, tokenizer, cfg.data.max_query_tokens) for p in posts]
+    return posts, query_texts, [tokenizer.encode(q, add_special_tokens=False) for q in query_texts]
+
+
+def resume(run: RunDir, parts: dict[str, tuple], generator: torch.Generator, cfg: PPOConfig, procs: Processes
+           ) -> tuple[int, float]:
+    """(updates done, β): from state/ when the run was interrupted (models, optimisers and the shuffle restored
+    in place), else (0, the initial β)."""
+    if not run.has_state():
+        return 0, cfg.kl.init_coef
+    trainer, tensors = load_state(run, parts)
+    generator.set_state(tensors["generator"])
+    if procs.is_main:
+        run.truncate_metrics(trainer["update"])
+    log.info("resumed after update %d (β = %.4g)", trainer["update"], trainer["kl_coef"])
+    return trainer["update"], trainer["kl_coef"]
 
 
 def save_policy(path: Path, policy, tokenizer, cfg: PPOConfig, procs: Processes, training_goes_on: bool = True
@@ -640,28 +572,6 @@ def episode_seeds(seed: int, update: int, rows: range) -> list[int]:
     """The sampling seed of each episode (row of update `update`'s rollout): the same whichever process samples
     it, and nothing to store for a resume."""
     return [(seed * 1_000_003 + update) * 100_003 + row for row in rows]
-
-
-def rows_of(gen: Generation, rows: slice) -> Generation:
-    """Some rows of a rollout, in its layout (same widths)."""
-    return Generation(gen.query_response[rows], gen.attention_mask[rows], gen.response[rows], gen.logprobs[rows],
-                      gen.response_mask[rows], gen.eos[rows])
-
-
-def gather_generation(gen: Generation, pad_id: int, procs: Processes) -> Generation:
-    """Every process's rows, in rank order, padded to the widest query (on the left) and the longest response (on
-    the right) of any process — the layout one process sampling all rows would have produced."""
-    if procs.world_size == 1:
-        return gen
-    qlen = gen.query_response.shape[1] - gen.response.shape[1]
-    query = pad_and_gather_rows(gen.query_response[:, :qlen], procs, pad_id, left=True)
-    query_mask = pad_and_gather_rows(gen.attention_mask[:, :qlen], procs, 0, left=True)
-    response = pad_and_gather_rows(gen.response, procs, pad_id)
-    response_mask = pad_and_gather_rows(gen.response_mask.long(), procs, 0).bool()
-    return Generation(query_response=torch.cat([query, response], dim=1),
-                      attention_mask=torch.cat([query_mask, response_mask.long()], dim=1),
-                      response=response, logprobs=pad_and_gather_rows(gen.logprobs, procs, 0.0),
-                      response_mask=response_mask, eos=gather_rows(gen.eos, procs))
 
 
 def batch_indices(update: int, rollout_batch_size: int, n_posts: int, seed: int) -> list[int]:
