@@ -11,6 +11,25 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from rlhflab.label.formats import MAX_TEXT
 
+# The limits, shared with the HTML form routes (label/pages.py) so that a form and its JSON route accept the same
+# values. Bounds are Field/Form/Path keyword arguments.
+DB_ID = {"ge": 1, "le": 2**31 - 1}
+USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
+USERNAME_MAX = 64
+PASSWORD_MIN, PASSWORD_MAX = 8, 256
+ROLE_PATTERN = "^(admin|labeler)$"
+PROJECT_NAME_MAX = 200
+INSTRUCTIONS_MAX = 20000
+LABELS_PER_TASK = {"ge": 1, "le": 50}
+FRACTION = {"ge": 0.0, "le": 1.0}  # gold_rate, flag_threshold, the dashboard's threshold
+EXPIRY_S = {"ge": 10, "le": 7 * 24 * 3600}
+PAIRS_PER_POST = {"ge": 1, "le": 100}
+CONFIDENCE = {"ge": 1, "le": 9}
+RATING = {"ge": 1, "le": 7}
+SIDE_PATTERN = "^(left|right)$"
+NOTE_MAX = 5000
+TIME_MS = {"ge": 0, "le": 24 * 3600 * 1000}
+
 
 def _no_nul(v: str) -> str:
     if "\x00" in v:
@@ -23,11 +42,14 @@ NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEX
                          AfterValidator(_no_nul)]
 Short = Annotated[str, StringConstraints(max_length=200), AfterValidator(_no_nul)]
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S"), AfterValidator(_no_nul)]
-Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
-Password = Annotated[str, StringConstraints(min_length=8, max_length=256), AfterValidator(_no_nul)]
-Confidence = Annotated[int, Field(ge=1, le=9)]
-Rating = Annotated[int, Field(ge=1, le=7)]
-DbId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)]
+Password = Annotated[str, StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX), AfterValidator(_no_nul)]
+Confidence = Annotated[int, Field(**CONFIDENCE)]
+Rating = Annotated[int, Field(**RATING)]
+DbId = Annotated[int, Field(**DB_ID)]
+LabelsPerTask = Annotated[int, Field(**LABELS_PER_TASK)]
+Fraction = Annotated[float, Field(**FRACTION, allow_inf_nan=False)]
+ExpiryS = Annotated[int, Field(**EXPIRY_S)]
 
 
 class Strict(BaseModel):
@@ -39,8 +61,8 @@ class CsrfOut(BaseModel):
 
 
 class LoginIn(Strict):
-    username: Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_nul)]
-    password: Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_nul)]
+    username: Annotated[str, StringConstraints(min_length=1, max_length=USERNAME_MAX), AfterValidator(_no_nul)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX), AfterValidator(_no_nul)]
 
 
 class MeOut(BaseModel):
@@ -69,21 +91,22 @@ class UserOut(BaseModel):
 
 
 class ProjectIn(Strict):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S"), AfterValidator(_no_nul)]
-    instructions: Annotated[str, StringConstraints(max_length=20000), AfterValidator(_no_nul)] = ""
-    labels_per_task: Annotated[int, Field(ge=1, le=50)] = 3
-    gold_rate: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.1
-    expiry_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 1800
-    flag_threshold: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.7
+    name: Annotated[str, StringConstraints(min_length=1, max_length=PROJECT_NAME_MAX, pattern=r"\S"),
+                    AfterValidator(_no_nul)]
+    instructions: Annotated[str, StringConstraints(max_length=INSTRUCTIONS_MAX), AfterValidator(_no_nul)] = ""
+    labels_per_task: LabelsPerTask = 3
+    gold_rate: Fraction = 0.1
+    expiry_s: ExpiryS = 1800
+    flag_threshold: Fraction = 0.7
     min_flag_answers: Annotated[int, Field(ge=1, le=10000)] = 3
 
 
 class ProjectPatch(Strict):
     active: bool | None = None
-    labels_per_task: Annotated[int, Field(ge=1, le=50)] | None = None
-    gold_rate: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
-    expiry_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] | None = None
-    flag_threshold: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    labels_per_task: LabelsPerTask | None = None
+    gold_rate: Fraction | None = None
+    expiry_s: ExpiryS | None = None
+    flag_threshold: Fraction | None = None
 
 
 class ProjectOut(BaseModel):
@@ -152,7 +175,7 @@ class SamplesIn(Strict):
     posts: Annotated[list[PostIn], Field(min_length=1, max_length=10000)]
     samples: Annotated[list[SampleIn], Field(min_length=1, max_length=100000)]
     policies: Annotated[list[Short], Field(max_length=100)] | None = None
-    pairs_per_post: Annotated[int, Field(ge=1, le=100)] = 1
+    pairs_per_post: Annotated[int, Field(**PAIRS_PER_POST)] = 1
     ratings: bool = False
     comparisons: bool = True
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
@@ -217,8 +240,8 @@ class AnswerIn(Strict):
     side: Literal["left", "right"] | None = None
     confidence: Confidence | None = None
     ratings: RatingsIn | None = None
-    note: Annotated[str, StringConstraints(max_length=5000), AfterValidator(_no_nul)] = ""
-    time_ms: Annotated[int, Field(ge=0, le=24 * 3600 * 1000)] | None = None
+    note: Annotated[str, StringConstraints(max_length=NOTE_MAX), AfterValidator(_no_nul)] = ""
+    time_ms: Annotated[int, Field(**TIME_MS)] | None = None
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_nul)] | None = None
 
 

@@ -1,0 +1,137 @@
+"""What the JSON API and the HTML pages share: the app's context, sessions, CSRF, and who is asking.
+
+Every state-changing request (POST/PATCH/DELETE) must carry the session's CSRF token — in the `X-CSRF-Token`
+header (JSON) or a `csrf_token` form field (HTML forms) — or it gets 403. The app turns `LoginRequired` and
+`Forbidden` into 401 (or a redirect to the login page) and 403.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import jinja2
+
+from fastapi import Depends, Request
+from fastapi import Path as PathParam
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+
+from rlhflab.label import db as dbm
+from rlhflab.label import schemas
+from rlhflab.label.models import User
+from rlhflab.label.security import Passwords, new_csrf_token, tokens_match
+from rlhflab.label.settings import LabelSettings
+
+HERE = Path(__file__).resolve().parent
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class LoginRequired(Exception):
+    pass
+
+
+class Forbidden(Exception):
+    pass
+
+
+class Context:
+    """What the routes share: settings, the session factory, password hashing, templates."""
+
+    def __init__(self, settings: LabelSettings):
+        self.settings = settings
+        self.engine = dbm.make_engine(settings.db)
+        if settings.migrate_on_startup:
+            dbm.migrate(self.engine)
+        self.factory = dbm.session_factory(self.engine)
+        self.passwords = Passwords(settings)
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True)
+        self.templates = Jinja2Templates(env=env)  # autoescape on: every {{ value }} is HTML-escaped
+        self.rng = random.SystemRandom()
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[Session]:
+        """One transaction, committed before the route returns (so a 2xx means the data is stored)."""
+        with dbm.session_scope(self.factory) as s:
+            yield s
+
+
+def ctx_of(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+def is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+# ---------------------------------------------------------------------------------------------- CSRF
+
+def csrf_token(request: Request) -> str:
+    token = request.session.get("csrf")
+    if not token:
+        token = new_csrf_token()
+        request.session["csrf"] = token
+    return token
+
+
+async def check_csrf(request: Request) -> None:
+    """A dependency on every state-changing route."""
+    if request.method not in UNSAFE_METHODS:
+        return
+    given = request.headers.get("x-csrf-token")
+    if given is None and request.headers.get("content-type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data")):
+        try:
+            form = await request.form()
+        except Exception:  # noqa: BLE001 - a malformed body is the client's problem
+            form = {}
+        value = form.get("csrf_token")
+        given = value if isinstance(value, str) else None
+    if not tokens_match(request.session.get("csrf"), given):
+        raise Forbidden("missing or wrong CSRF token")
+
+
+# ---------------------------------------------------------------------------------------------- who is asking
+
+def optional_user(request: Request) -> User | None:
+    uid = request.session.get("uid")
+    if not isinstance(uid, int):
+        return None
+    with ctx_of(request).tx() as s:
+        user = s.get(User, uid)
+    if user is None or not user.active or user.role == "external":
+        request.session.pop("uid", None)
+        return None
+    return user
+
+
+def require_user(request: Request) -> User:
+    user = optional_user(request)
+    if user is None:
+        raise LoginRequired()
+    return user
+
+
+def require_admin(request: Request) -> User:
+    user = require_user(request)
+    if user.role != "admin":
+        raise Forbidden("researchers (admin role) only")
+    return user
+
+
+def start_session(request: Request, user: User) -> dict[str, Any]:
+    """Log `user` in: a fresh session (no state carried over from before the login) with a new CSRF token."""
+    request.session.clear()
+    request.session["uid"] = user.id
+    token = csrf_token(request)
+    return {"id": user.id, "username": user.username, "role": user.role, "csrf_token": token}
+
+
+CurrentUser = Annotated[User, Depends(require_user)]
+Admin = Annotated[User, Depends(require_admin)]
+CSRF = Depends(check_csrf)
+ProjectId = Annotated[int, PathParam(**schemas.DB_ID)]
+ObjectId = Annotated[int, PathParam(**schemas.DB_ID)]
