@@ -32,35 +32,42 @@ def add_label_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("label", help=HELP, description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="label_command", required=True)
-
-    def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--db", default=os.environ.get("RLHFLAB_LABEL_DB", "sqlite:///label.db"),
-                       help="database URL: sqlite:///FILE or postgresql://... (default: $RLHFLAB_LABEL_DB or "
-                            "sqlite:///label.db)")
-        return p
-
-    p = with_db(sub.add_parser("serve", help="run the web server (migrates the database first)"))
+    p = _with_db(sub.add_parser("serve", help="run the web server (migrates the database first)"))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-migrate", action="store_true", help="do not run migrations on startup")
     p.add_argument("--log-level", dest="server_log_level", default="info")
+    _with_db(sub.add_parser("migrate", help="bring the database schema up to date (alembic upgrade head)"))
+    _add_account_parsers(sub)
+    _add_task_parsers(sub)
+    _add_file_parsers(sub)
+    return parser
 
-    with_db(sub.add_parser("migrate", help="bring the database schema up to date (alembic upgrade head)"))
 
-    p = with_db(sub.add_parser("add-user", help="create an account (admin = researcher)"))
+def _with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--db", default=os.environ.get("RLHFLAB_LABEL_DB", "sqlite:///label.db"),
+                   help="database URL: sqlite:///FILE or postgresql://... (default: $RLHFLAB_LABEL_DB or "
+                        "sqlite:///label.db)")
+    return p
+
+
+def _add_account_parsers(sub: Any) -> None:
+    p = _with_db(sub.add_parser("add-user", help="create an account (admin = researcher)"))
     p.add_argument("--username", required=True)
     p.add_argument("--role", choices=["admin", "labeler"], default="labeler")
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password from stdin (else $RLHFLAB_LABEL_PASSWORD, else a prompt)")
-
-    p = with_db(sub.add_parser("set-password", help="set a user's password (and re-activate the account)"))
+    p = _with_db(sub.add_parser("set-password", help="set a user's password (and re-activate the account)"))
     p.add_argument("--username", required=True)
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password from stdin (else $RLHFLAB_LABEL_PASSWORD, else a prompt)")
 
+
+def _add_task_parsers(sub: Any) -> None:
+    """create-project and add-tasks: the same task sources, into a new project or an existing one."""
     for name, help_text in (("create-project", "create a project and its tasks"),
                             ("add-tasks", "add tasks to an existing project")):
-        p = with_db(sub.add_parser(name, help=help_text))
+        p = _with_db(sub.add_parser(name, help=help_text))
         if name == "create-project":
             p.add_argument("--name", required=True)
             p.add_argument("--k", type=int, default=3, help="labels per task (default 3)")
@@ -78,22 +85,21 @@ def add_label_parser(subparsers: Any) -> argparse.ArgumentParser:
         p.add_argument("--ratings", action="store_true", help="also a rating task for every sample")
         p.add_argument("--seed", type=int, default=0)
 
-    p = with_db(sub.add_parser("import", help="import an OpenAI-format comparisons file"))
+
+def _add_file_parsers(sub: Any) -> None:
+    p = _with_db(sub.add_parser("import", help="import an OpenAI-format comparisons file"))
     p.add_argument("--project", required=True)
     p.add_argument("--file", type=Path, required=True)
     p.add_argument("--mode", choices=["answers", "gold", "tasks"], default="answers",
                    help="answers: tasks and the workers' answers; gold: gold tasks; tasks: tasks to label")
     p.add_argument("--create", action="store_true", help="create the project if it does not exist")
-
-    p = with_db(sub.add_parser("export", help="export comparisons (OpenAI schema) or ratings as JSONL"))
+    p = _with_db(sub.add_parser("export", help="export comparisons (OpenAI schema) or ratings as JSONL"))
     p.add_argument("--project", required=True)
     p.add_argument("--out", type=Path, required=True, help="output file (.jsonl or .jsonl.gz)")
     p.add_argument("--ratings", action="store_true", help="export rating answers instead of comparisons")
     p.add_argument("--no-gold", action="store_true", help="leave out answers to gold tasks")
-
-    p = with_db(sub.add_parser("stats", help="print the dashboard numbers as JSON"))
+    p = _with_db(sub.add_parser("stats", help="print the dashboard numbers as JSON"))
     p.add_argument("--project", required=True)
-    return parser
 
 
 class CLIError(Exception):
@@ -180,86 +186,113 @@ def logging_configured() -> bool:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from rlhflab.label import db, service
-
     cmd = args.label_command
     if cmd == "serve":
-        import uvicorn
-
-        from rlhflab.label.app import create_app
-
-        app = create_app(_settings(args, migrate_on_startup=not args.no_migrate))
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.server_log_level, access_log=False,
-                    timeout_graceful_shutdown=5)
-        return 0
+        return _serve(args)
     if cmd == "migrate":
-        engine = db.make_engine(args.db)
-        db.migrate(engine)
-        print(f"database at revision {db.current_revision(engine)}")
-        return 0
-    factory = _session(args)
-    if cmd in ("add-user", "set-password"):
-        from rlhflab.label.security import Passwords
+        return _migrate(args)
+    commands = {"add-user": _account, "set-password": _account, "create-project": _add_tasks,
+                "add-tasks": _add_tasks, "import": _import, "export": _export, "stats": _stats}
+    factory = _session(args)  # every command below works on an up-to-date schema
+    if cmd not in commands:
+        raise CLIError(f"unknown command {cmd}")
+    return commands[cmd](args, factory)
 
-        if args.password_stdin:
-            password = sys.stdin.readline().rstrip("\n")
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from rlhflab.label.app import create_app
+
+    app = create_app(_settings(args, migrate_on_startup=not args.no_migrate))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.server_log_level, access_log=False,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from rlhflab.label import db
+
+    engine = db.make_engine(args.db)
+    db.migrate(engine)
+    print(f"database at revision {db.current_revision(engine)}")
+    return 0
+
+
+def _account(args: argparse.Namespace, factory) -> int:  # noqa: ANN001 - add-user or set-password
+    from rlhflab.label import db, service
+    from rlhflab.label.security import Passwords
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = os.environ.get("RLHFLAB_LABEL_PASSWORD") or getpass.getpass("password: ")
+    if len(password) < 8:
+        raise CLIError("the password needs at least 8 characters")
+    with db.session_scope(factory) as s:
+        if args.label_command == "set-password":
+            user = service.set_password(s, Passwords(_settings(args)), args.username, password)
+            user.active = True
+            print(f"password set for {user.username}")
+            return 0
+        user = service.create_user(s, Passwords(_settings(args)), args.username, password, args.role)
+        print(f"created {user.role} {user.username} (id {user.id})")
+    return 0
+
+
+def _add_tasks(args: argparse.Namespace, factory) -> int:  # noqa: ANN001 - create-project or add-tasks
+    from rlhflab.label import db, service
+
+    pairs, posts = _read_pairs(args)
+    with db.session_scope(factory) as s:
+        if args.label_command == "create-project":
+            instructions = args.instructions_file.read_text() if args.instructions_file else ""
+            project = service.create_project(s, args.name, instructions=instructions, labels_per_task=args.k,
+                                             gold_rate=args.gold_rate, expiry_s=args.expiry_s,
+                                             flag_threshold=args.flag_threshold)
         else:
-            password = os.environ.get("RLHFLAB_LABEL_PASSWORD") or getpass.getpass("password: ")
-        if len(password) < 8:
-            raise CLIError("the password needs at least 8 characters")
-        with db.session_scope(factory) as s:
-            if cmd == "set-password":
-                user = service.set_password(s, Passwords(_settings(args)), args.username, password)
-                user.active = True
-                print(f"password set for {user.username}")
-                return 0
-            user = service.create_user(s, Passwords(_settings(args)), args.username, password, args.role)
-            print(f"created {user.role} {user.username} (id {user.id})")
-        return 0
-    if cmd in ("create-project", "add-tasks"):
-        pairs, posts = _read_pairs(args)
-        with db.session_scope(factory) as s:
-            if cmd == "create-project":
-                instructions = args.instructions_file.read_text() if args.instructions_file else ""
-                project = service.create_project(s, args.name, instructions=instructions, labels_per_task=args.k,
-                                                 gold_rate=args.gold_rate, expiry_s=args.expiry_s,
-                                                 flag_threshold=args.flag_threshold)
-            else:
-                project = _find_project(s, args.project)
-            tasks = service.add_tasks(s, project, pairs, posts)
-            kinds = {k: sum(t.kind == k for t in tasks) for k in ("comparison", "rating")}
-            print(f"project {project.name!r} (id {project.id}): added {kinds['comparison']} comparison and "
-                  f"{kinds['rating']} rating tasks")
-        return 0
-    if cmd == "import":
-        from rlhflab.label import formats
-
-        rows = [formats.parse_openai_comparison(r, str(args.file), n) for n, r in formats.read_jsonl(args.file)]
-        with db.session_scope(factory) as s:
-            try:
-                project = _find_project(s, args.project)
-            except CLIError:
-                if not args.create:
-                    raise
-                project = service.create_project(s, args.project)
-            report = service.import_comparisons(s, project, rows, args.mode)
-            print(json.dumps(vars(report)))
-        return 0
-    if cmd == "export":
-        from rlhflab.label import formats
-
-        with db.session_scope(factory) as s:
             project = _find_project(s, args.project)
-            rows = list(service.export_ratings(s, project) if args.ratings
-                        else service.export_comparisons(s, project, include_gold=not args.no_gold))
-        n = formats.write_jsonl(args.out, rows)
-        print(f"wrote {n} {'ratings' if args.ratings else 'comparisons'} to {args.out}")
-        return 0
-    if cmd == "stats":
-        with db.session_scope(factory) as s:
-            print(json.dumps(service.dashboard(s, _find_project(s, args.project)), indent=2, default=str))
-        return 0
-    raise CLIError(f"unknown command {cmd}")
+        tasks = service.add_tasks(s, project, pairs, posts)
+        kinds = {k: sum(t.kind == k for t in tasks) for k in ("comparison", "rating")}
+        print(f"project {project.name!r} (id {project.id}): added {kinds['comparison']} comparison and "
+              f"{kinds['rating']} rating tasks")
+    return 0
+
+
+def _import(args: argparse.Namespace, factory) -> int:  # noqa: ANN001
+    from rlhflab.label import db, formats, service
+
+    rows = [formats.parse_openai_comparison(r, str(args.file), n) for n, r in formats.read_jsonl(args.file)]
+    with db.session_scope(factory) as s:
+        try:
+            project = _find_project(s, args.project)
+        except CLIError:
+            if not args.create:
+                raise
+            project = service.create_project(s, args.project)
+        report = service.import_comparisons(s, project, rows, args.mode)
+        print(json.dumps(vars(report)))
+    return 0
+
+
+def _export(args: argparse.Namespace, factory) -> int:  # noqa: ANN001
+    from rlhflab.label import db, formats, service
+
+    with db.session_scope(factory) as s:
+        project = _find_project(s, args.project)
+        rows = list(service.export_ratings(s, project) if args.ratings
+                    else service.export_comparisons(s, project, include_gold=not args.no_gold))
+    n = formats.write_jsonl(args.out, rows)
+    print(f"wrote {n} {'ratings' if args.ratings else 'comparisons'} to {args.out}")
+    return 0
+
+
+def _stats(args: argparse.Namespace, factory) -> int:  # noqa: ANN001
+    from rlhflab.label import db, service
+
+    with db.session_scope(factory) as s:
+        print(json.dumps(service.dashboard(s, _find_project(s, args.project)), indent=2, default=str))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
