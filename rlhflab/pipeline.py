@@ -38,6 +38,7 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import atomic_write_text
 from rlhflab.data.jsonl import is_gzip, write_jsonl
 from rlhflab.data.loaders import load_posts, load_samples
+from rlhflab.data.pairs import pairs_in_order, samples_by_post
 from rlhflab.data.records import Post, Sample
 
 log = get_logger(__name__)
@@ -97,30 +98,15 @@ def merge(base: dict[str, Any], wiring: dict[str, Any]) -> dict[str, Any]:
 
 
 def pair_samples(samples: list[Sample], posts: dict[str, Post], pairs_per_post: int) -> list[dict[str, Any]]:
-    """Pairs-file rows (the labelling app's format): each post's samples, in index order, paired (0,1), (2,3), ...;
-    a pair of identical texts (nobody can prefer one), or with an empty one or one holding a NUL character (the
-    labelling app's databases cannot store it) is left out. Posts keep their order of first appearance."""
-    by_post: dict[str, list[Sample]] = {}
-    for s in samples:
-        by_post.setdefault(s.post_id, []).append(s)
+    """Pairs-file rows (the labelling app's format) by `data.pairs.pairs_in_order`: each post's samples, in index
+    order, paired (0,1), (2,3), ..., leaving out pairs nobody can judge (identical texts, an empty one, a NUL
+    character). Posts keep their order of first appearance."""
     rows = []
-    for post_id, group in by_post.items():
-        group.sort(key=lambda s: (s.policy, s.index))
-        made = 0
-        for a, b in zip(group[0::2], group[1::2]):
-            if made == pairs_per_post:
-                break
-            if a.text.strip() == b.text.strip() or not usable(a.text) or not usable(b.text):
-                continue
-            post = posts[post_id]
-            rows.append({"post": post.to_dict(), "summary_a": {"text": a.text, "policy": a.policy},
+    for post_id, by_policy in samples_by_post(samples).items():
+        for a, b in pairs_in_order(by_policy, pairs_per_post):
+            rows.append({"post": posts[post_id].to_dict(), "summary_a": {"text": a.text, "policy": a.policy},
                          "summary_b": {"text": b.text, "policy": b.policy}, "split": "train"})
-            made += 1
     return rows
-
-
-def usable(text: str) -> bool:
-    return bool(text.strip()) and "\x00" not in text
 
 
 def concat_files(path: Path, sources: list[Path]) -> int:
@@ -136,8 +122,9 @@ def concat_files(path: Path, sources: list[Path]) -> int:
 # ------------------------------------------------------------------------------------------------ the runner
 
 
-class Pipeline:
-    """The plan of one pipeline run and the bookkeeping of its progress (which stage, how long, skipped or not)."""
+class StageRunner:
+    """Runs the pipeline's steps one at a time into its directory and keeps the bookkeeping of its progress
+    (which step, how long, skipped or not). What the steps are is `run_pipeline`'s."""
 
     def __init__(self, cfg: PipelineConfig, out: str, python: str = sys.executable):
         self.cfg, self.dir, self.python = cfg, Path(out), python
@@ -145,8 +132,6 @@ class Pipeline:
         self.steps_total = 2 + (1 if uses_gold(cfg) else 0) + per_round * cfg.rounds
         self.step = 0
         self.record: list[dict[str, Any]] = []
-
-    # -- one stage
 
     def header(self, label: str, where: Path) -> None:
         self.step += 1
@@ -194,138 +179,155 @@ class Pipeline:
         print(f"    {note}", flush=True)
         self.record.append({"stage": label, "file": str(path), "skipped": False, "note": note})
 
-    # -- the loop
 
-    def run(self) -> dict[str, Any]:
-        cfg, d = self.cfg, self.dir
-        d.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        sft = d / "sft"
-        self.stage("sft", "sft", cfg.sft, sft, {}, distributed=True)
-        gold = d / "gold" if uses_gold(cfg) else None
-        if gold is not None:
-            self.stage("gold RM (human comparisons)", "rm", cfg.gold, gold, {"model": str(sft)}, distributed=True)
-        policy, kl_coef, rounds = sft, None, []
-        label_files: list[Path] = []
-        for k in range(1, cfg.rounds + 1):
-            r = d / f"round_{k}"
-            pairs = r / "pairs.jsonl"
-            if cfg.labels.source != "import":  # imported labels need no new summaries
-                samples = self.sample(k, r, policy)
-                self.file_step(f"round {k}: pairs", pairs, lambda: self.make_pairs(samples, pairs))
-            label_files.append(self.labels(k, r, pairs, gold))
-            comparisons = r / "comparisons.jsonl"
-            self.file_step(f"round {k}: comparisons so far", comparisons,
-                           lambda: f"{concat_files(comparisons, label_files)} comparisons from rounds 1-{k}")
-            rm_done = self.stage(f"round {k}: rm", "rm", cfg.rm, r / "rm",
-                                 {"model": str(sft), "data": {"comparisons": str(comparisons)}}, distributed=True)
-            wiring: dict[str, Any] = {"model": str(sft), "reward": str(r / "rm")}
-            if k > 1:  # continue from the last policy, on a new shuffle of the posts, with the last β
-                wiring["policy_init"] = str(policy)
-                wiring["seed"] = int(stage_setting(cfg.ppo, "seed", 1)) + k - 1  # 1: PPOConfig's default
-                if kl_coef is not None:
-                    wiring["kl"] = {"init_coef": kl_coef}
-            ppo_done = self.stage(f"round {k}: ppo", "ppo", cfg.ppo, r / "ppo", wiring, distributed=True)
-            policy, kl_coef = r / "ppo", ppo_done.get("kl_coef_last")
-            rounds.append({"round": k, "rm_dev_accuracy": rm_done.get("dev_accuracy"),
-                           "ppo_score_first": ppo_done.get("score_first"), "ppo_score_last": ppo_done.get("score_last"),
-                           "ppo_kl_last": ppo_done.get("kl_last")})
-        report = self.stage("eval", "eval", cfg.eval, d / "eval", self.eval_wiring(sft, policy, gold))
-        summary = {"out": str(d), "wall_s": time.time() - t0, "rounds": rounds, "report": report.get("html"),
-                   "judge": report.get("judge"), "win_rate": report.get("win_rate"),
-                   "length_controlled_win_rate": report.get("length_controlled_win_rate"),
-                   "mean_tokens": report.get("mean_tokens"), "stages": self.record}
-        write_jsonl(d / "pipeline.jsonl", [summary])
-        return summary
+# ------------------------------------------------------------------------------------------------ the loop
 
-    def sample(self, k: int, r: Path, policy: Path) -> Path:
-        limit = stage_setting(self.cfg.sample, "limit", None)
-        if not limit:
-            raise PipelineError("sample: set `limit` (posts per round); round k samples the k-th block of them")
-        wiring = {"model": str(policy), "offset": (k - 1) * limit, "policy_name": "sft" if k == 1 else f"ppo{k - 1}"}
-        self.stage(f"round {k}: sample pairs from {'the SFT model' if k == 1 else f'round {k - 1} PPO'}", "sample",
-                   self.cfg.sample, r / "sample", wiring)
-        return r / "sample"
 
-    def make_pairs(self, sample_dir: Path, pairs: Path) -> str:
-        cfg_used = read_yaml_mapping(sample_dir / "config.yaml")["config"]  # what the stage really ran with
-        samples = list(load_samples(sample_dir / "samples.jsonl"))
-        wanted = {s.post_id for s in samples}
-        limit = None if cfg_used.get("limit") is None else cfg_used.get("offset", 0) + cfg_used["limit"]
-        posts = {p.id: p for p in load_posts(cfg_used["posts"], format=cfg_used.get("format", "auto"), limit=limit)
-                 if p.id in wanted}
-        rows = pair_samples(samples, posts, self.cfg.pairs_per_post)
-        if not rows:
-            raise PipelineError(f"{sample_dir}: no pair of different summaries (sample with n >= 2 and "
-                                "temperature > 0)")
-        write_jsonl(pairs, rows)
-        return f"{len(rows)} comparison tasks from {len(samples)} summaries of {len(wanted)} posts"
+def run_pipeline(runner: StageRunner) -> dict[str, Any]:
+    """sft, [gold RM,] the rounds, eval; returns the summary it also writes to pipeline.jsonl."""
+    cfg, d = runner.cfg, runner.dir
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    sft = d / "sft"
+    runner.stage("sft", "sft", cfg.sft, sft, {}, distributed=True)
+    gold = d / "gold" if uses_gold(cfg) else None
+    if gold is not None:
+        runner.stage("gold RM (human comparisons)", "rm", cfg.gold, gold, {"model": str(sft)}, distributed=True)
+    policy, kl_coef, rounds = sft, None, []
+    label_files: list[Path] = []
+    for k in range(1, cfg.rounds + 1):
+        rm_done, ppo_done = run_round(runner, k, sft, gold, policy, kl_coef, label_files)
+        policy, kl_coef = d / f"round_{k}" / "ppo", ppo_done.get("kl_coef_last")
+        rounds.append({"round": k, "rm_dev_accuracy": rm_done.get("dev_accuracy"),
+                       "ppo_score_first": ppo_done.get("score_first"), "ppo_score_last": ppo_done.get("score_last"),
+                       "ppo_kl_last": ppo_done.get("kl_last")})
+    report = runner.stage("eval", "eval", cfg.eval, d / "eval", eval_wiring(cfg, sft, policy, gold))
+    summary = {"out": str(d), "wall_s": time.time() - t0, "rounds": rounds, "report": report.get("html"),
+               "judge": report.get("judge"), "win_rate": report.get("win_rate"),
+               "length_controlled_win_rate": report.get("length_controlled_win_rate"),
+               "mean_tokens": report.get("mean_tokens"), "stages": runner.record}
+    write_jsonl(d / "pipeline.jsonl", [summary])
+    return summary
 
-    def labels(self, k: int, r: Path, pairs: Path, gold: Path | None) -> Path:
-        src = self.cfg.labels.source
-        if src == "simulated":
-            wiring: dict[str, Any] = {"pairs": str(pairs), "batch": f"round_{k}", "seed": k}
-            base = read_yaml_mapping(Path(self.cfg.labels.simulate.config)) if self.cfg.labels.simulate.config else {}
-            if gold is not None and "judge" not in base:
-                wiring["judge"] = {"name": "gold", "kind": "rm", "spec": str(gold)}
-            self.stage(f"round {k}: simulated labels", "simulate-labels", self.cfg.labels.simulate, r / "labels",
-                       wiring)
-            return r / "labels" / "comparisons.jsonl"
-        out = r / "labels.jsonl"
-        if src == "import":
-            files = self.cfg.labels.files
-            self.file_step(f"round {k}: import labels", out,
-                           lambda: f"{concat_files(out, [Path(files[k - 1])])} comparisons from {files[k - 1]}")
-            return out
-        self.file_step(f"round {k}: labels from the labelling app", out, lambda: self.app_labels(k, pairs, out))
+
+def run_round(runner: StageRunner, k: int, sft: Path, gold: Path | None, policy: Path, kl_coef: float | None,
+              label_files: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Round k: [sample the current policy, pair the samples,] labels, every comparison so far, rm, ppo. Adds
+    the round's labels file to `label_files`; returns the rm and ppo stages' DONE.json."""
+    cfg, r = runner.cfg, runner.dir / f"round_{k}"
+    pairs = r / "pairs.jsonl"
+    if cfg.labels.source != "import":  # imported labels need no new summaries
+        samples = sample(runner, k, r, policy)
+        runner.file_step(f"round {k}: pairs", pairs, lambda: make_pairs(cfg, samples, pairs))
+    label_files.append(labels(runner, k, r, pairs, gold))
+    comparisons = r / "comparisons.jsonl"
+    runner.file_step(f"round {k}: comparisons so far", comparisons,
+                     lambda: f"{concat_files(comparisons, label_files)} comparisons from rounds 1-{k}")
+    rm_done = runner.stage(f"round {k}: rm", "rm", cfg.rm, r / "rm",
+                           {"model": str(sft), "data": {"comparisons": str(comparisons)}}, distributed=True)
+    wiring: dict[str, Any] = {"model": str(sft), "reward": str(r / "rm")}
+    if k > 1:  # continue from the last policy, on a new shuffle of the posts, with the last β
+        wiring["policy_init"] = str(policy)
+        wiring["seed"] = int(stage_setting(cfg.ppo, "seed", 1)) + k - 1  # 1: PPOConfig's default
+        if kl_coef is not None:
+            wiring["kl"] = {"init_coef": kl_coef}
+    ppo_done = runner.stage(f"round {k}: ppo", "ppo", cfg.ppo, r / "ppo", wiring, distributed=True)
+    return rm_done, ppo_done
+
+
+def sample(runner: StageRunner, k: int, r: Path, policy: Path) -> Path:
+    limit = stage_setting(runner.cfg.sample, "limit", None)
+    if not limit:
+        raise PipelineError("sample: set `limit` (posts per round); round k samples the k-th block of them")
+    wiring = {"model": str(policy), "offset": (k - 1) * limit, "policy_name": "sft" if k == 1 else f"ppo{k - 1}"}
+    runner.stage(f"round {k}: sample pairs from {'the SFT model' if k == 1 else f'round {k - 1} PPO'}", "sample",
+                 runner.cfg.sample, r / "sample", wiring)
+    return r / "sample"
+
+
+def make_pairs(cfg: PipelineConfig, sample_dir: Path, pairs: Path) -> str:
+    cfg_used = read_yaml_mapping(sample_dir / "config.yaml")["config"]  # what the stage really ran with
+    samples = list(load_samples(sample_dir / "samples.jsonl"))
+    wanted = {s.post_id for s in samples}
+    limit = None if cfg_used.get("limit") is None else cfg_used.get("offset", 0) + cfg_used["limit"]
+    posts = {p.id: p for p in load_posts(cfg_used["posts"], format=cfg_used.get("format", "auto"), limit=limit)
+             if p.id in wanted}
+    rows = pair_samples(samples, posts, cfg.pairs_per_post)
+    if not rows:
+        raise PipelineError(f"{sample_dir}: no pair of different summaries (sample with n >= 2 and "
+                            "temperature > 0)")
+    write_jsonl(pairs, rows)
+    return f"{len(rows)} comparison tasks from {len(samples)} summaries of {len(wanted)} posts"
+
+
+def labels(runner: StageRunner, k: int, r: Path, pairs: Path, gold: Path | None) -> Path:
+    """Round k's comparisons file, from the configured source."""
+    spec = runner.cfg.labels
+    if spec.source == "simulated":
+        wiring: dict[str, Any] = {"pairs": str(pairs), "batch": f"round_{k}", "seed": k}
+        base = read_yaml_mapping(Path(spec.simulate.config)) if spec.simulate.config else {}
+        if gold is not None and "judge" not in base:
+            wiring["judge"] = {"name": "gold", "kind": "rm", "spec": str(gold)}
+        runner.stage(f"round {k}: simulated labels", "simulate-labels", spec.simulate, r / "labels", wiring)
+        return r / "labels" / "comparisons.jsonl"
+    out = r / "labels.jsonl"
+    if spec.source == "import":
+        files = spec.files
+        runner.file_step(f"round {k}: import labels", out,
+                         lambda: f"{concat_files(out, [Path(files[k - 1])])} comparisons from {files[k - 1]}")
         return out
+    runner.file_step(f"round {k}: labels from the labelling app", out,
+                     lambda: app_labels(spec, runner.python, k, pairs, out))
+    return out
 
-    def app_labels(self, k: int, pairs: Path, out: Path) -> str:
-        """Create the round's project once; export its comparisons when every task has its labels, else stop."""
-        spec, project = self.cfg.labels, f"{self.cfg.labels.project}-round{k}"
-        label = [self.python, "-m", "rlhflab", "label"]
+
+def app_labels(spec: LabelsSpec, python: str, k: int, pairs: Path, out: Path) -> str:
+    """Create the round's project once; export its comparisons when every task has its labels, else stop."""
+    project = f"{spec.project}-round{k}"
+    label = [python, "-m", "rlhflab", "label"]
+    stats = subprocess.run([*label, "stats", "--db", spec.db, "--project", project], capture_output=True,
+                           text=True)
+    if stats.returncode != 0:
+        created = subprocess.run([*label, "create-project", "--db", spec.db, "--name", project, "--pairs",
+                                  str(pairs), "--k", str(spec.labels_per_task), "--gold-rate", "0"],
+                                 capture_output=True, text=True)
+        if created.returncode != 0:
+            raise PipelineError(f"round {k}: cannot create project {project}: {created.stderr.strip()}")
         stats = subprocess.run([*label, "stats", "--db", spec.db, "--project", project], capture_output=True,
-                               text=True)
-        if stats.returncode != 0:
-            created = subprocess.run([*label, "create-project", "--db", spec.db, "--name", project, "--pairs",
-                                      str(pairs), "--k", str(spec.labels_per_task), "--gold-rate", "0"],
-                                     capture_output=True, text=True)
-            if created.returncode != 0:
-                raise PipelineError(f"round {k}: cannot create project {project}: {created.stderr.strip()}")
-            stats = subprocess.run([*label, "stats", "--db", spec.db, "--project", project], capture_output=True,
-                                   text=True, check=True)
-        board = json.loads(stats.stdout)
-        todo, total = remaining_tasks(board)
-        if todo:
-            raise WaitingForLabels(f"round {k}: project {project!r} has {todo} of {total} tasks still to label — "
-                                   f"`rlhflab label serve --db {spec.db}`, then re-run this command")
-        exported = subprocess.run([*label, "export", "--db", spec.db, "--project", project, "--out", str(out),
-                                   "--no-gold"], capture_output=True, text=True)
-        if exported.returncode != 0:
-            raise PipelineError(f"round {k}: export of {project} failed: {exported.stderr.strip()}")
-        return exported.stdout.strip()
+                               text=True, check=True)
+    board = json.loads(stats.stdout)
+    todo, total = remaining_tasks(board)
+    if todo:
+        raise WaitingForLabels(f"round {k}: project {project!r} has {todo} of {total} tasks still to label — "
+                               f"`rlhflab label serve --db {spec.db}`, then re-run this command")
+    exported = subprocess.run([*label, "export", "--db", spec.db, "--project", project, "--out", str(out),
+                               "--no-gold"], capture_output=True, text=True)
+    if exported.returncode != 0:
+        raise PipelineError(f"round {k}: export of {project} failed: {exported.stderr.strip()}")
+    return exported.stdout.strip()
 
-    def eval_wiring(self, sft: Path, policy: Path, gold: Path | None) -> dict[str, Any]:
-        base = read_yaml_mapping(Path(self.cfg.eval.config)) if self.cfg.eval.config else {}
-        builtins = [p for p in base.get("policies", [{"name": "reference", "builtin": "reference"}]) if "builtin" in p]
-        policies = [{"name": "sft", "model": str(sft)}, {"name": "ppo", "model": str(policy)}, *builtins]
-        judges = [{"name": "gold", "kind": "rm", "spec": str(gold),
-                   "note": "the simulated labeler's judge (real human comparisons); PPO never trained on it"}] \
-            if gold is not None else []
-        judges.append({"name": "rm", "kind": "rm", "spec": str(policy.parent / "rm"),
-                       "note": "the RM the last PPO round optimised against (biased in its favour)"})
-        judges += [j for j in base.get("judges", []) if j.get("kind") != "rm"]
-        wiring: dict[str, Any] = {"policies": policies, "judges": judges, "kl_reference": str(sft)}
-        transfer = base.get("transfer")
-        if isinstance(transfer, dict) and transfer.get("posts"):
-            wiring["transfer"] = {"policies": ["sft", "ppo"]}
-        if (policy / "snapshots").is_dir():
-            wiring["ppo_run"] = str(policy)
-        else:
-            wiring["ppo_run"] = None
-        wiring["best_of_n_run"] = None
-        wiring["rm_eval_runs"] = []
-        return wiring
+
+def eval_wiring(cfg: PipelineConfig, sft: Path, policy: Path, gold: Path | None) -> dict[str, Any]:
+    base = read_yaml_mapping(Path(cfg.eval.config)) if cfg.eval.config else {}
+    builtins = [p for p in base.get("policies", [{"name": "reference", "builtin": "reference"}]) if "builtin" in p]
+    policies = [{"name": "sft", "model": str(sft)}, {"name": "ppo", "model": str(policy)}, *builtins]
+    judges = [{"name": "gold", "kind": "rm", "spec": str(gold),
+               "note": "the simulated labeler's judge (real human comparisons); PPO never trained on it"}] \
+        if gold is not None else []
+    judges.append({"name": "rm", "kind": "rm", "spec": str(policy.parent / "rm"),
+                   "note": "the RM the last PPO round optimised against (biased in its favour)"})
+    judges += [j for j in base.get("judges", []) if j.get("kind") != "rm"]
+    wiring: dict[str, Any] = {"policies": policies, "judges": judges, "kl_reference": str(sft)}
+    transfer = base.get("transfer")
+    if isinstance(transfer, dict) and transfer.get("posts"):
+        wiring["transfer"] = {"policies": ["sft", "ppo"]}
+    if (policy / "snapshots").is_dir():
+        wiring["ppo_run"] = str(policy)
+    else:
+        wiring["ppo_run"] = None
+    wiring["best_of_n_run"] = None
+    wiring["rm_eval_runs"] = []
+    return wiring
 
 
 def uses_gold(cfg: PipelineConfig) -> bool:
@@ -353,8 +355,7 @@ def remaining_tasks(board: dict[str, Any]) -> tuple[int, int]:
 def run(cfg: PipelineConfig, out: str) -> dict[str, Any]:
     """Run (or resume) the pipeline into `out`; prints progress per stage and a closing summary."""
     validate(cfg)
-    pipeline = Pipeline(cfg, out)
-    summary = pipeline.run()
+    summary = run_pipeline(StageRunner(cfg, out))
     print(closing_summary(summary), flush=True)
     return summary
 

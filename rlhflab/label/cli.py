@@ -23,7 +23,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # sqlalchemy is imported only when a command runs
+    from sqlalchemy.orm import Session, sessionmaker
+
+    Factory = sessionmaker[Session]
 
 HELP = "the labelling web app (serve, migrate, users, projects, import/export)"
 
@@ -219,7 +224,7 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _account(args: argparse.Namespace, factory) -> int:  # noqa: ANN001 - add-user or set-password
+def _account(args: argparse.Namespace, factory: Factory) -> int:  # add-user or set-password
     from rlhflab.label import db, service
     from rlhflab.label.security import Passwords
 
@@ -240,7 +245,7 @@ def _account(args: argparse.Namespace, factory) -> int:  # noqa: ANN001 - add-us
     return 0
 
 
-def _add_tasks(args: argparse.Namespace, factory) -> int:  # noqa: ANN001 - create-project or add-tasks
+def _add_tasks(args: argparse.Namespace, factory: Factory) -> int:  # create-project or add-tasks
     from rlhflab.label import db, service
 
     pairs, posts = _read_pairs(args)
@@ -259,7 +264,7 @@ def _add_tasks(args: argparse.Namespace, factory) -> int:  # noqa: ANN001 - crea
     return 0
 
 
-def _import(args: argparse.Namespace, factory) -> int:  # noqa: ANN001
+def _import(args: argparse.Namespace, factory: Factory) -> int:
     from rlhflab.label import db, formats, service
 
     rows = [formats.parse_openai_comparison(r, str(args.file), n) for n, r in formats.read_jsonl(args.file)]
@@ -275,7 +280,7 @@ def _import(args: argparse.Namespace, factory) -> int:  # noqa: ANN001
     return 0
 
 
-def _export(args: argparse.Namespace, factory) -> int:  # noqa: ANN001
+def _export(args: argparse.Namespace, factory: Factory) -> int:
     from rlhflab.label import db, formats, service
 
     with db.session_scope(factory) as s:
@@ -287,7 +292,7 @@ def _export(args: argparse.Namespace, factory) -> int:  # noqa: ANN001
     return 0
 
 
-def _stats(args: argparse.Namespace, factory) -> int:  # noqa: ANN001
+def _stats(args: argparse.Namespace, factory: Factory) -> int:
     from rlhflab.label import db, service
 
     with db.session_scope(factory) as s:

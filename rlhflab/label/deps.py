@@ -123,7 +123,8 @@ def require_admin(request: Request) -> User:
 
 
 def start_session(request: Request, user: User) -> dict[str, Any]:
-    """Log `user` in: a fresh session (no state carried over from before the login) with a new CSRF token."""
+    """Log `user` in; returns the MeOut fields. The session starts empty, with a new CSRF token, so nothing from
+    before the login (a token someone else may have planted) carries over."""
     request.session.clear()
     request.session["uid"] = user.id
     token = csrf_token(request)

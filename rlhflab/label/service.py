@@ -16,6 +16,7 @@ from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from rlhflab.data.pairs import policy_pairs, samples_by_post
 from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, Post, Sample
 from rlhflab.label import assignment as assign
 from rlhflab.label import formats, quality
@@ -142,38 +143,20 @@ def add_tasks(s: Session, project: Project, pairs: list[formats.PairRow], posts:
 
 def pairs_from_samples(samples: list[Sample], *, policies: list[str] | None = None, pairs_per_post: int = 1,
                        ratings: bool = False, comparisons: bool = True, seed: int = 0) -> list[formats.PairRow]:
-    """Draw comparison pairs per post: two different policies at random, one of each one's samples, never the
-    same two samples twice (so a post gets fewer pairs when it has fewer distinct ones). With `ratings`, also
-    one rating task per sample. Deterministic for a seed."""
+    """Tasks from samples, post by post (in id order): the comparisons `data.pairs.policy_pairs` draws (two
+    different policies at random, never the same two samples twice, so a post gets fewer pairs when it has fewer
+    distinct ones), then with `ratings` one rating task per sample. Deterministic for a seed."""
     rng = random.Random(seed)
-    by_post: dict[str, dict[str, list[Sample]]] = defaultdict(lambda: defaultdict(list))
-    for smp in samples:
-        if policies and smp.policy not in policies:
-            continue
-        by_post[smp.post_id][smp.policy].append(smp)
+    by_post = samples_by_post(samples, policies)
     out: list[formats.PairRow] = []
     for post_id in sorted(by_post):
         by_policy = by_post[post_id]
-        names = sorted(by_policy)
-        if comparisons and len(names) >= 2:
-            # for each pair of policies, its sample pairs in random order; then take them round-robin
-            pools = []
-            for i, pa in enumerate(names):
-                for pb in names[i + 1:]:
-                    pool = [(sa, sb) for sa in by_policy[pa] for sb in by_policy[pb]]
-                    rng.shuffle(pool)
-                    pools.append(pool)
-            rng.shuffle(pools)
-            taken = 0
-            while taken < pairs_per_post and any(pools):
-                for pool in pools:
-                    if pool and taken < pairs_per_post:
-                        sa, sb = pool.pop()
-                        out.append(formats.PairRow(post=None, post_id=post_id, summary_a=sa.text,
-                                                   policy_a=sa.policy, summary_b=sb.text, policy_b=sb.policy))
-                        taken += 1
+        if comparisons and len(by_policy) >= 2:
+            out += [formats.PairRow(post=None, post_id=post_id, summary_a=sa.text, policy_a=sa.policy,
+                                    summary_b=sb.text, policy_b=sb.policy)
+                    for sa, sb in policy_pairs(by_policy, pairs_per_post, rng)]
         if ratings:
-            for name in names:
+            for name in sorted(by_policy):
                 for smp in by_policy[name]:
                     out.append(formats.PairRow(post=None, post_id=post_id, summary_a=smp.text, policy_a=name))
     return out
