@@ -3,6 +3,11 @@
 Every stage owns one dataclass (composed of small shared ones). The YAML file holds only what differs from the
 defaults. Unknown keys and wrong types are errors that name the key, e.g. `ppo.kl.target: expected float, got
 'abc'` — a typo in a config must never silently fall back to a default.
+
+Validation has one rule. A dataclass checks its own values (ranges, exclusive options, divisibility among its own
+fields) in `__post_init__` with `require`, which raises a `ConfigValueError` naming the field; `from_dict` turns it
+into a ConfigError naming the key's whole path (`data.dev_fraction: must be in [0, 1], got 2.0`). Checks that need
+the launch (number of processes, FSDP) are each stage's `check_launch(cfg, procs)`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,20 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the stage's dataclass."""
+
+
+class ConfigValueError(ValueError):
+    """A value a config dataclass rejects in its `__post_init__`; `key` is the field's name in that dataclass."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+def require(ok: bool, key: str, problem: str) -> None:
+    """A config dataclass's check of its own field `key` (call it in `__post_init__`)."""
+    if not ok:
+        raise ConfigValueError(key, problem)
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
@@ -88,6 +107,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {name: coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
     try:
         obj = cls(**kwargs)
+    except ConfigValueError as err:  # the dataclass named its field: give the key's whole path
+        raise ConfigError(f"{prefix}{err.key}: {err.problem}") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from None
     return obj

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlhflab.core.config import require
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.data import schema
@@ -48,6 +49,10 @@ class SimulateConfig:
     worker: str | None = None  # the `worker` field; None: sim:<judge name>
     bf16: bool = False
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        require(0 <= self.random_rate <= 1, "random_rate", f"must be in [0, 1], got {self.random_rate}")
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,6 @@ def simulate(cfg: SimulateConfig, out: str) -> dict:
     run = RunDir(out)
     if run.is_done():
         return run.read_done()
-    if cfg.temperature < 0 or not 0 <= cfg.random_rate <= 1:
-        raise ValueError(f"temperature={cfg.temperature} must be >= 0 and random_rate={cfg.random_rate} in [0, 1]")
     run.start("simulate-labels", cfg)
     t_start = time.time()
     tasks = read_tasks(cfg.pairs)

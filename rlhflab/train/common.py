@@ -1,4 +1,5 @@
-"""Small pieces every training stage shares: batch-size arithmetic, optimiser + schedule, checkpoints.
+"""Small pieces every training stage shares: batch-size arithmetic, optimiser + schedule, the order of the steps'
+batches, one optimiser step, checkpoints.
 
 These are plain functions, not a base class: each stage's loop stays readable on its own.
 """
@@ -7,20 +8,24 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlhflab.core.config import require
 from rlhflab.core.rundir import RunDir, atomic_path
 from rlhflab.core.seed import rng_state, set_rng_state
 from rlhflab.train.distributed import (
     Processes,
+    clip_grad_norm,
     full_optimizer_state,
     full_state_dict,
     load_full_optimizer_state,
     load_full_weights,
+    sum_gradients,
 )
 
 
@@ -41,6 +46,15 @@ class BatchSizes:
     micro_batch_size: int  # sequences per forward/backward on one process
     world_size: int
     grad_accum_steps: int  # micro batches per optimiser step on one process
+
+
+def check_batch_fields(batch_size: int, micro_batch_size: int, key: str = "batch_size") -> None:
+    """A stage config's own batch check (its `__post_init__`): both positive, and whole micro batches per step.
+    `key` is the field `batch_size` comes from (PPO: mini_batch_size). The launch's share is `batch_sizes`."""
+    require(batch_size > 0, key, f"must be positive, got {batch_size}")
+    require(micro_batch_size > 0, "micro_batch_size", f"must be positive, got {micro_batch_size}")
+    require(batch_size % micro_batch_size == 0, key,
+            f"{key}={batch_size} is not a multiple of micro_batch_size={micro_batch_size}")
 
 
 def batch_sizes(batch_size: int, micro_batch_size: int, world_size: int = 1, name: str = "batch_size"
@@ -83,6 +97,27 @@ def length_grouped_order(lengths: list[int], batch_size: int, seed: int) -> list
     return [j for b in order for j in batches[b]]
 
 
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, per_epoch: int, start: int, total: int
+                  ) -> Iterator[tuple[int, int, list[int]]]:
+    """(epoch, position in the epoch, example indices) of each step from `start` to `total`.
+
+    Epoch e's order is `length_grouped_order(lengths, batch_size, seed + e)`: it depends only on (seed, epoch), so
+    a resumed run recomputes it and needs nothing more than its step.
+    """
+    order: list[int] = []
+    order_epoch = -1
+    for step in range(start, total):
+        epoch, position = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = length_grouped_order(lengths, batch_size, seed + epoch), epoch
+        yield epoch, position, order[position * batch_size : (position + 1) * batch_size]
+
+
+def on_period(step: int, every: int, last: bool) -> bool:
+    """Is `step` one to evaluate or checkpoint at: every `every` steps (0 = never) and always at the last."""
+    return bool(every and step % every == 0) or last
+
+
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
     """Learning-rate multiplier at `step` (0-based): linear warmup, then cosine decay to min_lr_ratio."""
     warmup = max(1, math.ceil(cfg.warmup_ratio * total_steps)) if cfg.warmup_ratio > 0 else 0
@@ -99,6 +134,17 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, cfg))
     return optimizer, scheduler
+
+
+def optimizer_step(model: torch.nn.Module, optimizer, scheduler, max_norm: float, procs: Processes) -> torch.Tensor:
+    """The step after the backward passes: gradients summed over processes, their global norm clipped to
+    `max_norm`, the optimiser and the schedule stepped, gradients freed. -> the norm before clipping (a scalar)."""
+    sum_gradients(model, procs)
+    grad_norm = clip_grad_norm([p for p in model.parameters() if p.requires_grad], max_norm, procs)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def freeze_lower_layers(model: torch.nn.Module, n_layers: int) -> int:
@@ -125,6 +171,15 @@ def save_checkpoint(run: RunDir, model, optimizer, scheduler, trainer: dict[str,
 
 def load_checkpoint(run: RunDir, model, optimizer, scheduler) -> dict[str, Any]:
     return load_state(run, {"": (model, optimizer, scheduler)})[0]
+
+
+def resume(run: RunDir, model, optimizer, scheduler, procs: Processes) -> dict[str, Any]:
+    """Restore one model's state/ and drop the metrics logged after it (they will be logged again) -> the trainer
+    position `save_checkpoint` stored ({"step": ..., ...})."""
+    trainer = load_checkpoint(run, model, optimizer, scheduler)
+    if procs.is_main:
+        run.truncate_metrics(trainer["step"])
+    return trainer
 
 
 def save_state(run: RunDir, parts: dict[str, tuple], trainer: dict[str, Any], procs: Processes,
@@ -169,6 +224,11 @@ def load_state(run: RunDir, parts: dict[str, tuple]) -> tuple[dict[str, Any], di
     tensors_path = state / "tensors.pt"
     tensors = torch.load(tensors_path, weights_only=True) if tensors_path.exists() else {}
     return json.loads((state / "trainer.json").read_text()), tensors
+
+
+def last_logged(rows: list[dict[str, Any]], key: str) -> Any:
+    """The last value of `key` in metrics rows (run.read_metrics()), or None when it was never logged."""
+    return next((r[key] for r in reversed(rows) if key in r), None)
 
 
 def count_tokens(mask: torch.Tensor) -> int:

@@ -45,20 +45,25 @@ from rlhflab.data.splits import split_by_post
 from rlhflab.models.device import autocast
 from rlhflab.models.reward import RewardModel, new_reward_model, normalise, save_reward_model
 from rlhflab.ops.losses import confidence_preference_loss, preference_accuracy, preference_loss
+from rlhflab.core.config import require
 from rlhflab.train.common import (
+    BatchSizes,
     OptimConfig,
     batch_sizes,
+    check_batch_fields,
+    epoch_batches,
     freeze_lower_layers,
-    length_grouped_order,
-    load_checkpoint,
+    last_logged,
     make_optimizer,
+    on_period,
+    optimizer_step,
     plan_steps,
+    resume,
     save_checkpoint,
 )
 from rlhflab.train.distributed import (
     Processes,
     barrier,
-    clip_grad_norm,
     full_state_dict,
     gather_objects,
     lockstep_chunks,
@@ -66,7 +71,6 @@ from rlhflab.train.distributed import (
     shard_layers,
     share,
     sum_across,
-    sum_gradients,
 )
 
 log = get_logger(__name__)
@@ -84,6 +88,10 @@ class RewardData:
     skip_bad: bool = False
     duplicates: Literal["drop", "keep"] = "drop"
     contradictions: Literal["majority", "drop", "keep"] = "majority"
+
+    def __post_init__(self) -> None:
+        require(0 <= self.dev_fraction <= 1, "dev_fraction", f"must be in [0, 1], got {self.dev_fraction}")
+        require(self.limit is None or self.limit >= 0, "limit", f"must be >= 0 or None, got {self.limit}")
 
 
 @dataclass
@@ -108,6 +116,25 @@ class RewardConfig:
     save_every: int = 20
     normalise_on: str | None = "../shared/data/tldr/train.jsonl.gz"  # posts whose references should average 0
     normalise_limit: int = 256
+
+    def __post_init__(self) -> None:
+        check_batch_fields(self.batch_size, self.micro_batch_size)
+
+
+def check_launch(cfg: RewardConfig, procs: Processes) -> BatchSizes:
+    """What the config asks of the launch: an equal share of whole micro batches for each process -> the sizes."""
+    return batch_sizes(cfg.batch_size, cfg.micro_batch_size, procs.world_size)
+
+
+def fit_launch(cfg: RewardConfig, procs: Processes) -> RewardConfig:
+    """The config as this launch runs it: under FSDP share_query is off, because its KV-cache path bypasses FSDP's
+    backward hooks (see shard_layers); each pair then runs as two full sequences (the same scores)."""
+    if not (procs.shard and cfg.share_query):
+        return cfg
+    if procs.is_main:
+        log.warning("FSDP: share_query=false (each pair runs as two full sequences); the shared-query "
+                    "forward does not work with sharded layers")
+    return dataclasses.replace(cfg, share_query=False)
 
 
 @dataclass(frozen=True)
@@ -150,7 +177,25 @@ def load_data(cfg: RewardConfig) -> tuple[list[Comparison], list[Comparison], di
     return train_rows, dev_rows, counts
 
 
-# ------------------------------------------------------------------------------------------------ loss, eval
+# ------------------------------------------------------------------------------------------------ model, loss, eval
+
+def trainable_reward_model(cfg: RewardConfig, procs: Processes) -> tuple[RewardModel, int]:
+    """The backbone of `cfg.model` with a fresh head on this process's device, lower layers frozen, decoder layers
+    sharded under FSDP, in train mode -> (the model, its trainable parameter count)."""
+    rm = new_reward_model(cfg.model, max_query_tokens=cfg.data.max_query_tokens,
+                          max_response_tokens=cfg.data.max_response_tokens, seed=cfg.seed,
+                          allow_partial=cfg.allow_partial)
+    rm.to(procs.device)
+    freeze_lower_layers(rm.lm, cfg.freeze_layers)
+    # every loss here sees only r_chosen − r_rejected, so the head's bias has a zero gradient in exact arithmetic;
+    # left trainable, Adam would move it by lr per step on rounding noise (normalisation sets rm.bias afterwards)
+    rm.head.bias.requires_grad_(False)
+    trainable = sum(p.numel() for p in rm.parameters() if p.requires_grad)
+    if shard_layers(rm, procs):
+        log.info("FSDP: each of the backbone's decoder layers sharded across %d processes", procs.world_size)
+    rm.train()
+    return rm, trainable
+
 
 def pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, distance: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "confidence":
@@ -190,6 +235,27 @@ def evaluate(rm: RewardModel, pairs: list[PairExample], cfg: RewardConfig, procs
             "eval/margin": float((r_chosen - r_rejected).mean()), "eval/n_pairs": len(pairs)}
 
 
+def summarise(rows: list[dict[str, Any]], head: dict[str, Any], norm: dict[str, Any], data_counts: dict[str, int]
+              ) -> dict[str, Any]:
+    """DONE.json: `head` (the run's own numbers), then from metrics.jsonl the last, the first (step 0) and the best
+    dev results, the final train loss, the normalisation, and the data counts logged at step 0."""
+    evals = [r for r in rows if "eval/accuracy" in r]
+    best = max(evals, key=lambda r: r["eval/accuracy"]) if evals else None
+    summary = {**head,
+               "dev_accuracy": evals[-1]["eval/accuracy"] if evals else None,
+               "dev_accuracy_before": evals[0]["eval/accuracy"] if evals and evals[0]["step"] == 0 else None,
+               "dev_loss": evals[-1]["eval/loss"] if evals else None,
+               "best_dev_accuracy": best["eval/accuracy"] if best else None,
+               "best_dev_step": best["step"] if best else None,
+               "train_loss_final": last_logged(rows, "train/loss"),
+               "normalisation": norm,
+               "data": next(({k: v for k, v in r.items() if k.startswith("data/")} for r in rows if r["step"] == 0),
+                            data_counts)}
+    if summary["dev_accuracy"] is not None and math.isnan(summary["dev_accuracy"]):
+        raise RuntimeError("dev accuracy is NaN")
+    return summary
+
+
 # ------------------------------------------------------------------------------------------------ the loop
 
 def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
@@ -199,31 +265,16 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         log.info("%s is already DONE; nothing to do", out)
         return run.read_done()
     procs = processes(cfg.device)
-    if procs.shard and cfg.share_query:  # its KV-cache path bypasses FSDP's backward hooks (see shard_layers)
-        if procs.is_main:
-            log.warning("FSDP: share_query=false (each pair runs as two full sequences); the shared-query "
-                        "forward does not work with sharded layers")
-        cfg = dataclasses.replace(cfg, share_query=False)
+    cfg = fit_launch(cfg, procs)
     seed_everything(cfg.seed)  # the same seed on every process: the same fresh head everywhere
     if procs.is_main:
         run.start("rm", cfg)
-    sizes = batch_sizes(cfg.batch_size, cfg.micro_batch_size, procs.world_size)
+    sizes = check_launch(cfg, procs)
     t_start = time.time()
 
     # (1) backbone + fresh head, comparisons
     train_rows, dev_rows, data_counts = load_data(cfg)
-    rm = new_reward_model(cfg.model, max_query_tokens=cfg.data.max_query_tokens,
-                          max_response_tokens=cfg.data.max_response_tokens, seed=cfg.seed,
-                          allow_partial=cfg.allow_partial)
-    rm.to(procs.device)
-    freeze_lower_layers(rm.lm, cfg.freeze_layers)
-    # every loss here sees only r_chosen − r_rejected, so the head's bias has a zero gradient in exact arithmetic;
-    # left trainable, Adam would move it by lr per step on rounding noise (normalisation sets rm.bias afterwards)
-    rm.head.bias.requires_grad_(False)
-    trainable = sum(p.numel() for p in rm.parameters() if p.requires_grad)
-    if shard_layers(rm, procs):
-        log.info("FSDP: each of the backbone's decoder layers sharded across %d processes", procs.world_size)
-    rm.train()
+    rm, trainable = trainable_reward_model(cfg, procs)
 
     # (2) tokenised train / dev pairs (the dev split and repeat policies were applied in load_data)
     train_pairs, dev_pairs = build_pairs(train_rows, rm), build_pairs(dev_rows, rm)
@@ -238,10 +289,8 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
 
     step, pairs_seen = 0, 0
     if run.has_state():
-        trainer = load_checkpoint(run, rm, optimizer, scheduler)
+        trainer = resume(run, rm, optimizer, scheduler, procs)
         step, pairs_seen = trainer["step"], trainer["pairs_seen"]
-        if procs.is_main:
-            run.truncate_metrics(step)
         log.info("resumed from step %d", step)
     else:  # the "before" picture: dev accuracy of the fresh head, and what the repeat policies did
         before = evaluate(rm, dev_pairs, cfg, procs) if dev_pairs else {}
@@ -249,14 +298,10 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
             run.log_metrics(0, {**data_counts, **before})
 
     # (3) the loop
-    order, order_epoch = None, -1
     bar = tqdm(total=total_steps, initial=step, desc="rm", unit="step", dynamic_ncols=True,
                disable=not procs.is_main)
-    while step < total_steps:
-        epoch, position = divmod(step, per_epoch)
-        if epoch != order_epoch:  # depends only on (seed, epoch): resume needs nothing more
-            order, order_epoch = length_grouped_order(lengths, sizes.batch_size, cfg.seed + epoch), epoch
-        batch_idx = order[position * sizes.batch_size : (position + 1) * sizes.batch_size]
+    for epoch, position, batch_idx in epoch_batches(lengths, sizes.batch_size, cfg.seed, per_epoch, step,
+                                                    total_steps):
         t0 = time.time()
 
         # one optimiser step: the loss is the mean over the (global) batch's pairs; this process runs its share,
@@ -273,12 +318,8 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
             correct += float(preference_accuracy(r_chosen.detach(), r_rejected.detach())) * len(pairs)
             margin_total += float((r_chosen - r_rejected).detach().sum())
             n_tokens += tokens
-        sum_gradients(rm, procs)
+        grad_norm = optimizer_step(rm, optimizer, scheduler, cfg.optim.max_grad_norm, procs)
         loss_total, correct, margin_total, n_tokens = sum_across([loss_total, correct, margin_total, n_tokens], procs)
-        grad_norm = clip_grad_norm([p for p in rm.parameters() if p.requires_grad], cfg.optim.max_grad_norm, procs)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         step += 1
         pairs_seen += len(batch_idx)
         dt = time.time() - t0
@@ -291,7 +332,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
             "train/pairs_per_s": n / dt, "train/tokens_per_s": n_tokens / dt, "train/pairs_seen": pairs_seen,
             "train/epoch": epoch + (position + 1) / per_epoch}
         last = step == total_steps
-        if dev_pairs and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+        if dev_pairs and on_period(step, cfg.eval_every, last):
             metrics |= evaluate(rm, dev_pairs, cfg, procs)
             rm.train()
         if procs.is_main and (step % cfg.log_every == 0 or "eval/accuracy" in metrics or last):
@@ -299,7 +340,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.2f}",
                         pairs_s=f"{metrics['train/pairs_per_s']:.2f}")
-        if (cfg.save_every and step % cfg.save_every == 0) or last:
+        if on_period(step, cfg.save_every, last):
             save_checkpoint(run, rm, optimizer, scheduler, {"step": step, "pairs_seen": pairs_seen}, procs)
         if stop_after is not None and step >= stop_after and not last:
             bar.close()
@@ -318,22 +359,9 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         barrier(procs)
         return run.read_done()
     save_reward_model(rm, run.model_dir, lm_weights)
-    rows = run.read_metrics()
-    evals = [r for r in rows if "eval/accuracy" in r]
-    best = max(evals, key=lambda r: r["eval/accuracy"]) if evals else None
-    summary = {"stage": "rm", "step": step, "wall_s": time.time() - t_start, "pairs_seen": pairs_seen,
-               "loss": cfg.loss, "train_pairs": len(train_pairs), "dev_pairs": len(dev_pairs),
-               "dev_accuracy": evals[-1]["eval/accuracy"] if evals else None,
-               "dev_accuracy_before": evals[0]["eval/accuracy"] if evals and evals[0]["step"] == 0 else None,
-               "dev_loss": evals[-1]["eval/loss"] if evals else None,
-               "best_dev_accuracy": best["eval/accuracy"] if best else None,
-               "best_dev_step": best["step"] if best else None,
-               "train_loss_final": next((r["train/loss"] for r in reversed(rows) if "train/loss" in r), None),
-               "normalisation": norm,
-               "data": next(({k: v for k, v in r.items() if k.startswith("data/")} for r in rows if r["step"] == 0),
-                            data_counts)}
-    if summary["dev_accuracy"] is not None and math.isnan(summary["dev_accuracy"]):
-        raise RuntimeError("dev accuracy is NaN")
+    summary = summarise(run.read_metrics(), {
+        "stage": "rm", "step": step, "wall_s": time.time() - t_start, "pairs_seen": pairs_seen, "loss": cfg.loss,
+        "train_pairs": len(train_pairs), "dev_pairs": len(dev_pairs)}, norm, data_counts)
     run.write_done(summary)
     barrier(procs)
     log.info("rm done: dev accuracy %s after %d steps", summary["dev_accuracy"], step)

@@ -31,21 +31,26 @@ from rlhflab.data.records import Post
 from rlhflab.models.device import autocast
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model, save_model
+from rlhflab.core.config import require
 from rlhflab.train.common import (
+    BatchSizes,
     OptimConfig,
     batch_sizes,
+    check_batch_fields,
+    epoch_batches,
     freeze_lower_layers,
-    length_grouped_order,
-    load_checkpoint,
+    last_logged,
     make_optimizer,
+    on_period,
+    optimizer_step,
     plan_steps,
+    resume,
     save_checkpoint,
     write_table,
 )
 from rlhflab.train.distributed import (
     Processes,
     barrier,
-    clip_grad_norm,
     full_state_dict,
     gather_objects,
     lockstep_chunks,
@@ -53,7 +58,6 @@ from rlhflab.train.distributed import (
     shard_layers,
     share,
     sum_across,
-    sum_gradients,
     training_state_mib,
 )
 
@@ -69,6 +73,11 @@ class SFTData:
     max_query_tokens: int = 512  # the paper's budget; the post is cut at a newline to fit
     max_response_tokens: int = 64  # longer references are cut (and lose their EOS)
     skip_bad: bool = False  # skip (and count) malformed rows instead of stopping at the first
+
+    def __post_init__(self) -> None:
+        for key in ("limit_train", "limit_eval"):
+            value = getattr(self, key)
+            require(value is None or value >= 0, key, f"must be >= 0 or None, got {value}")
 
 
 @dataclass
@@ -90,6 +99,14 @@ class SFTConfig:
     save_every: int = 50
     n_samples: int = 5  # greedy summaries of the first eval posts at each eval
     sample_max_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        check_batch_fields(self.batch_size, self.micro_batch_size)
+
+
+def check_launch(cfg: SFTConfig, procs: Processes) -> BatchSizes:
+    """What the config asks of the launch: an equal share of whole micro batches for each process -> the sizes."""
+    return batch_sizes(cfg.batch_size, cfg.micro_batch_size, procs.world_size)
 
 
 @dataclass(frozen=True)
@@ -200,7 +217,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     seed_everything(cfg.seed)  # the same seed on every process: they hold the same model
     if procs.is_main:
         run.start("sft", cfg)
-    sizes = batch_sizes(cfg.batch_size, cfg.micro_batch_size, procs.world_size)
+    sizes = check_launch(cfg, procs)
     t_start = time.time()
 
     # (1) model and data
@@ -222,10 +239,8 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     # (2) resume
     step, tokens_seen = 0, 0
     if run.has_state():
-        trainer = load_checkpoint(run, model, optimizer, scheduler)
+        trainer = resume(run, model, optimizer, scheduler, procs)
         step, tokens_seen = trainer["step"], trainer["tokens_seen"]
-        if procs.is_main:
-            run.truncate_metrics(step)
         log.info("resumed from step %d", step)
     elif eval_ex:  # the "before" picture: eval loss and summaries of the untrained model
         before = eval_loss(model, eval_ex, pad_id, cfg, procs)
@@ -234,14 +249,10 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         if cfg.n_samples:
             write_samples(run, 0, model, tokenizer, eval_posts, eval_ex, cfg, procs)
 
-    order, order_epoch = None, -1
     bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", dynamic_ncols=True,
                disable=not procs.is_main)
-    while step < total_steps:
-        epoch, position = divmod(step, per_epoch)
-        if epoch != order_epoch:  # the order of an epoch depends only on (seed, epoch): resume needs no more
-            order, order_epoch = length_grouped_order(lengths, sizes.batch_size, cfg.seed + epoch), epoch
-        batch_idx = order[position * sizes.batch_size : (position + 1) * sizes.batch_size]
+    for epoch, position, batch_idx in epoch_batches(lengths, sizes.batch_size, cfg.seed, per_epoch, step,
+                                                    total_steps):
         t0 = time.time()
 
         # (3) one optimiser step: the loss is the mean over all reference tokens of the whole (global) batch;
@@ -257,11 +268,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
                 loss_sum, _ = token_losses(model, b)
             (loss_sum / n_target).backward()
             loss_total += loss_sum.item()
-        sum_gradients(model, procs)
-        grad_norm = clip_grad_norm([p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm, procs)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm, procs)
         step += 1
         loss_total, n_tokens = sum_across([loss_total, sum(int(b["attention_mask"].sum()) for b in batches)], procs)
         n_tokens = int(n_tokens)
@@ -275,7 +282,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         if step == 1:  # once Adam's moments exist: what sharding (FSDP) divides between processes
             metrics["train/state_mib_per_process"] = training_state_mib(model, optimizer)
         last = step == total_steps
-        if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+        if eval_ex and on_period(step, cfg.eval_every, last):
             metrics["eval/loss"] = eval_loss(model, eval_ex, pad_id, cfg, procs)
             if cfg.n_samples:
                 write_samples(run, step, model, tokenizer, eval_posts, eval_ex, cfg, procs)
@@ -283,7 +290,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
             run.log_metrics(step, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-        if (cfg.save_every and step % cfg.save_every == 0) or last:
+        if on_period(step, cfg.save_every, last):
             save_checkpoint(run, model, optimizer, scheduler, {"step": step, "tokens_seen": tokens_seen}, procs)
         if stop_after is not None and step >= stop_after and not last:
             bar.close()
@@ -301,7 +308,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     evals = [r["eval/loss"] for r in metrics_rows if "eval/loss" in r]
     summary = {"stage": "sft", "step": step, "wall_s": time.time() - t_start, "tokens_seen": tokens_seen,
                "eval_loss_first": evals[0] if evals else None, "eval_loss_final": evals[-1] if evals else None,
-               "train_loss_final": next((r["train/loss"] for r in reversed(metrics_rows) if "train/loss" in r), None)}
+               "train_loss_final": last_logged(metrics_rows, "train/loss")}
     run.write_done(summary)
     barrier(procs)
     log.info("sft done: %s", summary)

@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from rlhflab.core.config import ConfigError, load_config, parse_override
+from rlhflab.core.config import ConfigError, load_config, parse_override, require
 
 
 @dataclass
@@ -91,3 +91,46 @@ def test_every_shipped_profile_loads():
             load_config(getattr(module, cls_name), path)
             checked += 1
     assert checked >= 8
+
+
+@dataclass
+class Checked:
+    rate: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(0 <= self.rate <= 1, "rate", f"must be in [0, 1], got {self.rate}")
+
+
+@dataclass
+class HoldsChecked:
+    part: Checked = field(default_factory=Checked)
+
+
+def test_post_init_check_names_the_whole_key_path(tmp_path):
+    """The one validation rule: a dataclass checks its own fields in __post_init__ (require -> a ValueError that
+    names the field), and from_dict reports the key's whole path."""
+    with pytest.raises(ValueError, match=r"^rate: must be in \[0, 1\], got 2"):
+        Checked(rate=2.0)
+    with pytest.raises(ConfigError, match=r"^part\.rate: must be in \[0, 1\], got 2\.0 \(in .*c\.yaml\)$"):
+        load_config(HoldsChecked, write(tmp_path, "part:\n  rate: 2\n"))
+    assert load_config(HoldsChecked, None, ["part.rate=1"]).part.rate == 1.0
+
+
+@pytest.mark.parametrize("stage, overrides, message", [
+    ("sft", ["batch_size=16", "micro_batch_size=3"], r"^batch_size: batch_size=16 is not a multiple of "
+                                                     r"micro_batch_size=3"),
+    ("sft", ["micro_batch_size=0"], r"^micro_batch_size: must be positive"),
+    ("sft", ["data.limit_eval=-1"], r"^data\.limit_eval: must be >= 0 or None"),
+    ("rm", ["data.dev_fraction=1.5"], r"^data\.dev_fraction: must be in \[0, 1\], got 1\.5"),
+    ("rm", ["batch_size=0"], r"^batch_size: must be positive"),
+    ("simulate-labels", ["random_rate=2"], r"^random_rate: must be in \[0, 1\]"),
+    ("simulate-labels", ["temperature=-1"], r"^temperature: must be >= 0"),
+])
+def test_stage_configs_check_their_own_values(stage, overrides, message):
+    pytest.importorskip("torch")
+    from rlhflab.cli import STAGES
+
+    module_name, cls_name, _, _ = STAGES[stage]
+    cls = getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
+    with pytest.raises(ConfigError, match=message):
+        load_config(cls, None, overrides)
