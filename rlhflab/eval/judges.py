@@ -1,7 +1,8 @@
 """Judges for `rlhflab eval`: who decides whether a policy's summary beats the human reference.
 
-Every judge answers `prefer(posts, a, b) -> [P(a preferred) or None]` for pairs of summaries of the same posts
-(None: this judge has no verdict for that pair, e.g. nobody labelled it). Kinds:
+Every judge is a `Judge`: it answers `prefer(posts, a, b) -> [P(a preferred) or None]` for pairs of summaries of
+the same posts (None: this judge has no verdict for that pair, e.g. nobody labelled it), and `scores(posts,
+summaries)` with a score per summary, or None when it does not score summaries one at a time. Kinds:
 
 - `rm`: a reward model (an `rlhflab rm` run directory). P(a preferred) = σ(r_a − r_b); a wins when r_a > r_b.
   Scores are cached per (post, summary, EOS) in the run directory, so every text is scored once.
@@ -9,11 +10,12 @@ Every judge answers `prefer(posts, a, b) -> [P(a preferred) or None]` for pairs 
   and both summary texts (whitespace-normalised). Several labels of one pair are averaged; a confidence of 5
   ("no preference") counts as half.
 - `python`: `python:module:function`, called as f(posts, summaries_a, summaries_b) -> P(a preferred) per pair.
+  Answers are cached (`PreferenceCache`).
 - `openai`: an OpenAI-compatible chat endpoint (`base_url`, `model`; the key from the environment variable
   `api_key_env`, if set). Off unless configured; the summaries are shown in a seeded random order (A/B) to cancel
   position bias. Answers are cached.
 
-Identical summaries are a tie (0.5) and never reach a judge (see `evaluate.judge_pairs`).
+Identical summaries are a tie (0.5) and never reach a judge (see `judging.judge_pairs`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from rlhflab.core.rundir import RunError
 from rlhflab.data.jsonl import DataError
@@ -77,6 +79,21 @@ class Text:
 
 def normalise_text(text: str) -> str:
     return " ".join(text.split())
+
+
+class Judge(Protocol):
+    name: str
+    kind: str
+    spec: str  # what the report shows: the RM run, the labels file, the function or the endpoint
+    note: str
+
+    def prefer(self, posts: Sequence[Post], a: Sequence[Text], b: Sequence[Text]) -> list[float | None]:
+        """P(a preferred to b) per pair; None: no verdict on that pair."""
+        ...
+
+    def scores(self, posts: Sequence[Post], texts: Sequence[Text], progress: str | None = None) -> list[float] | None:
+        """The judge's score of each summary; None: this judge compares, it does not score."""
+        ...
 
 
 # ---------------------------------------------------------------------------------------------- reward model
@@ -152,6 +169,9 @@ class LabelsJudge:
             self.votes[(c.post.id, t1, t0)].append(1.0 - v0)
         log.info("judge %s: %d labelled pairs from %s", self.name, len(self.votes) // 2, self.spec)
 
+    def scores(self, posts: Sequence[Post], texts: Sequence[Text], progress: str | None = None) -> None:
+        return None
+
     def prefer(self, posts: Sequence[Post], a: Sequence[Text], b: Sequence[Text]) -> list[float | None]:
         out: list[float | None] = []
         for p, x, y in zip(posts, a, b):
@@ -179,33 +199,37 @@ def import_callable(spec: str) -> Callable[..., Any]:
     return fn
 
 
-class CachedPreferenceJudge:
-    """Shared by the python and openai judges: answers cached per (post, a, b)."""
+Ask = Callable[[Sequence[Post], Sequence[str], Sequence[str]], list[float | None]]
 
-    kind = "python"
 
-    def __init__(self, spec: JudgeSpec, cache_dir: Path):
-        self.name, self.spec, self.note = spec.name, spec.spec or spec.base_url or "", spec.note
+class PreferenceCache:
+    """A judge's answers per (post, a, b) on disk: the python and openai judges ask only for pairs not in it."""
+
+    def __init__(self, cache_dir: Path):
         self.cache = KeyedCache(cache_dir / "preferences.jsonl")
 
-    def ask(self, posts: Sequence[Post], a: Sequence[str], b: Sequence[str]) -> list[float | None]:
-        raise NotImplementedError
-
-    def prefer(self, posts: Sequence[Post], a: Sequence[Text], b: Sequence[Text]) -> list[float | None]:
+    def prefer(self, posts: Sequence[Post], a: Sequence[Text], b: Sequence[Text], ask: Ask) -> list[float | None]:
         keys = [text_key(p.source, p.id, x.text, y.text) for p, x, y in zip(posts, a, b)]
         todo = [i for i, k in enumerate(keys) if k not in self.cache]
         if todo:
-            answers = self.ask([posts[i] for i in todo], [a[i].text for i in todo], [b[i].text for i in todo])
+            answers = ask([posts[i] for i in todo], [a[i].text for i in todo], [b[i].text for i in todo])
             self.cache.add({keys[i]: v for i, v in zip(todo, answers)})
         return [self.cache[k] for k in keys]
 
 
-class PythonJudge(CachedPreferenceJudge):
+class PythonJudge:
     kind = "python"
 
     def __init__(self, spec: JudgeSpec, cache_dir: Path):
-        super().__init__(spec, cache_dir)
+        self.name, self.spec, self.note = spec.name, spec.spec or "", spec.note
+        self.answers = PreferenceCache(cache_dir)
         self.fn = import_callable(self.spec)
+
+    def prefer(self, posts: Sequence[Post], a: Sequence[Text], b: Sequence[Text]) -> list[float | None]:
+        return self.answers.prefer(posts, a, b, self.ask)
+
+    def scores(self, posts: Sequence[Post], texts: Sequence[Text], progress: str | None = None) -> None:
+        return None
 
     def ask(self, posts: Sequence[Post], a: Sequence[str], b: Sequence[str]) -> list[float | None]:
         out = list(self.fn(list(posts), list(a), list(b)))
@@ -250,15 +274,22 @@ def parse_choice(answer: str) -> str | None:
     return None
 
 
-class OpenAIJudge(CachedPreferenceJudge):
+class OpenAIJudge:
     kind = "openai"
 
     def __init__(self, spec: JudgeSpec, cache_dir: Path, api_key: str | None = None):
-        super().__init__(spec, cache_dir)
+        self.name, self.spec, self.note = spec.name, spec.spec or spec.base_url or "", spec.note
+        self.answers = PreferenceCache(cache_dir)
         self.base_url = (spec.base_url or "").rstrip("/")
         self.model, self.timeout_s, self.seed = spec.model, spec.timeout_s, spec.seed
         self.api_key = api_key
         self.unparsed = 0
+
+    def prefer(self, posts: Sequence[Post], a: Sequence[Text], b: Sequence[Text]) -> list[float | None]:
+        return self.answers.prefer(posts, a, b, self.ask)
+
+    def scores(self, posts: Sequence[Post], texts: Sequence[Text], progress: str | None = None) -> None:
+        return None
 
     def a_first(self, post: Post, a: str, b: str) -> bool:
         """Whether summary a is shown as "A": a seeded coin per pair (the same pair always gets the same order)."""
@@ -312,7 +343,7 @@ class OpenAIJudge(CachedPreferenceJudge):
 # ---------------------------------------------------------------------------------------------- construction
 
 
-def build_judge(spec: JudgeSpec, cache_dir: Path, load_rm: Callable[[str], Any], bf16: bool = False):
+def build_judge(spec: JudgeSpec, cache_dir: Path, load_rm: Callable[[str], Any], bf16: bool = False) -> Judge:
     """The judge object for a spec; its caches live in `cache_dir` (one directory per judge)."""
     import os
 

@@ -19,7 +19,7 @@ from rlhflab.cli import main  # noqa: E402
 from rlhflab.core.config import ConfigError, load_config  # noqa: E402
 from rlhflab.core.rundir import RunError  # noqa: E402
 from rlhflab.data.records import Post  # noqa: E402
-from rlhflab.eval import evaluate as evaluate_module  # noqa: E402
+from rlhflab.eval import sampling as sampling_module  # noqa: E402
 from rlhflab.eval.evaluate import EvalConfig, evaluate  # noqa: E402
 from rlhflab.eval.judges import JudgeSpec, OpenAIJudge, Text, parse_choice  # noqa: E402
 from rlhflab.eval.metrics import lead_k, rouge  # noqa: E402
@@ -253,13 +253,13 @@ def test_interrupted_eval_resumes_without_resampling_and_gives_the_same_report(f
     (sft_samples,) = list((out / "main/samples").glob("tiny-*.jsonl"))
     assert len(sft_samples.read_text().splitlines()) == 6
     sampled = []
-    real = evaluate_module.Evaluator._sample_batch
+    real = sampling_module.sample_batch
 
-    def spy(self, model, tok, chunk, name, *args):
+    def spy(model, tok, chunk, name, *args):
         sampled.append((name, chunk[0].source))
-        return real(self, model, tok, chunk, name, *args)
+        return real(model, tok, chunk, name, *args)
 
-    monkeypatch.setattr(evaluate_module.Evaluator, "_sample_batch", spy)
+    monkeypatch.setattr(sampling_module, "sample_batch", spy)
     evaluate(cfg, str(out))
     assert ("sft", "tldr") not in sampled and ("ppo", "tldr") in sampled  # SFT's summaries came from the cache
     assert len(sft_samples.read_text().splitlines()) == 6
