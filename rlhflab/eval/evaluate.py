@@ -449,14 +449,13 @@ def evaluate(cfg: EvalConfig, out: str, stop_after: int | None = None) -> dict:
     seed_everything(cfg.seed)
     t_start = time.time()
     ev = open_eval(cfg, run.path, stop_after)
-    stopped = lambda: {"stopped_after": ev.interruption.sampled}  # noqa: E731
     log.info("eval: %d policies on %d posts from %s; judges %s", len(cfg.policies), len(posts), cfg.posts,
              ", ".join(j.name for j in cfg.judges))
 
     # (1)-(3) every policy's summaries (sampled or cached), KL from the SFT model, every judge's verdicts
     main = evaluate_set(ev, "main", posts, cfg.policies, cfg.max_query_tokens, with_kl=True)
     if main is None:
-        return stopped()
+        return stopped(ev)
     # (4) zero-shot transfer to other posts (news), with lead-3
     transfer = None
     if cfg.transfer.posts:
@@ -464,11 +463,11 @@ def evaluate(cfg: EvalConfig, out: str, stop_after: int | None = None) -> dict:
         t_posts = load_eval_posts(tc.posts, tc.format, tc.limit, cfg.skip_bad)
         transfer = evaluate_set(ev, "transfer", t_posts, transfer_policies(cfg), tc.max_query_tokens, with_kl=tc.kl)
         if transfer is None:
-            return stopped()
+            return stopped(ev)
     # (5) the curves: over-optimisation, best-of-N, RM accuracy; Likert ratings
     curve = kl_curve(ev, posts)
     if ev.interruption.reached:
-        return stopped()
+        return stopped(ev)
     bon = best_of_n_curve(ev, posts)
     rm_acc = rm_accuracy(cfg.rm_eval_runs, cfg.ci_level)
     likert = read_likert(cfg.ratings, main.texts, posts) if cfg.ratings else None
@@ -488,6 +487,11 @@ def evaluate(cfg: EvalConfig, out: str, stop_after: int | None = None) -> dict:
         log.info("eval: %-12s win %s  length-controlled %s  %5.1f tokens  KL %s", name,
                  _fmt(r["win_rate"]), _fmt(r["length_controlled_win_rate"]), r["mean_tokens"], _fmt(r["kl"]))
     return summary
+
+
+def stopped(ev: EvalRun) -> dict[str, int]:
+    """What an interrupted eval returns (`stop_after`): how many model policies it sampled."""
+    return {"stopped_after": ev.interruption.sampled}
 
 
 def _fmt(v: float | None) -> str:

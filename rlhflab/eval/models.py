@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from rlhflab.models.device import resolve_device
 from rlhflab.models.loading import load_model, load_tokenizer
 from rlhflab.models.reward import RewardModel, load_reward_model
 
@@ -17,6 +18,11 @@ def model_key(spec: str) -> str:
     """A model spec as an identity: the resolved path when it is one (so `runs/x` and `./runs/x` are one model)."""
     path = Path(spec).expanduser()
     return str(path.resolve()) if path.exists() else spec
+
+
+def load_scorer(spec: str, device: str, allow_partial: bool) -> RewardModel:
+    """A reward model on `device` ("auto": the first CUDA GPU when there is one), for the stages that score."""
+    return load_reward_model(spec, allow_partial=allow_partial).to(resolve_device(device))
 
 
 def length_unit(length_spec: str) -> str:

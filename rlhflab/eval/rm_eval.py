@@ -31,8 +31,7 @@ from rlhflab.data.loaders import load_comparisons
 from rlhflab.data.records import Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
-from rlhflab.models.device import resolve_device
-from rlhflab.models.reward import load_reward_model
+from rlhflab.eval.models import load_scorer
 
 log = get_logger(__name__)
 
@@ -157,8 +156,7 @@ def evaluate(cfg: RMEvalConfig, out: str) -> dict:
         return run.read_done()
     run.start("rm-eval", cfg)
     t_start = time.time()
-    rm = load_reward_model(cfg.model, allow_partial=cfg.allow_partial)
-    rm.to(resolve_device(cfg.device))
+    rm = load_scorer(cfg.model, cfg.device, cfg.allow_partial)
     loaded = list(load_comparisons(cfg.comparisons, limit=cfg.limit, skip_bad=cfg.skip_bad))
     comparisons, repeat_counts = select_split(loaded, cfg)
     if not comparisons:

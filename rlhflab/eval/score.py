@@ -16,8 +16,7 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.data.jsonl import DataError
 from rlhflab.data.loaders import load_posts, load_samples, write_samples
-from rlhflab.models.device import resolve_device
-from rlhflab.models.reward import load_reward_model
+from rlhflab.eval.models import load_scorer
 
 log = get_logger(__name__)
 
@@ -52,8 +51,7 @@ def score(cfg: ScoreConfig, out: str) -> dict:
     if missing:
         raise DataError(cfg.posts, problem=f"has no post for {len(missing)} sample post ids (e.g. {missing[0]}); "
                                            f"pass the posts file that {src} was sampled from")
-    rm = load_reward_model(cfg.model, allow_partial=cfg.allow_partial)
-    rm.to(resolve_device(cfg.device))
+    rm = load_scorer(cfg.model, cfg.device, cfg.allow_partial)
     order = sorted(range(len(samples)), key=lambda i: len(posts[samples[i].post_id].text))
     scores = [0.0] * len(samples)
     for start in range(0, len(order), cfg.batch_size):
