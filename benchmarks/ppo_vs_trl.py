@@ -41,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _flops import matmul_peak_gflops, ppo_update_flops
 from _machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,6 +178,22 @@ def prepare_queries(policy_dir: Path, a: argparse.Namespace, work: Path) -> tupl
                   "query_tokens_max": max(lengths), "query_tokens_min": min(lengths)}
 
 
+def phase_flops(policy_dir: Path, queries_path: Path, a: argparse.Namespace) -> dict[str, float]:
+    """Useful FLOPs of one update of rlhflab's PPO, per phase, averaged over the benchmark's updates."""
+    from transformers import AutoConfig
+
+    lengths = [len(json.loads(line)["input_ids"]) for line in queries_path.read_text().splitlines()]
+    total = ppo_update_flops(AutoConfig.from_pretrained(policy_dir), lengths, a.response_length, a.ppo_epochs,
+                             a.freeze_layers)
+    return {phase: f / a.updates for phase, f in total.items()}
+
+
+def fraction_of_peak(flops: dict[str, float], split_s: dict | None, peak_gflops: float) -> dict[str, float] | None:
+    if not split_s:
+        return None
+    return {phase: flops[phase] / split_s[f"{phase}_s"] / (peak_gflops * 1e9) for phase in flops}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="runs/sft/cpu", help="policy + reference init (rlhflab model spec)")
@@ -266,6 +283,8 @@ def main() -> None:
             return None
         return med["rlhflab"][key] / med[theirs][key]
 
+    peak_bf16 = matmul_peak_gflops(torch.bfloat16)
+    flops = phase_flops(policy_dir, queries_path, a)
     ppo_cmd = f"{PPO_PY.relative_to(REPO)} {WORKER.relative_to(REPO)} SPEC.json OUT.json"
     result = {
         "command": "python benchmarks/ppo_vs_trl.py " + shlex.join(sys.argv[1:]),
@@ -281,6 +300,12 @@ def main() -> None:
         "episodes_per_s_ratio_vs_rlhflab_no_reuse": ratio("episodes_per_s", "rlhflab_no_reuse"),
         "medians": med,
         "rlhflab_time_split_s": med.get("rlhflab", {}).get("update_split_s"),
+        "flops_per_update": flops,
+        "matmul_peak_gflops_bf16": peak_bf16,
+        "phase_fraction_of_peak": fraction_of_peak(flops, med.get("rlhflab", {}).get("update_split_s"), peak_bf16),
+        "flops_note": "useful FLOPs of rlhflab's update (benchmarks/_flops.py: ppo_update_flops): real tokens only, "
+                      "the LM head only where its logits are used, attention 4·layers·d·L² per forward; "
+                      "fraction = FLOPs / median phase seconds / the bf16 square-matmul peak measured in this run",
         "runs": runs,
         "commands": {
             "rlhflab": f"{sys.executable} -m rlhflab --log-level WARNING ppo --out RUN " + shlex.join(args_ppo),

@@ -23,43 +23,12 @@ import time
 from pathlib import Path
 
 import torch
+from _flops import matmul_peak_gflops, training_flops
 from _machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tldr" / "train.jsonl.gz"
 BENCH_PY = REPO / ".venv-bench" / "bin" / "python"
-
-
-def matmul_peak_gflops(dtype: torch.dtype, sizes=(1024, 2048, 3072), repeats: int = 8) -> float:
-    """Best GFLOP/s of square matmuls in `dtype` on this machine, now (the denominator of the peak fraction)."""
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-def training_flops(model_config, examples: list[dict]) -> tuple[float, float]:
-    """(useful FLOPs, conventional FLOPs) of one pass of fwd+bwd over `examples`.
-
-    Useful: 6·N_body per token, the output head 6·N_head only on tokens with a loss, attention 12·layers·d·L per
-    token. Conventional (what most MFU figures use): the output head on every token.
-    """
-    d, n_layers = model_config.hidden_size, model_config.num_hidden_layers
-    kv = d * model_config.num_key_value_heads // model_config.num_attention_heads
-    n_body = n_layers * (2 * d * d + 2 * d * kv + 3 * d * model_config.intermediate_size)
-    n_head = d * model_config.vocab_size
-    useful = conventional = 0.0
-    for e in examples:
-        L, n_loss = len(e["input_ids"]), sum(e["completion_mask"])
-        attention = 12 * n_layers * d * L * L
-        useful += 6 * n_body * L + 6 * n_head * n_loss + attention
-        conventional += 6 * (n_body + n_head) * L + attention
-    return useful, conventional
 
 
 def run_rlhflab(data_jsonl: Path, model_dir: Path, n: int, micro: int, accum: int, lr: float, work: Path) -> dict:
