@@ -11,15 +11,18 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from tqdm import tqdm
 
 from rlhflab.core.config import require
+from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, atomic_path
 from rlhflab.core.seed import rng_state, set_rng_state
 from rlhflab.train.distributed import (
     Processes,
+    barrier,
     clip_grad_norm,
     full_optimizer_state,
     full_state_dict,
@@ -27,6 +30,8 @@ from rlhflab.train.distributed import (
     load_full_weights,
     sum_gradients,
 )
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -72,6 +77,17 @@ def batch_sizes(batch_size: int, micro_batch_size: int, world_size: int = 1, nam
     return BatchSizes(batch_size, micro_batch_size, world_size, batch_size // per_process)
 
 
+class BatchFields(Protocol):
+    batch_size: int  # sequences (or pairs) per optimiser step, all processes together
+    micro_batch_size: int  # per forward/backward on one process
+
+
+def check_launch(cfg: BatchFields, procs: Processes) -> BatchSizes:
+    """SFT's and RM's checks of the launch (PPO has its own): an equal share of whole micro batches for each
+    process -> the batch sizes."""
+    return batch_sizes(cfg.batch_size, cfg.micro_batch_size, procs.world_size)
+
+
 def plan_steps(n_examples: int, batch_size: int, epochs: int, max_steps: int | None) -> tuple[int, int]:
     """(steps per epoch, total steps). Incomplete last batches are dropped so every step has the same size."""
     per_epoch = n_examples // batch_size
@@ -111,6 +127,19 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, per_epoch: int
         if epoch != order_epoch:
             order, order_epoch = length_grouped_order(lengths, batch_size, seed + epoch), epoch
         yield epoch, position, order[position * batch_size : (position + 1) * batch_size]
+
+
+def progress_bar(stage: str, total_steps: int, step: int, procs: Processes) -> tqdm:
+    """The optimiser steps' progress bar, starting at `step` (a resumed run), shown by the main process only."""
+    return tqdm(total=total_steps, initial=step, desc=stage, unit="step", dynamic_ncols=True, disable=not procs.is_main)
+
+
+def stopped_early(bar: tqdm, step: int, procs: Processes) -> dict[str, int]:
+    """A simulated interruption after `step` (a stage's `stop_after`, for tests): what remains is the last
+    checkpoint, as after a crash; every process gets here, so they wait for each other before returning."""
+    bar.close()
+    barrier(procs)
+    return {"stopped_at": step}
 
 
 def on_period(step: int, every: int, last: bool) -> bool:
@@ -162,6 +191,12 @@ def freeze_lower_layers(model: torch.nn.Module, n_layers: int) -> int:
     for layer in layers[:n_layers]:
         layer.requires_grad_(False)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def already_done(run: RunDir) -> dict[str, Any]:
+    """A finished run is not run again: its DONE.json summary."""
+    log.info("%s is already DONE; nothing to do", run.path)
+    return run.read_done()
 
 
 def save_checkpoint(run: RunDir, model, optimizer, scheduler, trainer: dict[str, Any], procs: Processes) -> None:

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from tqdm import tqdm
 
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
@@ -47,10 +46,10 @@ from rlhflab.models.reward import RewardModel, new_reward_model, normalise, save
 from rlhflab.ops.losses import confidence_preference_loss, preference_accuracy, preference_loss
 from rlhflab.core.config import require
 from rlhflab.train.common import (
-    BatchSizes,
     OptimConfig,
-    batch_sizes,
+    already_done,
     check_batch_fields,
+    check_launch,
     epoch_batches,
     freeze_lower_layers,
     last_logged,
@@ -58,8 +57,10 @@ from rlhflab.train.common import (
     on_period,
     optimizer_step,
     plan_steps,
+    progress_bar,
     resume,
     save_checkpoint,
+    stopped_early,
 )
 from rlhflab.train.distributed import (
     Processes,
@@ -119,11 +120,6 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         check_batch_fields(self.batch_size, self.micro_batch_size)
-
-
-def check_launch(cfg: RewardConfig, procs: Processes) -> BatchSizes:
-    """What the config asks of the launch: an equal share of whole micro batches for each process -> the sizes."""
-    return batch_sizes(cfg.batch_size, cfg.micro_batch_size, procs.world_size)
 
 
 def fit_launch(cfg: RewardConfig, procs: Processes) -> RewardConfig:
@@ -262,8 +258,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     """Run (or resume) RM training into the run directory `out`. `stop_after` simulates an interruption."""
     run = RunDir(out)
     if run.is_done():
-        log.info("%s is already DONE; nothing to do", out)
-        return run.read_done()
+        return already_done(run)
     procs = processes(cfg.device)
     cfg = fit_launch(cfg, procs)
     seed_everything(cfg.seed)  # the same seed on every process: the same fresh head everywhere
@@ -298,8 +293,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
             run.log_metrics(0, {**data_counts, **before})
 
     # (3) the loop
-    bar = tqdm(total=total_steps, initial=step, desc="rm", unit="step", dynamic_ncols=True,
-               disable=not procs.is_main)
+    bar = progress_bar("rm", total_steps, step, procs)
     for epoch, position, batch_idx in epoch_batches(lengths, sizes.batch_size, cfg.seed, per_epoch, step,
                                                     total_steps):
         t0 = time.time()
@@ -343,9 +337,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         if on_period(step, cfg.save_every, last):
             save_checkpoint(run, rm, optimizer, scheduler, {"step": step, "pairs_seen": pairs_seen}, procs)
         if stop_after is not None and step >= stop_after and not last:
-            bar.close()
-            barrier(procs)
-            return {"stopped_at": step}
+            return stopped_early(bar, step, procs)
     bar.close()
 
     # (5) normalise on human references, save model/, DONE.json (the main process writes; the others wait)

@@ -20,7 +20,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
@@ -33,10 +32,10 @@ from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model, save_model
 from rlhflab.core.config import require
 from rlhflab.train.common import (
-    BatchSizes,
     OptimConfig,
-    batch_sizes,
+    already_done,
     check_batch_fields,
+    check_launch,
     epoch_batches,
     freeze_lower_layers,
     last_logged,
@@ -44,8 +43,10 @@ from rlhflab.train.common import (
     on_period,
     optimizer_step,
     plan_steps,
+    progress_bar,
     resume,
     save_checkpoint,
+    stopped_early,
     write_table,
 )
 from rlhflab.train.distributed import (
@@ -102,11 +103,6 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         check_batch_fields(self.batch_size, self.micro_batch_size)
-
-
-def check_launch(cfg: SFTConfig, procs: Processes) -> BatchSizes:
-    """What the config asks of the launch: an equal share of whole micro batches for each process -> the sizes."""
-    return batch_sizes(cfg.batch_size, cfg.micro_batch_size, procs.world_size)
 
 
 @dataclass(frozen=True)
@@ -211,8 +207,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     """Run (or resume) SFT into the run directory `out`. `stop_after` simulates an interruption (tests)."""
     run = RunDir(out)
     if run.is_done():
-        log.info("%s is already DONE; nothing to do", out)
-        return run.read_done()
+        return already_done(run)
     procs = processes(cfg.device)
     seed_everything(cfg.seed)  # the same seed on every process: they hold the same model
     if procs.is_main:
@@ -249,8 +244,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         if cfg.n_samples:
             write_samples(run, 0, model, tokenizer, eval_posts, eval_ex, cfg, procs)
 
-    bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", dynamic_ncols=True,
-               disable=not procs.is_main)
+    bar = progress_bar("sft", total_steps, step, procs)
     for epoch, position, batch_idx in epoch_batches(lengths, sizes.batch_size, cfg.seed, per_epoch, step,
                                                     total_steps):
         t0 = time.time()
@@ -293,9 +287,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         if on_period(step, cfg.save_every, last):
             save_checkpoint(run, model, optimizer, scheduler, {"step": step, "tokens_seen": tokens_seen}, procs)
         if stop_after is not None and step >= stop_after and not last:
-            bar.close()
-            barrier(procs)
-            return {"stopped_at": step}
+            return stopped_early(bar, step, procs)
     bar.close()
 
     # (5) the model for the next stage, then DONE.json (the main process writes; the others wait and read it)
