@@ -25,6 +25,9 @@ from typing import Any
 import yaml
 
 from rlhflab.core.config import to_dict
+from rlhflab.core.log import get_logger
+
+log = get_logger(__name__)
 
 
 class RunError(RuntimeError):
@@ -89,6 +92,16 @@ class RunDir:
 
     def has_state(self) -> bool:
         return (self.state_dir / "trainer.json").exists()
+
+    def open(self, stage: str, cfg: Any, write: bool = True) -> dict[str, Any] | None:
+        """A stage's first step: a finished run's DONE.json summary (the run is left as it is), or None once the
+        run is started or resumed (`start`; `write=False`: another process writes config.yaml)."""
+        if self.is_done():
+            log.info("%s is already DONE; nothing to do", self.path)
+            return self.read_done()
+        if write:
+            self.start(stage, cfg)
+        return None
 
     def start(self, stage: str, cfg: Any) -> None:
         """Create the directory and write config.yaml (resolved config + git revision) before step 0."""

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 CONFIDENCE_MIN, CONFIDENCE_NO_PREFERENCE, CONFIDENCE_MAX = 1, 5, 9
+R = TypeVar("R")
+
+
+def _to_dict(record: Any) -> dict[str, Any]:
+    """A record as a JSON-ready dict of its fields."""
+    return dataclasses.asdict(record)
+
+
+def _from_dict(cls: type[R], row: dict[str, Any]) -> R:
+    """A record from a dict, taking its own fields and ignoring the rest (rows carry extra columns)."""
+    return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -31,12 +42,8 @@ class Post:
     reference: str | None = None
     source: str = "tldr"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> Post:
-        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row})
+    to_dict = _to_dict
+    from_dict = classmethod(_from_dict)
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,8 @@ class Sample:
     score: float | None = None  # a reward model's score, when one was added
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> Sample:
-        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row})
+    to_dict = _to_dict
+    from_dict = classmethod(_from_dict)
 
 
 @dataclass(frozen=True)

@@ -152,9 +152,8 @@ def select_split(rows: list[Comparison], cfg: RMEvalConfig) -> tuple[list[Compar
 
 def evaluate(cfg: RMEvalConfig, out: str) -> dict:
     run = RunDir(out)
-    if run.is_done():
-        return run.read_done()
-    run.start("rm-eval", cfg)
+    if (done := run.open("rm-eval", cfg)) is not None:
+        return done
     t_start = time.time()
     rm = load_scorer(cfg.model, cfg.device, cfg.allow_partial)
     loaded = list(load_comparisons(cfg.comparisons, limit=cfg.limit, skip_bad=cfg.skip_bad))

@@ -59,9 +59,8 @@ def policy_name(cfg: SampleConfig) -> str:
 
 def sample(cfg: SampleConfig, out: str) -> dict:
     run = RunDir(out)
-    if run.is_done():
-        return run.read_done()
-    run.start("sample", cfg)
+    if (done := run.open("sample", cfg)) is not None:
+        return done
     seed_everything(cfg.seed)
     t_start = time.time()
     written = ResumableRows(run.path / "samples.jsonl", key=lambda r: (r["post_id"], r["index"]), ascii_only=True)

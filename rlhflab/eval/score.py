@@ -40,9 +40,8 @@ def samples_path(spec: str) -> Path:
 
 def score(cfg: ScoreConfig, out: str) -> dict:
     run = RunDir(out)
-    if run.is_done():
-        return run.read_done()
-    run.start("score", cfg)
+    if (done := run.open("score", cfg)) is not None:
+        return done
     t_start = time.time()
     src = samples_path(cfg.samples)
     samples = list(load_samples(src))

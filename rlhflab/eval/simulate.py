@@ -127,9 +127,8 @@ def task_summary(row: schema.Row, key: str) -> Summary:
 
 def simulate(cfg: SimulateConfig, out: str) -> dict:
     run = RunDir(out)
-    if run.is_done():
-        return run.read_done()
-    run.start("simulate-labels", cfg)
+    if (done := run.open("simulate-labels", cfg)) is not None:
+        return done
     t_start = time.time()
     tasks = read_tasks(cfg.pairs)
     device = resolve_device(cfg.device)

@@ -193,12 +193,6 @@ def freeze_lower_layers(model: torch.nn.Module, n_layers: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def already_done(run: RunDir) -> dict[str, Any]:
-    """A finished run is not run again: its DONE.json summary."""
-    log.info("%s is already DONE; nothing to do", run.path)
-    return run.read_done()
-
-
 def save_checkpoint(run: RunDir, model, optimizer, scheduler, trainer: dict[str, Any], procs: Processes) -> None:
     """One model's training state; see `save_state`."""
     save_state(run, {"": (model, optimizer, scheduler)}, trainer, procs)

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
+from rlhflab.core.config import require
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.core.seed import seed_everything
@@ -58,12 +59,16 @@ from rlhflab.ops.ppo import (
     ppo_value_loss,
 )
 from rlhflab.train.common import (
+    BatchSizes,
     OptimConfig,
     batch_sizes,
+    check_batch_fields,
     freeze_lower_layers,
     load_state,
     make_optimizer,
+    optimizer_step,
     save_state,
+    stopped_early,
     write_table,
 )
 from rlhflab.train.distributed import (
@@ -71,7 +76,6 @@ from rlhflab.train.distributed import (
     all_processes,
     barrier,
     check_divides,
-    clip_grad_norm,
     full_state_dict,
     gather_generation,
     gather_rows,
@@ -81,7 +85,6 @@ from rlhflab.train.distributed import (
     shard_layers,
     share,
     sum_across,
-    sum_gradients,
 )
 
 log = get_logger(__name__)
@@ -154,6 +157,18 @@ class PPOConfig:
     save_every: int = 5  # checkpoint every this many updates (and after the last)
     snapshot_every: int = 0  # > 0: also keep the policy as a plain model in snapshots/update_XXXXX/ (for KL curves)
     allow_partial: bool = False
+
+    def __post_init__(self) -> None:
+        check_batch_fields(self.mini_batch_size, self.micro_batch_size, key="mini_batch_size")
+        require(self.rollout_batch_size % self.mini_batch_size == 0, "rollout_batch_size",
+                f"rollout_batch_size={self.rollout_batch_size} is not a multiple of mini_batch_size="
+                f"{self.mini_batch_size}")
+        require(self.total_episodes >= self.rollout_batch_size, "total_episodes",
+                f"total_episodes={self.total_episodes} < rollout_batch_size={self.rollout_batch_size}")
+        require(self.temperature > 0, "temperature", "PPO samples from the policy: temperature must be > 0")
+        require(not (self.policy_init and self.lora.r > 0), "policy_init",
+                "policy_init with lora.r > 0: a LoRA policy's reference is its own base with the adapters off, so "
+                "it cannot start from another model; use full fine-tuning or policy_init=None")
 
 
 
@@ -335,12 +350,11 @@ def build_rollout(states: RolloutStates, scores: torch.Tensor, logprobs: torch.T
     return Rollout(states, mask, logprobs, ref_logprobs, values, advantages, returns), stats
 
 
-def ppo_epochs(rollout: Rollout, m: PPOModels, optimizers, cfg: PPOConfig, generator: torch.Generator,
-               procs: Processes) -> dict[str, float]:
+def ppo_epochs(rollout: Rollout, m: PPOModels, optimizers, cfg: PPOConfig, sizes: BatchSizes,
+               generator: torch.Generator, procs: Processes) -> dict[str, float]:
     """Step (5): `ppo_epochs` passes over shuffled minibatches, gradient accumulation over micro batches. Every
     process draws the same shuffle of the whole rollout and runs its share of each minibatch; gradients are
     summed over processes. Returns each loss and statistic averaged over all micro batches."""
-    sizes = batch_sizes(cfg.mini_batch_size, cfg.micro_batch_size, procs.world_size, name="mini_batch_size")
     micro_per_minibatch = sizes.grad_accum_steps * procs.world_size  # all processes together
     R = rollout.mask.shape[0]
     sums: dict[str, float] = {}
@@ -357,11 +371,7 @@ def ppo_epochs(rollout: Rollout, m: PPOModels, optimizers, cfg: PPOConfig, gener
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 n_micro += 1
             for model, (opt, sched), oc in zip((m.policy, m.value_model), optimizers, (cfg.optim, cfg.value_optim)):
-                sum_gradients(model, procs)
-                clip_grad_norm([p for p in model.parameters() if p.requires_grad], oc.max_grad_norm, procs)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(model, opt, sched, oc.max_grad_norm, procs)
     keys = sorted(sums)
     totals = sum_across([sums[k] for k in keys] + [float(n_micro)], procs)  # means over every process's micro batches
     return {k: v / max(totals[-1], 1) for k, v in zip(keys, totals)}
@@ -387,15 +397,11 @@ def micro_batch_loss(rollout: Rollout, idx: torch.Tensor, m: PPOModels, cfg: PPO
 def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_after: int | None = None) -> dict:
     """Run (or resume) PPO into the run directory `out`. `reward_fn` overrides cfg.reward (tests, synthetic tasks);
     `stop_after` simulates an interruption after that many updates."""
-    run = RunDir(out)
-    if run.is_done():
-        log.info("%s is already DONE; nothing to do", out)
-        return run.read_done()
-    procs = processes(cfg.device)
-    validate(cfg, procs.world_size, procs.shard)
+    run, procs = RunDir(out), processes(cfg.device)
+    sizes = check_launch(cfg, procs)  # before the run directory exists: a refused launch leaves nothing behind
+    if (done := run.open("ppo", cfg, write=procs.is_main)) is not None:
+        return done
     seed_everything(cfg.seed)  # the same seed on every process: they hold the same models
-    if procs.is_main:
-        run.start("ppo", cfg)
     t_start = time.time()
 
     # models, data, optimisers
@@ -451,7 +457,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
 
         # (5) PPO epochs over minibatches
         policy.train()
-        train_stats = ppo_epochs(rollout, m, optimizers, cfg, generator, procs)
+        train_stats = ppo_epochs(rollout, m, optimizers, cfg, sizes, generator, procs)
         t3 = time.time()
 
         # (6) KL controller, metrics, samples, checkpoint
@@ -482,9 +488,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         bar.set_postfix(score=f"{metrics['objective/score']:.3f}", kl=f"{metrics['objective/kl']:.2f}",
                         beta=f"{kl_coef:.3g}")
         if stop_after is not None and update >= stop_after and not last:
-            bar.close()
-            barrier(procs)
-            return {"stopped_at": update}
+            return stopped_early(bar, update, procs)
     bar.close()
     save_policy(run.model_dir, policy, tokenizer, cfg, procs, training_goes_on=False)
     if not procs.is_main:  # the main process writes DONE.json
@@ -550,22 +554,14 @@ def finish(run: RunDir, t_start: float) -> dict:
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def validate(cfg: PPOConfig, world_size: int = 1, shard: bool = False) -> None:
-    check_divides("rollout_batch_size", cfg.rollout_batch_size, world_size)
-    batch_sizes(cfg.mini_batch_size, cfg.micro_batch_size, world_size, name="mini_batch_size")
-    if cfg.rollout_batch_size % cfg.mini_batch_size:
-        raise ValueError(f"rollout_batch_size={cfg.rollout_batch_size} is not a multiple of mini_batch_size="
-                         f"{cfg.mini_batch_size}")
-    if cfg.total_episodes < cfg.rollout_batch_size:
-        raise ValueError(f"total_episodes={cfg.total_episodes} < rollout_batch_size={cfg.rollout_batch_size}")
-    if cfg.temperature <= 0:
-        raise ValueError("PPO samples from the policy: temperature must be > 0")
-    if cfg.policy_init and cfg.lora.r > 0:
-        raise ValueError("policy_init with lora.r > 0: a LoRA policy's reference is its own base with the adapters "
-                         "off, so it cannot start from another model; use full fine-tuning or policy_init=None")
-    if shard and cfg.lora.r > 0:
+def check_launch(cfg: PPOConfig, procs: Processes) -> BatchSizes:
+    """PPO's checks of the launch: each process rolls out an equal share and runs an equal share of whole micro
+    batches of each minibatch -> the minibatch sizes."""
+    check_divides("rollout_batch_size", cfg.rollout_batch_size, procs.world_size)
+    if procs.shard and cfg.lora.r > 0:
         raise ValueError("FSDP with lora.r > 0: a LoRA policy keeps little to shard (Adam state only for the "
                          "adapters); launch it with multi_gpu.yaml, or use full fine-tuning with fsdp.yaml")
+    return batch_sizes(cfg.mini_batch_size, cfg.micro_batch_size, procs.world_size, name="mini_batch_size")
 
 
 def episode_seeds(seed: int, update: int, rows: range) -> list[int]:

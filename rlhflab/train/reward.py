@@ -47,7 +47,6 @@ from rlhflab.ops.losses import confidence_preference_loss, preference_accuracy, 
 from rlhflab.core.config import require
 from rlhflab.train.common import (
     OptimConfig,
-    already_done,
     check_batch_fields,
     check_launch,
     epoch_batches,
@@ -256,14 +255,11 @@ def summarise(rows: list[dict[str, Any]], head: dict[str, Any], norm: dict[str, 
 
 def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     """Run (or resume) RM training into the run directory `out`. `stop_after` simulates an interruption."""
-    run = RunDir(out)
-    if run.is_done():
-        return already_done(run)
-    procs = processes(cfg.device)
+    run, procs = RunDir(out), processes(cfg.device)
     cfg = fit_launch(cfg, procs)
+    if (done := run.open("rm", cfg, write=procs.is_main)) is not None:
+        return done
     seed_everything(cfg.seed)  # the same seed on every process: the same fresh head everywhere
-    if procs.is_main:
-        run.start("rm", cfg)
     sizes = check_launch(cfg, procs)
     t_start = time.time()
 

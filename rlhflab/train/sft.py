@@ -33,7 +33,6 @@ from rlhflab.models.loading import load_model, save_model
 from rlhflab.core.config import require
 from rlhflab.train.common import (
     OptimConfig,
-    already_done,
     check_batch_fields,
     check_launch,
     epoch_batches,
@@ -205,13 +204,10 @@ def load_data(cfg: SFTConfig, tokenizer):
 
 def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     """Run (or resume) SFT into the run directory `out`. `stop_after` simulates an interruption (tests)."""
-    run = RunDir(out)
-    if run.is_done():
-        return already_done(run)
-    procs = processes(cfg.device)
+    run, procs = RunDir(out), processes(cfg.device)
+    if (done := run.open("sft", cfg, write=procs.is_main)) is not None:
+        return done
     seed_everything(cfg.seed)  # the same seed on every process: they hold the same model
-    if procs.is_main:
-        run.start("sft", cfg)
     sizes = check_launch(cfg, procs)
     t_start = time.time()
 

@@ -26,6 +26,7 @@ from rlhflab.core.config import load_config  # noqa: E402
 from rlhflab.models.loading import load_model  # noqa: E402
 from rlhflab.models.reward import load_reward_model  # noqa: E402
 from rlhflab.train import ppo, reward, sft  # noqa: E402
+from rlhflab.train.distributed import Processes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ATOL = 1e-5  # float32 rounding: the two runs sum the same micro-batch gradients in a different order at most
@@ -168,10 +169,12 @@ def test_sizes_that_do_not_divide_between_processes_are_named():
     from rlhflab.train.common import batch_sizes
 
     with pytest.raises(ValueError, match="rollout_batch_size=6 is not a multiple of the number of processes"):
-        ppo.validate(load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml",
-                                 ["rollout_batch_size=6", "mini_batch_size=2", "micro_batch_size=1"]), world_size=4)
+        ppo.check_launch(load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml",
+                                     ["rollout_batch_size=6", "mini_batch_size=2", "micro_batch_size=1"]),
+                         Processes(0, 4, torch.device("cpu")))
     with pytest.raises(ValueError, match="mini_batch_size=4 is not a multiple of micro_batch_size × world_size"):
-        ppo.validate(load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml", ["micro_batch_size=4",
-                                                                                   "rollout_batch_size=8"]), 2)
+        ppo.check_launch(load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml", ["micro_batch_size=4",
+                                                                                       "rollout_batch_size=8"]),
+                         Processes(0, 2, torch.device("cpu")))
     with pytest.raises(ValueError, match="batch_size=8 is not a multiple"):
         batch_sizes(8, 4, world_size=3)

@@ -3,10 +3,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlhflab.core.config import load_config
 from rlhflab.train import ppo
-from rlhflab.train.distributed import processes
+from rlhflab.train.distributed import Processes, processes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,6 +28,6 @@ def test_one_process_is_never_sharded(monkeypatch):
 
 def test_lora_ppo_is_refused_under_fsdp():
     cfg = load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml", ["lora.r=8"])
-    ppo.validate(cfg, world_size=2)  # whole: fine
+    ppo.check_launch(cfg, Processes(0, 2, torch.device("cpu")))  # whole: fine
     with pytest.raises(ValueError, match="FSDP with lora.r > 0"):
-        ppo.validate(cfg, world_size=2, shard=True)
+        ppo.check_launch(cfg, Processes(0, 2, torch.device("cpu"), shard=True))
