@@ -43,12 +43,12 @@ EPILOG = """examples:
   rlhflab ppo --config configs/ppo/cpu.yaml --out runs/ppo/cpu model=runs/sft/cpu reward=runs/rm/cpu
   rlhflab best-of-n --config configs/best-of-n/cpu.yaml --out runs/bo16/cpu model=runs/sft/cpu reward=runs/rm/cpu
   rlhflab eval --config configs/eval/cpu.yaml --out runs/eval/cpu
-  rlhflab sft --show-config            # every key with its default
+  rlhflab sft --show-config            # every key with its default and meaning
 re-running a command with the same --out resumes an interrupted run; a finished run (DONE.json) is left as is."""
 
 
 def describe_config(cls, prefix: str = "", defaults: object | None = None) -> list[str]:
-    """`key (type) = default` for every field, nested sections flattened with dots. `defaults`: the section's
+    """`key (type) = default  # meaning` for every field, nested sections flattened with dots. `defaults`: the section's
     default value when its parent sets one (e.g. a pipeline's per-stage config paths)."""
     lines = []
     hints = typing.get_type_hints(cls)
@@ -59,17 +59,25 @@ def describe_config(cls, prefix: str = "", defaults: object | None = None) -> li
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(tp):
+            lines.append(with_help(f"  {prefix}{f.name}:", f))
             lines += describe_config(tp, f"{prefix}{f.name}.", default)
             continue
         item = typing.get_args(tp)[0] if typing.get_origin(tp) is list and typing.get_args(tp) else None
         if item is not None and dataclasses.is_dataclass(item):  # a list of sections: show the items' keys too
-            lines.append(f"  {prefix}{f.name} (list of {item.__name__}) = {[dataclasses.asdict(d) for d in default]!r}")
+            lines.append(with_help(f"  {prefix}{f.name} (list of {item.__name__}) = "
+                                   f"{[dataclasses.asdict(d) for d in default]!r}", f))
             lines += describe_config(item, f"{prefix}{f.name}[].")
             continue
         generic = typing.get_origin(tp) is not None  # Literal[...], X | None, list[str]: the full spelling
         type_name = str(tp).replace("typing.", "") if generic else getattr(tp, "__name__", str(tp))
-        lines.append(f"  {prefix}{f.name} ({type_name}) = {default!r}")
+        lines.append(with_help(f"  {prefix}{f.name} ({type_name}) = {default!r}", f))
     return lines
+
+
+def with_help(line: str, f: dataclasses.Field) -> str:
+    """`line  # meaning`: the field's one-line help (core.config.setting) after its key, type and default."""
+    meaning = f.metadata.get("help", "")
+    return f"{line}  # {meaning}" if meaning else line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,18 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, _, _, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="run `rlhflab %s --show-config` to list every key and its default" % name)
+                           epilog="run `rlhflab %s --show-config` to list every key, its default and meaning" % name)
         p.add_argument("--config", help="YAML file with the settings that differ from the defaults")
         p.add_argument("--out", help="run directory to write (or to resume)")
-        p.add_argument("--show-config", action="store_true", help="print every config key with its default")
+        p.add_argument("--show-config", action="store_true",
+                       help="print every config key with its default and meaning")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, applied after --config")
     p = sub.add_parser("run", help="the whole loop: sft, gold RM, rounds of sample/labels/rm/ppo, eval",
                        description="Run (or resume) a pipeline: every stage in its own run directory under --out; "
                                    "DONE stages are skipped, an interrupted one resumes.",
-                       epilog="run `rlhflab run --show-config` to list every key and its default")
+                       epilog="run `rlhflab run --show-config` to list every key, its default and meaning")
     p.add_argument("--config", help="the pipeline YAML (or give it as the first argument)")
     p.add_argument("--out", help="the pipeline's directory (to write, or to resume)")
-    p.add_argument("--show-config", action="store_true", help="print every config key with its default")
+    p.add_argument("--show-config", action="store_true",
+                   help="print every config key with its default and meaning")
     p.add_argument("overrides", nargs="*", metavar="[PIPELINE.yaml] key=value",
                    help="e.g. configs/pipeline/smoke.yaml rounds=2 'ppo.overrides=[total_episodes=64]'")
     try:

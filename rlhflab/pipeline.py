@@ -27,13 +27,13 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from rlhflab.core.config import parse_override, read_yaml_mapping
+from rlhflab.core.config import parse_override, read_yaml_mapping, setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import atomic_write_text
 from rlhflab.data.jsonl import is_gzip, write_jsonl
@@ -48,34 +48,44 @@ WAITING_FOR_LABELS = 3  # exit code: the labelling app has not finished the roun
 
 @dataclass
 class StageSpec:
-    config: str | None = None  # the stage's YAML (e.g. configs/rm/smoke.yaml); None: the stage's defaults
-    overrides: list[str] = field(default_factory=list)  # key=value for the stage, applied after the pipeline's
-    skip: bool = False  # gold only: no gold RM (then labels.simulate must name a judge)
+    config: str | None = setting(None, "the stage's YAML (e.g. configs/rm/smoke.yaml); None: the stage's defaults")
+    overrides: list[str] = setting(default_factory=list, help="key=value for the stage, applied after the pipeline's")
+    skip: bool = setting(False, "gold only (other stages refuse it): no gold RM, so labels.simulate must name a judge")
 
 
 @dataclass
 class LabelsSpec:
-    source: Literal["simulated", "import", "app"] = "simulated"
-    simulate: StageSpec = field(default_factory=StageSpec)  # simulated: `rlhflab simulate-labels` settings
-    files: list[str] = field(default_factory=list)  # import: round k's comparisons file is files[k-1]
-    db: str = "sqlite:///label.db"  # app: the labelling app's database URL
-    project: str = "rlhflab"  # app: round k's tasks go to project <project>-round<k>
-    labels_per_task: int = 1  # app
+    source: Literal["simulated", "import", "app"] = setting(
+        "simulated",
+        "where each round's labels come from: simulate-labels, imported files, or the labelling app")
+    simulate: StageSpec = setting(default_factory=StageSpec, help="simulated: `rlhflab simulate-labels` settings")
+    files: list[str] = setting(default_factory=list, help="import: round k's comparisons file is files[k-1]")
+    db: str = setting("sqlite:///label.db", "app: the labelling app's database URL")
+    project: str = setting("rlhflab", "app: round k's tasks go to project <project>-round<k>")
+    labels_per_task: int = setting(1, "app: labels collected per pair before the round goes on")
 
 
 @dataclass
 class PipelineConfig:
-    rounds: int = 1
-    launcher: list[str] = field(default_factory=list)  # prefix for sft/rm/ppo, e.g. [accelerate, launch, ...]
-    sft: StageSpec = field(default_factory=lambda: StageSpec("configs/sft/cpu.yaml"))
-    # an RM on real human comparisons: the simulated labeler's judge and the report's held-out judge (simulated only)
-    gold: StageSpec = field(default_factory=lambda: StageSpec("configs/rm/cpu.yaml"))
-    sample: StageSpec = field(default_factory=lambda: StageSpec("configs/sample/cpu.yaml"))  # per round
-    pairs_per_post: int = 1  # pairs formed from each post's samples (sample.n must be >= 2 × this)
-    labels: LabelsSpec = field(default_factory=LabelsSpec)
-    rm: StageSpec = field(default_factory=lambda: StageSpec("configs/rm/cpu.yaml"))
-    ppo: StageSpec = field(default_factory=lambda: StageSpec("configs/ppo/cpu.yaml"))
-    eval: StageSpec = field(default_factory=lambda: StageSpec("configs/eval/cpu.yaml"))
+    rounds: int = setting(1, "rounds of sample -> labels -> rm -> ppo (the paper's batches)")
+    launcher: list[str] = setting(default_factory=list, help="prefix for sft/rm/ppo, e.g. [accelerate, launch, ...]")
+    sft: StageSpec = setting(
+        default_factory=lambda: StageSpec("configs/sft/cpu.yaml"),
+        help="the SFT stage (its YAML and overrides)")
+    gold: StageSpec = setting(
+        default_factory=lambda: StageSpec("configs/rm/cpu.yaml"),
+        help="simulated labels only: an RM on real human comparisons, the labeler's judge and the report's first judge")
+    sample: StageSpec = setting(default_factory=lambda: StageSpec("configs/sample/cpu.yaml"),
+                                help="each round's sampling stage (new posts each round)")
+    pairs_per_post: int = setting(1, "pairs formed from each post's samples (sample.n must be >= 2 × this)")
+    labels: LabelsSpec = setting(default_factory=LabelsSpec, help="where each round's comparison labels come from")
+    rm: StageSpec = setting(
+        default_factory=lambda: StageSpec("configs/rm/cpu.yaml"),
+        help="each round's reward model stage")
+    ppo: StageSpec = setting(default_factory=lambda: StageSpec("configs/ppo/cpu.yaml"), help="each round's PPO stage")
+    eval: StageSpec = setting(
+        default_factory=lambda: StageSpec("configs/eval/cpu.yaml"),
+        help="the final evaluation stage")
 
 
 class PipelineError(RuntimeError):

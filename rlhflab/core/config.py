@@ -35,6 +35,14 @@ class ConfigValueError(ValueError):
         self.key, self.problem = key, problem
 
 
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING
+            ) -> Any:
+    """A config field with its one-line meaning (`--show-config` prints it), like a commented nanoGPT config."""
+    if "\n" in help:
+        raise ValueError(f"a setting's help is one line: {help!r}")
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"help": help})
+
+
 def require(ok: bool, key: str, problem: str) -> None:
     """A config dataclass's check of its own field `key` (call it in `__post_init__`)."""
     if not ok:

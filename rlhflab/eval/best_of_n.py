@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from rlhflab.core.config import setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, RunError, atomic_write_text, is_run_dir
 from rlhflab.core.seed import seed_everything
@@ -42,25 +43,27 @@ log = get_logger(__name__)
 
 @dataclass
 class BestOfNConfig:
-    model: str = "smollm2-135m"  # the policy: run directory, embedded name, model directory, hub id or tiny
-    reward: str = "runs/rm/cpu"  # an `rlhflab rm` run directory (or a saved reward-model directory)
-    policy_name: str | None = None  # the name written into each sample; default: "bo{n}-" + the model's name
-    posts: str = "../shared/data/tldr/eval.jsonl.gz"  # TL;DR, CNN/DM or posts JSONL; local path or hub name
-    format: str = "auto"  # auto | tldr | cnndm | posts
-    limit: int | None = None
-    n: int = 16  # summaries sampled per post; the best one is kept
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_query_tokens: int = 512
-    max_new_tokens: int = 48
-    batch_size: int = 2  # posts per generation batch (batch_size * n rows)
-    score_batch_size: int = 32  # summaries per reward-model forward (at least one post's n)
-    no_eos_penalty: float | None = None  # rank a summary that never ended with this score instead of its RM score
-    write_all: bool = False  # also write every candidate to candidates.jsonl (best-of-k curves for k < n)
-    seed: int = 1
-    bf16: bool = False
-    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
-    allow_partial: bool = False  # use an unfinished policy or RM run's last checkpoint
+    model: str = setting("smollm2-135m", "the policy: run directory, embedded name, model directory, hub id or tiny")
+    reward: str = setting("runs/rm/cpu", "an `rlhflab rm` run directory (or a saved reward-model directory)")
+    policy_name: str | None = setting(None, "the name written into each sample; default: \"bo{n}-\" + the model's name")
+    posts: str = setting("../shared/data/tldr/eval.jsonl.gz", "TL;DR, CNN/DM or posts JSONL; local path or hub name")
+    format: str = setting("auto", "format of the posts file: auto | tldr | cnndm | posts")
+    limit: int | None = setting(None, "use only the first N posts (None: all)")
+    n: int = setting(16, "summaries sampled per post; the best one is kept")
+    temperature: float = setting(0.7, "sampling temperature of the N candidates")
+    top_p: float = setting(1.0, "nucleus sampling: keep the smallest set of tokens with this probability (1: off)")
+    max_query_tokens: int = setting(512, "token budget of a query (the post is cut at a newline to fit)")
+    max_new_tokens: int = setting(48, "length limit of a candidate, in tokens")
+    batch_size: int = setting(2, "posts per generation batch (batch_size * n rows)")
+    score_batch_size: int = setting(32, "summaries per reward-model forward (at least one post's n)")
+    no_eos_penalty: float | None = setting(
+        None,
+        "rank a summary that never ended with this score instead of its RM score")
+    write_all: bool = setting(False, "also write every candidate to candidates.jsonl (best-of-k curves for k < n)")
+    seed: int = setting(1, "random seed of sampling")
+    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
+    allow_partial: bool = setting(False, "use an unfinished policy or RM run's last checkpoint")
 
     def __post_init__(self) -> None:
         for key in ("n", "batch_size", "score_batch_size", "max_new_tokens", "max_query_tokens"):

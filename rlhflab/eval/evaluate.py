@@ -26,10 +26,11 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rlhflab.core.config import setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, RunError, atomic_write_json
 from rlhflab.core.seed import seed_everything
@@ -55,10 +56,12 @@ NAME = re.compile(r"[A-Za-z0-9._-]+")
 class PolicySpec:
     """One policy to evaluate: exactly one of `model`, `samples` or `builtin`."""
 
-    name: str = ""
-    model: str | None = None  # run directory, model directory, snapshot, embedded name, hub id or tiny
-    samples: str | None = None  # a samples JSONL (or a run directory holding samples.jsonl, e.g. best-of-n)
-    builtin: Literal["lead3", "reference"] | None = None  # first three sentences of the post; the human reference
+    name: str = setting("", "the policy's name in the report (unique)")
+    model: str | None = setting(None, "run directory, model directory, snapshot, embedded name, hub id or tiny")
+    samples: str | None = setting(None, "a samples JSONL (or a run directory holding samples.jsonl, e.g. best-of-n)")
+    builtin: Literal["lead3", "reference"] | None = setting(
+        None,
+        "lead3: the post's first three sentences; reference: the human reference summary")
 
     def __post_init__(self) -> None:
         if not self.name or not NAME.fullmatch(self.name):
@@ -77,49 +80,57 @@ class PolicySpec:
 class TransferConfig:
     """Zero-shot transfer: the TL;DR policies on news articles (`{article}\\n\\nTL;DR:`), with lead-3."""
 
-    posts: str | None = None  # e.g. ../shared/data/cnndm/validation.jsonl.gz; None: no transfer section
-    format: str = "auto"
-    limit: int | None = 24
-    max_query_tokens: int = 512
-    policies: list[str] | None = None  # names of `policies` (model or lead3) to run; None: every model policy
-    lead3: bool = True  # add the lead-3 baseline
-    kl: bool = False  # also estimate KL on the articles
+    posts: str | None = setting(None, "e.g. ../shared/data/cnndm/validation.jsonl.gz; None: no transfer section")
+    format: str = setting("auto", "format of the articles file: auto | tldr | cnndm | posts")
+    limit: int | None = setting(24, "articles to use (None: all)")
+    max_query_tokens: int = setting(512, "token budget of a query (the article is cut to fit)")
+    policies: list[str] | None = setting(None, "names of `policies` (model or lead3) to run; None: every model policy")
+    lead3: bool = setting(True, "add the lead-3 baseline")
+    kl: bool = setting(False, "also estimate KL on the articles")
 
 
 @dataclass
 class EvalConfig:
-    policies: list[PolicySpec] = field(default_factory=lambda: [
-        PolicySpec(name="sft", model="runs/sft/cpu"), PolicySpec(name="ppo", model="runs/ppo/cpu"),
-        PolicySpec(name="reference", builtin="reference")])
-    posts: str = "../shared/data/tldr/eval.jsonl.gz"  # TL;DR, CNN/DM or posts JSONL (with references)
-    format: str = "auto"  # auto | tldr | cnndm | posts
-    limit: int | None = None
-    skip_bad: bool = False
-    max_query_tokens: int = 512
-    max_new_tokens: int = 48
-    temperature: float = 0.0  # 0 = greedy (the paper's evaluation setting)
-    top_p: float = 1.0
-    batch_size: int = 8  # posts per generation batch
-    seed: int = 1
-    bf16: bool = False
-    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
-    allow_partial: bool = False  # use unfinished runs' last checkpoints
-    judges: list[JudgeSpec] = field(default_factory=lambda: [JudgeSpec(name="rm", kind="rm", spec="runs/rm/cpu")])
-    kl_reference: str | None = "runs/sft/cpu"  # the SFT model KL is measured from; None: no KL
-    kl_samples: int = 1  # sampled responses per post for the KL estimate
-    kl_temperature: float = 0.7  # the KL is between the temperature-T distributions (PPO's sampling temperature)
-    length_tokenizer: str | None = None  # tokens for lengths: a model spec, or "words"; default: kl_reference
-    bootstrap: int = 1000  # resamples of posts for the length-controlled CI (0: none)
-    ci_level: float = 0.95
-    ratings: str | None = None  # a ratings export (`rlhflab label export --ratings`): Likert means per policy
-    ppo_run: str | None = None  # a PPO run: KL curve over its snapshots/ (and final model) + its metrics.jsonl
-    curve_limit: int | None = None  # posts per curve point (the first ones of `posts`); None: all
-    curve_reward: str | None = None  # the RM whose score the curve shows; default: the PPO run's reward
-    best_of_n_run: str | None = None  # a best-of-n run with candidates.jsonl (write_all=true): win rate vs N
-    rm_eval_runs: list[str] = field(default_factory=list)  # rm-eval runs: RM accuracy vs labeler confidence
-    transfer: TransferConfig = field(default_factory=TransferConfig)
-    n_examples: int = 20  # posts in the report's table of summaries
-    plot: bool = True
+    policies: list[PolicySpec] = setting(
+        default_factory=lambda: [PolicySpec(name="sft", model="runs/sft/cpu"),
+                                 PolicySpec(name="ppo", model="runs/ppo/cpu"),
+                                 PolicySpec(name="reference", builtin="reference")],
+        help="the policies to evaluate (a model, a samples file, or lead3 / the reference)")
+    posts: str = setting("../shared/data/tldr/eval.jsonl.gz", "TL;DR, CNN/DM or posts JSONL (with references)")
+    format: str = setting("auto", "format of the posts file: auto | tldr | cnndm | posts")
+    limit: int | None = setting(None, "use only the first N posts (None: all)")
+    skip_bad: bool = setting(False, "skip malformed posts with a count instead of stopping at the first")
+    max_query_tokens: int = setting(512, "token budget of a query (the post is cut at a newline to fit)")
+    max_new_tokens: int = setting(48, "length limit of a summary, in tokens")
+    temperature: float = setting(0.0, "0 = greedy (the paper's evaluation setting)")
+    top_p: float = setting(1.0, "nucleus sampling when temperature > 0 (1: off)")
+    batch_size: int = setting(8, "posts per generation batch")
+    seed: int = setting(1, "random seed of sampling")
+    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
+    allow_partial: bool = setting(False, "use unfinished runs' last checkpoints")
+    judges: list[JudgeSpec] = setting(
+        default_factory=lambda: [JudgeSpec(name="rm", kind="rm", spec="runs/rm/cpu")],
+        help="who compares each summary with the reference (the first is the primary judge)")
+    kl_reference: str | None = setting("runs/sft/cpu", "the SFT model KL is measured from; None: no KL")
+    kl_samples: int = setting(1, "sampled responses per post for the KL estimate")
+    kl_temperature: float = setting(
+        0.7,
+        "the KL is between the temperature-T distributions (PPO's sampling temperature)")
+    length_tokenizer: str | None = setting(
+        None,
+        "tokens for lengths: a model spec, or \"words\"; default: kl_reference")
+    bootstrap: int = setting(1000, "resamples of posts for the length-controlled CI (0: none)")
+    ci_level: float = setting(0.95, "level of every confidence interval in the report")
+    ratings: str | None = setting(None, "a ratings export (`rlhflab label export --ratings`): Likert means per policy")
+    ppo_run: str | None = setting(None, "a PPO run: KL curve over its snapshots/ (and final model) + its metrics.jsonl")
+    curve_limit: int | None = setting(None, "posts per curve point (the first ones of `posts`); None: all")
+    curve_reward: str | None = setting(None, "the RM whose score the curve shows; default: the PPO run's reward")
+    best_of_n_run: str | None = setting(None, "a best-of-n run with candidates.jsonl (write_all=true): win rate vs N")
+    rm_eval_runs: list[str] = setting(default_factory=list, help="rm-eval runs: RM accuracy vs labeler confidence")
+    transfer: TransferConfig = setting(default_factory=TransferConfig, help="zero-shot transfer to news articles")
+    n_examples: int = setting(20, "posts in the report's table of summaries")
+    plot: bool = setting(True, "write the PNG plots and their report.html sections")
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.policies]

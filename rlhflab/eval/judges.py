@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from rlhflab.core.config import setting
 from rlhflab.core.rundir import RunError
 from rlhflab.data.jsonl import DataError
 from rlhflab.data.loaders import load_comparisons
@@ -45,16 +46,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class JudgeSpec:
-    name: str = "rm"
-    kind: Literal["rm", "labels", "python", "openai"] = "rm"
-    spec: str | None = None  # rm: an RM run directory; labels: a comparisons JSONL; python: python:module:function
-    note: str = ""  # shown in the report next to the judge (e.g. "the RM that PPO optimised against")
-    batch_size: int = 16  # rm: sequences per forward
-    base_url: str | None = None  # openai: e.g. http://localhost:8000/v1 (required for kind=openai)
-    model: str | None = None  # openai: the chat model's name
-    api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the key (sent if set)
-    timeout_s: float = 60.0
-    seed: int = 0  # openai: the A/B order of each pair
+    name: str = setting("rm", "the judge's name in the report")
+    kind: Literal["rm", "labels", "python", "openai"] = setting(
+        "rm",
+        "rm (an RM run), labels (human labels), python (a callable) or openai (a chat endpoint)")
+    spec: str | None = setting(
+        None,
+        "rm: an RM run directory; labels: a comparisons JSONL; python: python:module:function")
+    note: str = setting("", "shown in the report next to the judge (e.g. \"the RM that PPO optimised against\")")
+    batch_size: int = setting(16, "rm: sequences per forward")
+    base_url: str | None = setting(None, "openai: e.g. http://localhost:8000/v1 (required for kind=openai)")
+    model: str | None = setting(None, "openai: the chat model's name")
+    api_key_env: str = setting("OPENAI_API_KEY", "openai: the environment variable holding the key (sent if set)")
+    timeout_s: float = setting(60.0, "openai: seconds to wait for one answer")
+    seed: int = setting(0, "openai: seed of the order (A/B) each pair is shown in")
 
     def __post_init__(self) -> None:
         if not self.name or not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):

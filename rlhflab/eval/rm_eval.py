@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from rlhflab.core.config import setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, atomic_write_text
 from rlhflab.data.loaders import load_comparisons
@@ -38,23 +39,29 @@ log = get_logger(__name__)
 
 @dataclass
 class RMEvalConfig:
-    model: str = "runs/rm/cpu"  # an `rlhflab rm` run directory (or a saved reward-model directory)
-    allow_partial: bool = False
-    comparisons: str = "../shared/data/comparisons/batch13.jsonl.gz"
-    split: Literal["all", "dev", "train"] = "all"  # "dev": only the posts the RM stage held out
-    dev_fraction: float = 0.15  # must match the RM run's data.dev_fraction / data.split_seed for split=dev
-    split_seed: int = 0
-    duplicates: Literal["drop", "keep"] = "keep"  # repeated labels of one pair: every row counts by default;
-    contradictions: Literal["majority", "drop", "keep"] = "keep"  # set both as in the RM run to match its dev set
-    limit: int | None = None
-    skip_bad: bool = False
-    batch_size: int = 16  # sequences per forward
-    bf16: bool = False
-    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
-    similar_length_tolerance: float = 0.10  # |len a − len b| / max(len a, len b) ≤ this
-    calibration_bins: int = 5
-    n_worst: int = 20
-    plot: bool = True
+    model: str = setting("runs/rm/cpu", "an `rlhflab rm` run directory (or a saved reward-model directory)")
+    allow_partial: bool = setting(False, "accept an unfinished RM run (its latest checkpoint)")
+    comparisons: str = setting(
+        "../shared/data/comparisons/batch13.jsonl.gz",
+        "the comparisons to score: OpenAI schema or plain pairs, local path or hub")
+    split: Literal["all", "dev", "train"] = setting("all", "which pairs: all, or the RM stage's split (dev: held out, train: trained on)")
+    dev_fraction: float = setting(0.15, "share of posts in the dev split (must match the RM run's data.dev_fraction)")
+    split_seed: int = setting(0, "seed of the split by post (must match the RM run's data.split_seed for split=dev)")
+    # repeated labels of one pair: every row counts by default; set both as in the RM run to match its dev set
+    duplicates: Literal["drop", "keep"] = setting("keep", "a pair labelled twice the same way: score every copy "
+                                                  "(keep) or one (drop)")
+    contradictions: Literal["majority", "drop", "keep"] = setting(
+        "keep", "a pair labelled both ways: keep every label, drop the pair, or the majority answer")
+    limit: int | None = setting(None, "use only the first N comparisons (None: all)")
+    skip_bad: bool = setting(False, "skip malformed rows with a count instead of stopping at the first")
+    batch_size: int = setting(16, "sequences per forward")
+    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
+    similar_length_tolerance: float = setting(
+        0.10, "pairs count as similar-length when |len a − len b| / max(len a, len b) ≤ this (in characters)")
+    calibration_bins: int = setting(5, "bins of the calibration table (predicted vs observed P(chosen))")
+    n_worst: int = setting(20, "how many of the most confidently wrong pairs to list")
+    plot: bool = setting(True, "write the PNG plots beside report.json")
 
 
 PAIR_KEYS = ("index", "post_id", "r_chosen", "r_rejected", "margin", "correct", "length_correct", "similar_length",

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from rlhflab.core.config import setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, is_run_dir
 from rlhflab.core.seed import seed_everything
@@ -30,22 +31,22 @@ log = get_logger(__name__)
 
 @dataclass
 class SampleConfig:
-    model: str = "smollm2-135m"  # embedded name, .gguf file, model directory, run directory or hub id
-    policy_name: str | None = None  # the name written into each sample; default: derived from `model`
-    posts: str = "../shared/data/tldr/eval.jsonl.gz"  # TL;DR, CNN/DM or posts JSONL; local path or hub name
-    format: str = "auto"  # auto | tldr | cnndm | posts
-    limit: int | None = None
-    offset: int = 0  # skip the first `offset` posts (a pipeline's later rounds sample new posts)
-    n: int = 1  # summaries per post
-    temperature: float = 0.0  # 0 = greedy (the paper's evaluation setting)
-    top_p: float = 1.0
-    max_query_tokens: int = 512
-    max_new_tokens: int = 48
-    batch_size: int = 8
-    seed: int = 1
-    bf16: bool = False
-    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
-    allow_partial: bool = False  # sample from an unfinished run's last checkpoint
+    model: str = setting("smollm2-135m", "embedded name, .gguf file, model directory, run directory or hub id")
+    policy_name: str | None = setting(None, "the name written into each sample; default: derived from `model`")
+    posts: str = setting("../shared/data/tldr/eval.jsonl.gz", "TL;DR, CNN/DM or posts JSONL; local path or hub name")
+    format: str = setting("auto", "format of the posts file: auto | tldr | cnndm | posts")
+    limit: int | None = setting(None, "sample only N posts after `offset` (None: all)")
+    offset: int = setting(0, "skip the first `offset` posts (a pipeline's later rounds sample new posts)")
+    n: int = setting(1, "summaries per post")
+    temperature: float = setting(0.0, "0 = greedy (the paper's evaluation setting)")
+    top_p: float = setting(1.0, "nucleus sampling: keep the smallest set of tokens with this probability (1: off)")
+    max_query_tokens: int = setting(512, "token budget of a query (the post is cut at a newline to fit)")
+    max_new_tokens: int = setting(48, "length limit of a summary, in tokens")
+    batch_size: int = setting(8, "posts per generation batch")
+    seed: int = setting(1, "random seed of sampling (each batch's seed comes from it and the batch's place)")
+    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
+    allow_partial: bool = setting(False, "sample from an unfinished run's last checkpoint")
 
 
 def policy_name(cfg: SampleConfig) -> str:

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from rlhflab.core.config import setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.data.jsonl import DataError
@@ -23,14 +24,14 @@ log = get_logger(__name__)
 
 @dataclass
 class ScoreConfig:
-    model: str = "runs/rm/cpu"  # an `rlhflab rm` run directory (or a saved reward-model directory)
-    allow_partial: bool = False
-    samples: str = "runs/sample/sft/samples.jsonl"  # a samples file, or a `rlhflab sample` run directory
-    posts: str = "../shared/data/tldr/eval.jsonl.gz"  # the posts the samples summarise (for their queries)
-    posts_format: str = "auto"
-    batch_size: int = 16
-    bf16: bool = False
-    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
+    model: str = setting("runs/rm/cpu", "an `rlhflab rm` run directory (or a saved reward-model directory)")
+    allow_partial: bool = setting(False, "accept an unfinished RM run (its latest checkpoint)")
+    samples: str = setting("runs/sample/sft/samples.jsonl", "a samples file, or a `rlhflab sample` run directory")
+    posts: str = setting("../shared/data/tldr/eval.jsonl.gz", "the posts the samples summarise (for their queries)")
+    posts_format: str = setting("auto", "format of the posts file: auto | tldr | cnndm | posts")
+    batch_size: int = setting(16, "sequences per RM forward")
+    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
 
 
 def samples_path(spec: str) -> Path:

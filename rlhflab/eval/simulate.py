@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from rlhflab.core.config import require
+from rlhflab.core.config import require, setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.data import schema
@@ -40,15 +40,17 @@ log = get_logger(__name__)
 
 @dataclass
 class SimulateConfig:
-    pairs: str = "runs/pairs.jsonl"  # tasks: the labelling app's pairs JSONL ({post, summary_a, summary_b})
-    judge: JudgeSpec = field(default_factory=lambda: JudgeSpec(name="gold", kind="rm", spec="runs/rm/cpu"))
-    temperature: float = 1.0  # P(a) = σ(logit(p_judge) / temperature); 0 = always the judge's choice
-    random_rate: float = 0.0  # share of answers that are a coin flip (a careless labeler)
-    seed: int = 0
-    batch: str = "simulated"  # the `batch` field of every comparison (e.g. round_1)
-    worker: str | None = None  # the `worker` field; None: sim:<judge name>
-    bf16: bool = False
-    device: str = "auto"
+    pairs: str = setting("runs/pairs.jsonl", "tasks: the labelling app's pairs JSONL ({post, summary_a, summary_b})")
+    judge: JudgeSpec = setting(
+        default_factory=lambda: JudgeSpec(name="gold", kind="rm", spec="runs/rm/cpu"),
+        help="who answers: an RM run, a labels file, a python callable or a chat endpoint")
+    temperature: float = setting(1.0, "P(a) = σ(logit(p_judge) / temperature); 0 = always the judge's choice")
+    random_rate: float = setting(0.0, "share of answers that are a coin flip (a careless labeler)")
+    seed: int = setting(0, "random seed of the noise model (which answers flip, the coin flips)")
+    batch: str = setting("simulated", "the `batch` field of every comparison (e.g. round_1)")
+    worker: str | None = setting(None, "the `worker` field; None: sim:<judge name>")
+    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
 
     def __post_init__(self) -> None:
         require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")

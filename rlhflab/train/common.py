@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from rlhflab.core.config import require
+from rlhflab.core.config import require, setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, atomic_path
 from rlhflab.core.seed import rng_state, set_rng_state
@@ -36,13 +36,13 @@ log = get_logger(__name__)
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    warmup_ratio: float = 0.05  # linear warmup over this fraction of the steps, then cosine decay
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    max_grad_norm: float = 1.0
+    lr: float = setting(5e-5, "peak learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    betas: tuple[float, float] = setting((0.9, 0.95), "AdamW (beta1, beta2)")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    warmup_ratio: float = setting(0.05, "linear warmup over this fraction of the steps, then cosine decay")
+    min_lr_ratio: float = setting(0.1, "cosine decays to lr * min_lr_ratio")
+    max_grad_norm: float = setting(1.0, "clip the global gradient norm to this")
 
 
 @dataclass(frozen=True)

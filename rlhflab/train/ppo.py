@@ -29,14 +29,14 @@ import copy
 import importlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
 
-from rlhflab.core.config import require
+from rlhflab.core.config import require, setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.core.seed import seed_everything
@@ -96,67 +96,94 @@ RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 
 @dataclass
 class PPOData:
-    posts: str = "../shared/data/tldr/train.jsonl.gz"  # queries: TL;DR, CNN/DM or posts JSONL; local path or hub
-    format: str = "auto"
-    limit: int | None = None
-    max_query_tokens: int = 512
+    posts: str = setting(
+        "../shared/data/tldr/train.jsonl.gz",
+        "queries: TL;DR, CNN/DM or posts JSONL; local path or hub")
+    format: str = setting("auto", "format of the posts file: auto | tldr | cnndm | posts")
+    limit: int | None = setting(None, "use only the first N posts (None: all)")
+    max_query_tokens: int = setting(512, "token budget of a query (the post is cut at a newline to fit)")
 
 
 @dataclass
 class KLConfig:
-    controller: Literal["adaptive", "fixed"] = "adaptive"
-    init_coef: float = 0.05  # β; the paper's summarisation runs used 0.05
-    target: float = 6.0  # nats per episode the adaptive controller aims for (Ziegler et al.)
-    horizon: int = 10000  # episodes over which the adaptive controller closes the gap
-    estimator: Literal["k1", "k3"] = "k1"  # per-token KL in the reward (k1: the paper's log π - log π_ref)
+    controller: Literal["adaptive", "fixed"] = setting(
+        "adaptive",
+        "adaptive β (Ziegler et al.: towards `target`) or fixed β")
+    init_coef: float = setting(0.05, "β, the KL coefficient at the start (fixed: throughout); the paper used 0.05")
+    target: float = setting(6.0, "nats per episode the adaptive controller aims for (Ziegler et al.)")
+    horizon: int = setting(10000, "episodes over which the adaptive controller closes the gap")
+    estimator: Literal["k1", "k3"] = setting("k1", "per-token KL in the reward (k1: the paper's log π - log π_ref)")
 
 
 @dataclass
 class LoraOptions:
-    r: int = 0  # 0 = full fine-tuning; > 0: LoRA adapters, and the reference is the same base with them off
-    alpha: int = 16
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    r: int = setting(0, "0 = full fine-tuning; > 0: LoRA adapters, and the reference is the same base with them off")
+    alpha: int = setting(16, "LoRA scaling alpha")
+    target_modules: list[str] = setting(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        help="the modules that get LoRA adapters")
 
 
 @dataclass
 class PPOConfig:
-    model: str = "smollm2-135m"  # the reference (and the policy's start): an SFT run directory (or any model spec)
-    policy_init: str | None = None  # start the policy here instead (e.g. the last round's PPO run); None = model
-    reward: str = "runs/rm/cpu"  # an `rlhflab rm` run directory, or "python:module:function" (f(queries, responses))
-    value_model: str | None = None  # None: the reward RM (a callable reward: the policy's model + a fresh head)
-    seed: int = 1
-    data: PPOData = field(default_factory=PPOData)
-    total_episodes: int = 256
-    rollout_batch_size: int = 16  # queries per update (episodes per rollout)
-    mini_batch_size: int = 8  # episodes per optimiser step
-    micro_batch_size: int = 4  # episodes per forward/backward
-    ppo_epochs: int = 4
-    max_new_tokens: int = 48
-    temperature: float = 0.7
-    stop_at_eos: bool = True  # False: every response is exactly max_new_tokens long (fixed shapes)
-    no_eos_penalty: float | None = -1.0  # the score of a response that never ended (None: use the RM's score)
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    whiten_rewards: bool = False
-    kl: KLConfig = field(default_factory=KLConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, min_lr_ratio=0.0))
-    value_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0,
-                                                                         min_lr_ratio=0.0))
-    lora: LoraOptions = field(default_factory=LoraOptions)
-    freeze_layers: int = 0  # freeze the embeddings and the lowest N layers of the policy and the value model
-    reuse_frozen: bool = True  # run the frozen lower layers once per rollout, not in every PPO epoch (same math)
-    bf16: bool = False  # bf16 autocast
-    frozen_bf16: bool = False  # keep the reference and the reward model's weights in bf16
-    device: str = "auto"
-    score_batch_size: int = 16  # sequences per no-grad forward (reference, old log-probs, values, reward)
-    log_every: int = 1
-    sample_every: int = 10  # write a samples table every this many updates (and after the first and the last)
-    n_samples: int = 4
-    save_every: int = 5  # checkpoint every this many updates (and after the last)
-    snapshot_every: int = 0  # > 0: also keep the policy as a plain model in snapshots/update_XXXXX/ (for KL curves)
-    allow_partial: bool = False
+    model: str = setting(
+        "smollm2-135m",
+        "the reference (and the policy's start): an SFT run directory (or any model spec)")
+    policy_init: str | None = setting(
+        None,
+        "start the policy here instead (e.g. the last round's PPO run); None = model")
+    reward: str = setting(
+        "runs/rm/cpu",
+        "an `rlhflab rm` run directory, or \"python:module:function\" (f(queries, responses))")
+    value_model: str | None = setting(
+        None,
+        "the value model's start; None: the reward RM (a callable reward: the policy's model + a fresh head)")
+    seed: int = setting(1, "random seed (episode sampling seeds, minibatch shuffle, post order, fresh heads)")
+    data: PPOData = setting(default_factory=PPOData, help="the posts whose queries PPO rolls out on")
+    total_episodes: int = setting(
+        256,
+        "episodes (query, response) in the whole run; updates = total / rollout_batch_size")
+    rollout_batch_size: int = setting(16, "queries per update (episodes per rollout)")
+    mini_batch_size: int = setting(8, "episodes per optimiser step")
+    micro_batch_size: int = setting(4, "episodes per forward/backward")
+    ppo_epochs: int = setting(4, "passes over each rollout's minibatches")
+    max_new_tokens: int = setting(48, "length limit of a response, in tokens")
+    temperature: float = setting(
+        0.7,
+        "sampling temperature of the rollout; log-probs are computed at the same temperature")
+    stop_at_eos: bool = setting(True, "end responses at EOS; False: every one is max_new_tokens long (fixed shapes)")
+    no_eos_penalty: float | None = setting(-1.0, "the score of a response that never ended (None: use the RM's score)")
+    gamma: float = setting(1.0, "GAE discount")
+    lam: float = setting(0.95, "GAE lambda")
+    clip_range: float = setting(0.2, "PPO's policy ratio clip")
+    clip_range_value: float = setting(0.2, "PPO's value clip (around the old values)")
+    whiten_rewards: bool = setting(False, "whiten the per-token rewards (no mean shift) before GAE")
+    kl: KLConfig = setting(default_factory=KLConfig, help="the KL penalty towards the reference and its controller")
+    optim: OptimConfig = setting(
+        default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, min_lr_ratio=0.0),
+        help="the policy's AdamW and schedule")
+    value_optim: OptimConfig = setting(
+        default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, min_lr_ratio=0.0),
+        help="the value model's AdamW and schedule")
+    lora: LoraOptions = setting(
+        default_factory=LoraOptions,
+        help="LoRA adapters on the policy instead of full fine-tuning")
+    freeze_layers: int = setting(0, "freeze the embeddings and the lowest N layers of the policy and the value model")
+    reuse_frozen: bool = setting(
+        True,
+        "run the frozen lower layers once per rollout, not in every PPO epoch (same math)")
+    bf16: bool = setting(False, "bf16 autocast (trained weights stay fp32)")
+    frozen_bf16: bool = setting(False, "keep the reference and the reward model's weights in bf16")
+    device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
+    score_batch_size: int = setting(16, "sequences per no-grad forward (reference, old log-probs, values, reward)")
+    log_every: int = setting(1, "write metrics.jsonl every N updates (and after the last)")
+    sample_every: int = setting(10, "write a samples table every this many updates (and after the first and the last)")
+    n_samples: int = setting(4, "episodes per samples table")
+    save_every: int = setting(5, "checkpoint every this many updates (and after the last)")
+    snapshot_every: int = setting(
+        0,
+        "> 0: also keep the policy as a plain model in snapshots/update_XXXXX/ (for KL curves)")
+    allow_partial: bool = setting(False, "accept unfinished model/reward runs (their latest checkpoints)")
 
     def __post_init__(self) -> None:
         check_batch_fields(self.mini_batch_size, self.micro_batch_size, key="mini_batch_size")
@@ -431,7 +458,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         #     Then every process gets the whole rollout, laid out as one process would have sampled it.
         policy.eval()
         ids, mask = pad_queries(tokenizer, [queries[i] for i in local_batch])
-        with autocast(procs.device, cfg.bf16), gathered(policy, procs):  # sharded: gather the layers once, not per token
+        with autocast(procs.device, cfg.bf16), gathered(policy, procs):  # sharded: gathered once, not per token
             gen = generate(policy, tokenizer, ids, mask, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
                            row_seeds=episode_seeds(cfg.seed, update, range(len(batch))[local_rows]),

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -44,7 +44,7 @@ from rlhflab.data.splits import split_by_post
 from rlhflab.models.device import autocast
 from rlhflab.models.reward import RewardModel, new_reward_model, normalise, save_reward_model
 from rlhflab.ops.losses import confidence_preference_loss, preference_accuracy, preference_loss
-from rlhflab.core.config import require
+from rlhflab.core.config import require, setting
 from rlhflab.train.common import (
     OptimConfig,
     check_batch_fields,
@@ -78,16 +78,22 @@ log = get_logger(__name__)
 
 @dataclass
 class RewardData:
-    comparisons: str = "../shared/data/comparisons/batch13.jsonl.gz"  # OpenAI schema or {post|query,chosen,rejected}
-    dev: str | None = None  # a separate dev file; None: hold out `dev_fraction` of the posts of `comparisons`
-    dev_fraction: float = 0.15
-    split_seed: int = 0  # the post-id hash seed of the dev split (rm-eval uses the same to find the dev pairs)
-    limit: int | None = None
-    max_query_tokens: int = 512
-    max_response_tokens: int = 64
-    skip_bad: bool = False
-    duplicates: Literal["drop", "keep"] = "drop"
-    contradictions: Literal["majority", "drop", "keep"] = "majority"
+    comparisons: str = setting(
+        "../shared/data/comparisons/batch13.jsonl.gz",
+        "training comparisons: OpenAI schema or {post|query, chosen, rejected} JSONL(.gz); local path or hub")
+    dev: str | None = setting(None, "a separate dev file; None: hold out `dev_fraction` of the posts of `comparisons`")
+    dev_fraction: float = setting(0.15, "share of posts held out as the dev split (split by post id)")
+    split_seed: int = setting(0, "the post-id hash seed of the dev split (rm-eval uses the same to find the dev pairs)")
+    limit: int | None = setting(None, "use only the first N comparisons (None: all)")
+    max_query_tokens: int = setting(512, "token budget of a query (the post is cut at a newline to fit)")
+    max_response_tokens: int = setting(64, "summaries are cut to this many tokens (EOS included)")
+    skip_bad: bool = setting(False, "skip malformed rows with a count instead of stopping at the first")
+    duplicates: Literal["drop", "keep"] = setting(
+        "drop",
+        "a pair labelled twice the same way: keep one copy (drop) or every copy (keep)")
+    contradictions: Literal["majority", "drop", "keep"] = setting(
+        "majority",
+        "a pair labelled both ways: the majority answer, drop the pair, or keep every label")
 
     def __post_init__(self) -> None:
         require(0 <= self.dev_fraction <= 1, "dev_fraction", f"must be in [0, 1], got {self.dev_fraction}")
@@ -96,26 +102,34 @@ class RewardData:
 
 @dataclass
 class RewardConfig:
-    model: str = "smollm2-135m"  # an SFT run directory, embedded name, model directory or hub id
-    allow_partial: bool = False  # start from an unfinished SFT run's last saved model
-    seed: int = 1
-    data: RewardData = field(default_factory=RewardData)
-    optim: OptimConfig = field(default_factory=OptimConfig)  # the profiles set lr (1.5e-5 to 3e-5 for 135M)
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 16  # comparison pairs per optimiser step
-    micro_batch_size: int = 4  # pairs per forward/backward (2× sequences: chosen and rejected together)
-    loss: Literal["pairwise", "confidence"] = "pairwise"
-    share_query: bool = True  # run each query once, both summaries on its KV cache (same scores, ~half the work)
-    bf16: bool = False
-    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
-    freeze_layers: int = 0
-    log_every: int = 1
-    eval_every: int = 20  # dev accuracy every this many steps; 0 = only at the start and the end
-    eval_batch_size: int = 16  # sequences per forward when scoring dev and references
-    save_every: int = 20
-    normalise_on: str | None = "../shared/data/tldr/train.jsonl.gz"  # posts whose references should average 0
-    normalise_limit: int = 256
+    model: str = setting("smollm2-135m", "an SFT run directory, embedded name, model directory or hub id")
+    allow_partial: bool = setting(False, "start from an unfinished SFT run's last saved model")
+    seed: int = setting(1, "random seed (the order of the training batches, the fresh reward head)")
+    data: RewardData = setting(default_factory=RewardData, help="the comparisons and how they are tokenised and split")
+    optim: OptimConfig = setting(default_factory=OptimConfig,
+                                 help="AdamW and its learning-rate schedule (the profiles set lr: 1.5e-5 to 3e-5 "
+                                      "for 135M)")
+    epochs: int = setting(1, "passes over the training pairs (the paper: 1)")
+    max_steps: int | None = setting(None, "stop after N optimiser steps (None: the epochs' steps)")
+    batch_size: int = setting(16, "comparison pairs per optimiser step")
+    micro_batch_size: int = setting(4, "pairs per forward/backward (2× sequences: chosen and rejected together)")
+    loss: Literal["pairwise", "confidence"] = setting(
+        "pairwise",
+        "-log sigmoid(r_chosen - r_rejected) (pairwise), or a target from the labeler's confidence")
+    share_query: bool = setting(
+        True,
+        "run each query once, both summaries on its KV cache (same scores, ~half the work)")
+    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
+    freeze_layers: int = setting(0, "freeze the embeddings and the lowest N decoder layers")
+    log_every: int = setting(1, "write metrics.jsonl every N optimiser steps")
+    eval_every: int = setting(20, "dev accuracy every this many steps; 0 = only at the start and the end")
+    eval_batch_size: int = setting(16, "sequences per forward when scoring dev and references")
+    save_every: int = setting(20, "checkpoint state/ every N optimiser steps (and after the last)")
+    normalise_on: str | None = setting(
+        "../shared/data/tldr/train.jsonl.gz",
+        "the RM's bias is set so these posts' reference summaries score 0 on average (None: no shift)")
+    normalise_limit: int = setting(256, "how many of the first `normalise_on` posts the normalisation scores")
 
     def __post_init__(self) -> None:
         check_batch_fields(self.batch_size, self.micro_batch_size)

@@ -15,7 +15,7 @@ processes, so the step is the one a single process makes. Only the main process 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -30,7 +30,7 @@ from rlhflab.data.records import Post
 from rlhflab.models.device import autocast
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model, save_model
-from rlhflab.core.config import require
+from rlhflab.core.config import require, setting
 from rlhflab.train.common import (
     OptimConfig,
     check_batch_fields,
@@ -66,13 +66,15 @@ log = get_logger(__name__)
 
 @dataclass
 class SFTData:
-    train: str = "../shared/data/tldr/train.jsonl.gz"  # local JSONL(.gz) or a hub dataset name
-    eval: str | None = "../shared/data/tldr/eval.jsonl.gz"
-    limit_train: int | None = None
-    limit_eval: int | None = 64  # eval loss on this many posts (the first ones, so it is the same every time)
-    max_query_tokens: int = 512  # the paper's budget; the post is cut at a newline to fit
-    max_response_tokens: int = 64  # longer references are cut (and lose their EOS)
-    skip_bad: bool = False  # skip (and count) malformed rows instead of stopping at the first
+    train: str = setting("../shared/data/tldr/train.jsonl.gz", "local JSONL(.gz) or a hub dataset name")
+    eval: str | None = setting(
+        "../shared/data/tldr/eval.jsonl.gz",
+        "posts held out for the eval loss and the sample table (None: no eval)")
+    limit_train: int | None = setting(None, "use only the first N training posts (None: all)")
+    limit_eval: int | None = setting(64, "eval loss on this many posts (the first ones, so it is the same every time)")
+    max_query_tokens: int = setting(512, "token budget of a query, the paper's (the post is cut at a newline to fit)")
+    max_response_tokens: int = setting(64, "token budget of a reference (a longer one is cut and loses its EOS)")
+    skip_bad: bool = setting(False, "skip (and count) malformed rows instead of stopping at the first")
 
     def __post_init__(self) -> None:
         for key in ("limit_train", "limit_eval"):
@@ -82,23 +84,25 @@ class SFTData:
 
 @dataclass
 class SFTConfig:
-    model: str = "smollm2-135m"  # embedded name, .gguf file, model directory, run directory or hub id
-    seed: int = 1
-    data: SFTData = field(default_factory=SFTData)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    epochs: int = 1
-    max_steps: int | None = None  # stop early after this many optimiser steps
-    batch_size: int = 16  # sequences per optimiser step
-    micro_batch_size: int = 4  # sequences per forward/backward (gradient accumulation makes up the rest)
-    loss_on: Literal["response", "sequence"] = "response"
-    bf16: bool = False  # bf16 autocast for forward/backward; weights and optimiser stay fp32
-    device: str = "auto"  # auto = the first CUDA GPU when there is one, else the CPU
-    freeze_layers: int = 0  # freeze the embeddings and this many lowest layers
-    log_every: int = 1
-    eval_every: int = 50  # 0 = only at the start and the end
-    save_every: int = 50
-    n_samples: int = 5  # greedy summaries of the first eval posts at each eval
-    sample_max_tokens: int = 48
+    model: str = setting("smollm2-135m", "embedded name, .gguf file, model directory, run directory or hub id")
+    seed: int = setting(1, "random seed (the order of the training batches, torch's RNG)")
+    data: SFTData = setting(default_factory=SFTData, help="the posts to train and evaluate on")
+    optim: OptimConfig = setting(default_factory=OptimConfig, help="AdamW and its learning-rate schedule")
+    epochs: int = setting(1, "passes over the training posts")
+    max_steps: int | None = setting(None, "stop early after this many optimiser steps")
+    batch_size: int = setting(16, "sequences per optimiser step")
+    micro_batch_size: int = setting(4, "sequences per forward/backward (gradient accumulation makes up the rest)")
+    loss_on: Literal["response", "sequence"] = setting(
+        "response",
+        "cross-entropy on the reference summary only (response) or on the query too (sequence)")
+    bf16: bool = setting(False, "bf16 autocast for forward/backward; weights and optimiser stay fp32")
+    device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
+    freeze_layers: int = setting(0, "freeze the embeddings and this many lowest layers")
+    log_every: int = setting(1, "write metrics.jsonl every N optimiser steps")
+    eval_every: int = setting(50, "eval loss and samples every N optimiser steps; 0 = only at the start and the end")
+    save_every: int = setting(50, "checkpoint state/ every N optimiser steps (and after the last)")
+    n_samples: int = setting(5, "greedy summaries of the first eval posts at each eval")
+    sample_max_tokens: int = setting(48, "length limit of the greedy summaries in the samples table")
 
     def __post_init__(self) -> None:
         check_batch_fields(self.batch_size, self.micro_batch_size)
