@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from rlhflab.data import schema
 from rlhflab.data.jsonl import DataError, json_type, scan_jsonl, write_jsonl
-from rlhflab.data.records import Comparison, Post, Sample
+from rlhflab.data.records import BestOfN, Comparison, Post, Sample
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,21 @@ def load_comparisons(source: str | Path, split: str | None = None, *, config: st
                  skip_bad=skip_bad)
 
 
+def load_best_of_n(source: str | Path, *, limit: int | None = None, skip_bad: bool = False) -> LoadResult[BestOfN]:
+    """Best-of-N labels {"query", "samples": [...], "best"} (see `schema.best_of_n`)."""
+    return _load(source, schema.best_of_n, split="train", config=None, limit=limit, skip_bad=skip_bad)
+
+
+def labels_kind(source: str | Path) -> str:
+    """"best_of_n" when the first row of a local labels file is a best-of-N task, else "comparisons"."""
+    path = Path(source).expanduser()
+    if not path.is_file() or path.name.endswith((".json", ".json.gz")):
+        return "comparisons"
+    for _, row in scan_jsonl(path):
+        return "best_of_n" if not isinstance(row, DataError) and schema.is_best_of_n_row(row) else "comparisons"
+    return "comparisons"
+
+
 def load_samples(source: str | Path, *, limit: int | None = None, skip_bad: bool = False) -> LoadResult[Sample]:
     """A samples JSONL written by `write_samples` (one `Sample.to_dict()` a line)."""
     return _load(source, schema.sample, split="train", config=None, limit=limit, skip_bad=skip_bad)
@@ -104,6 +119,10 @@ def load_samples(source: str | Path, *, limit: int | None = None, skip_bad: bool
 def write_comparisons(path: str | Path, comparisons: Iterable[Comparison]) -> int:
     """Write OpenAI's comparison schema (what `load_comparisons` reads back unchanged). Returns the row count."""
     return write_jsonl(path, (schema.comparison_to_row(c) for c in comparisons))
+
+
+def write_best_of_n(path: str | Path, labels: Iterable[BestOfN]) -> int:
+    return write_jsonl(path, (schema.best_of_n_to_row(b) for b in labels))
 
 
 def write_samples(path: str | Path, samples: Iterable[Sample]) -> int:

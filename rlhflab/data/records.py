@@ -3,6 +3,7 @@
 - `Post`: a document to summarise — a Reddit post (TL;DR) or a news article (CNN/DM) — with its human reference.
 - `Sample`: one summary of one post by one policy (the samples JSONL that labelling and evaluation read).
 - `Comparison`: two summaries of one post, which one a person chose, and how confident they were (1–9).
+- `BestOfN`: N continuations of one query and the one a person picked (Ziegler et al. 2019's label type).
 """
 
 from __future__ import annotations
@@ -99,3 +100,31 @@ class Comparison:
     def confidence_distance(self) -> int | None:
         """How sure the labeler was: |confidence − 5|, 0 (no preference) … 4 (certain)."""
         return None if self.confidence is None else abs(self.confidence - CONFIDENCE_NO_PREFERENCE)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a best-of-N task's continuations. `eos`: the writer ended it with its EOS token (False for one cut
+    at a stop token such as "." — it is scored as written, without an EOS appended)."""
+
+    text: str
+    policy: str = ""
+    eos: bool = True
+
+
+@dataclass(frozen=True)
+class BestOfN:
+    """N ≥ 2 continuations of one query and the index of the one the labeler judged best (Ziegler et al. 2019
+    label 4 continuations a query). `post` holds the query: an already formatted one has source "query"."""
+
+    post: Post
+    samples: tuple[Choice, ...]
+    best: int
+    worker: str = ""
+    batch: str = ""
+    split: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> Choice:
+        return self.samples[self.best]

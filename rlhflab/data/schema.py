@@ -12,7 +12,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from rlhflab.data.jsonl import json_type
-from rlhflab.data.records import CONFIDENCE_MAX, CONFIDENCE_MIN, Comparison, Post, Sample, Summary
+from rlhflab.data.records import (
+    CONFIDENCE_MAX,
+    CONFIDENCE_MIN,
+    BestOfN,
+    Choice,
+    Comparison,
+    Post,
+    Sample,
+    Summary,
+)
 
 Row = Mapping[str, Any]
 
@@ -214,6 +223,58 @@ def comparison_to_row(c: Comparison) -> dict[str, Any]:
         "summaries": [{"text": s.text, "policy": s.policy, "note": s.note} for s in c.summaries],
         "choice": c.choice, "worker": c.worker, "batch": c.batch, "extra": extra,
     }
+
+
+# ---------------------------------------------------------------------------------------------- best-of-N
+
+MAX_BEST_OF = 16
+
+
+def best_of_n(row: Row) -> BestOfN:
+    """{"query": str, "samples": [str | {"text", "policy", "eos"}, ...], "best": i, optional "id", "worker",
+    "batch", "split", "extra"}: the continuations of one (formatted) query and the index of the best one.
+
+    Without an id, the id is a hash of the query, so a split by post keeps one query's tasks on one side.
+    """
+    query = text(row, "query")
+    value = _get(row, "samples", "samples")
+    if not isinstance(value, list):
+        raise FieldError("samples", f"expected an array, got {json_type(value)}")
+    if not 2 <= len(value) <= MAX_BEST_OF:
+        raise FieldError("samples", f"expected 2–{MAX_BEST_OF} samples, got {len(value)}")
+    samples = tuple(_choice(s, i) for i, s in enumerate(value))
+    post_id = identifier(row, "id") if row.get("id") is not None else "sha1:" + hashlib.sha1(
+        query.encode("utf-8")).hexdigest()[:16]
+    return BestOfN(post=Post(id=post_id, text=query, source="query"), samples=samples,
+                   best=integer(row, "best", lo=0, hi=len(samples) - 1),  # type: ignore[arg-type]
+                   worker=optional_string(row, "worker"), batch=optional_string(row, "batch"),
+                   split=optional_string(row, "split"), extra=obj(row, "extra", required=False))
+
+
+def _choice(value: Any, i: int) -> Choice:
+    if isinstance(value, str):
+        if not value.strip():
+            raise FieldError(f"samples[{i}]", "empty string")
+        return Choice(value)
+    if not isinstance(value, Mapping):
+        raise FieldError(f"samples[{i}]", f"expected a string or an object, got {json_type(value)}")
+    eos = value.get("eos", True)
+    if not isinstance(eos, bool):
+        raise FieldError(f"samples[{i}].eos", f"expected a boolean, got {json_type(eos)}")
+    p = f"samples[{i}]."
+    return Choice(text=text(value, "text", p), policy=optional_string(value, "policy", p), eos=eos)
+
+
+def best_of_n_to_row(b: BestOfN) -> dict[str, Any]:
+    """A BestOfN as a JSON row (the inverse of `best_of_n`)."""
+    return {"id": b.post.id, "query": b.post.text,
+            "samples": [{"text": s.text, "policy": s.policy, "eos": s.eos} for s in b.samples],
+            "best": b.best, "worker": b.worker, "batch": b.batch, "split": b.split, "extra": dict(b.extra)}
+
+
+def is_best_of_n_row(row: Row) -> bool:
+    """Whether a labels row is a best-of-N task (it has "samples" and "best") rather than a comparison."""
+    return isinstance(row, Mapping) and "samples" in row and "best" in row
 
 
 # ---------------------------------------------------------------------------------------------- samples
