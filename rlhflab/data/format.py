@@ -4,6 +4,7 @@ A query is what the policy sees before it writes a summary:
 
     SUBREDDIT: r/{subreddit}\\n\\nTITLE: {title}\\n\\nPOST: {post}\\n\\nTL;DR:      (Reddit TL;DR)
     {article}\\n\\nTL;DR:                                               (CNN/DM zero-shot transfer)
+    {passage}                                                          (book continuation, Ziegler et al. 2019)
 
 Only the post/article body is ever cut: the header and the trailing "TL;DR:" must stay, or the policy is asked a
 different question. The tokenizer is duck-typed (`encode(text, add_special_tokens=False) -> list[int]`), so this
@@ -22,6 +23,8 @@ TLDR_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nT
 CNNDM_TEMPLATE = "{article}\n\nTL;DR:"
 
 _WHITESPACE = re.compile(r"\s")
+# A sentence ends at . ! or ? (closing quotes or brackets after it belong to it) followed by whitespace or the end.
+_SENTENCE_END = re.compile(r"[.!?][\"”’')\]]*(?=\s|$)")
 
 
 class Encoder(Protocol):
@@ -36,7 +39,7 @@ def render_query(post: Post, body: str | None = None) -> str:
     body = post.text if body is None else body
     if post.source == "cnndm":
         return CNNDM_TEMPLATE.format(article=body)
-    if post.source == "query":
+    if post.source in ("query", "books"):
         return body
     return TLDR_TEMPLATE.format(subreddit=post.subreddit, title=post.title, post=body)
 
@@ -50,6 +53,8 @@ def format_query(post: Post, tokenizer: Encoder, max_query_tokens: int) -> str:
     - If not even the first line fits, it is cut at the last whitespace that fits (a cut inside a word would
       hand the policy a half word); if no word boundary fits, at the last character that fits; an empty body
       is the last resort.
+    - A book passage (source "books") keeps its leading whole sentences that fit; if not even one does,
+      ValueError.
     - If even an empty body does not fit (the title alone is too long), ValueError: the caller should drop the
       post or raise the budget, not get a query without its "TL;DR:".
 
@@ -69,6 +74,8 @@ def format_query(post: Post, tokenizer: Encoder, max_query_tokens: int) -> str:
         return full
     if post.source == "query":
         raise ValueError(f"post {post.id}: the preformatted query is longer than {max_query_tokens} tokens")
+    if post.source == "books":
+        return _sentences_that_fit(post, n_tokens, max_query_tokens)
 
     def fits(cut: int) -> bool:
         return n_tokens(render_query(post, _kept(post.text, cut))) <= max_query_tokens
@@ -83,6 +90,17 @@ def format_query(post: Post, tokenizer: Encoder, max_query_tokens: int) -> str:
 
 
 query_for = format_query
+
+
+def _sentences_that_fit(post: Post, n_tokens: Callable[[str], int], max_query_tokens: int) -> str:
+    """A book passage's leading whole sentences that fit the budget (Ziegler et al.'s queries start and end at a
+    sentence); ValueError when not even the first sentence fits (the caller drops the passage)."""
+    cuts = [m.end() for m in _SENTENCE_END.finditer(post.text)]
+    cut = _last_fitting(cuts, lambda c: n_tokens(post.text[:c]) <= max_query_tokens)
+    if cut is None:
+        raise ValueError(f"post {post.id}: not even the first sentence of the passage fits in {max_query_tokens} "
+                         "tokens")
+    return post.text[:cut]
 
 
 def format_reference(summary: str, eos_token: str) -> str:

@@ -63,9 +63,11 @@ def load_cnndm(source: str | Path, split: str = "validation", *, config: str | N
 
 def load_posts(source: str | Path, format: str = "auto", split: str | None = None, *, config: str | None = None,
                limit: int | None = None, skip_bad: bool = False) -> LoadResult[Post]:
-    """Posts in any known format: "tldr", "cnndm", "posts" (our `Post.to_dict()` JSONL) or "auto".
+    """Posts in any known format: "tldr", "cnndm", "posts" (our `Post.to_dict()` JSONL), "books" (passages to
+    continue; "books-train" / "books-heldout": without / only the books in `schema.HELDOUT_BOOKS`) or "auto".
 
-    "auto" decides from the keys of the first JSON object (article -> cnndm, post -> tldr, text -> posts) and
+    "auto" decides from the keys of the first JSON object (article -> cnndm, post -> tldr, book + text -> books,
+    text -> posts) and
     then holds every row to that format, so a file that mixes formats is reported, not silently half-read.
     On the hub, `split` defaults to "validation" for cnndm and "train" otherwise.
     """
@@ -136,7 +138,7 @@ def write_posts(path: str | Path, posts: Iterable[Post]) -> int:
 
 # ---------------------------------------------------------------------------------------------- machinery
 
-def _load(source: str | Path, parse: Callable[[schema.Row], T], *, split: str, config: str | None,
+def _load(source: str | Path, parse: Callable[[schema.Row], T | None], *, split: str, config: str | None,
           limit: int | None, skip_bad: bool) -> LoadResult[T]:
     """Parse each row of `source`; stop after `limit` good records; raise at or skip (and count) bad rows."""
     if limit is not None and limit < 0:
@@ -149,7 +151,9 @@ def _load(source: str | Path, parse: Callable[[schema.Row], T], *, split: str, c
         try:
             if isinstance(row, DataError):
                 raise row
-            out.append(parse(row))
+            record = parse(row)
+            if record is not None:  # a parser may leave a row out on purpose (e.g. a held-out book)
+                out.append(record)
         except schema.FieldError as e:
             err = DataError(name, line, e.field, e.problem, unit)
             if not skip_bad:
@@ -174,10 +178,10 @@ def _note_skip(out: LoadResult[Any], err: DataError) -> None:
     log.debug("skipping %s", err)
 
 
-def _auto_post_parser() -> Callable[[schema.Row], Post]:
-    chosen: list[Callable[[schema.Row], Post]] = []
+def _auto_post_parser() -> Callable[[schema.Row], Post | None]:
+    chosen: list[Callable[[schema.Row], Post | None]] = []
 
-    def parse(row: schema.Row) -> Post:
+    def parse(row: schema.Row) -> Post | None:
         if not chosen:
             fmt = schema.detect_post_format(row)
             if fmt is None:

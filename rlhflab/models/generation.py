@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlhflab.ops.ppo import entropy_from_logits, mask_after_eos
+from rlhflab.ops.ppo import entropy_from_logits, response_end_mask
 
 
 @dataclass
@@ -29,7 +29,39 @@ class Generation:
     response: Tensor  # (B, Tr)
     logprobs: Tensor  # (B, Tr) log-prob of each sampled token under softmax(logits / T) (T=1 for greedy); 0 after end
     response_mask: Tensor  # (B, Tr) bool, True up to and including the first EOS
-    eos: Tensor  # (B,) bool: did the response contain EOS
+    eos: Tensor  # (B,) bool: did the response end with EOS
+    stopped: Tensor | None = None  # (B,) bool: did it end at a stop token (StopRule); None: no rule, all False
+
+    @property
+    def ended(self) -> Tensor:
+        """(B,) bool: the response ended by itself (EOS or a stop token) rather than at the length limit."""
+        return self.eos if self.stopped is None else self.eos | self.stopped
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """End a response at the first of `token_ids` at 0-based position >= `after`, too (besides EOS): Ziegler et
+    al.'s truncate_token "." / truncate_after 16 for book continuations. The stop token stays in the response."""
+
+    token_ids: tuple[int, ...]
+    after: int = 0
+
+
+_CLOSERS = "\"”’')]"
+
+
+def stop_rule(tokenizer, stop_text: str | None, after: int = 0) -> StopRule | None:
+    """The StopRule for `stop_text` (None: none): every vocabulary token whose text, with whitespace and closing
+    quotes or brackets stripped from its end, ends with `stop_text` — so '.', '."' and '.”' all end a sentence."""
+    if not stop_text:
+        return None
+    if after < 0:
+        raise ValueError(f"stop_after must be >= 0, got {after}")
+    ids = tuple(i for i in range(len(tokenizer)) if i != tokenizer.eos_token_id
+                and tokenizer.decode([i]).rstrip().rstrip(_CLOSERS).endswith(stop_text))
+    if not ids:
+        raise ValueError(f"stop_token={stop_text!r}: no token of the vocabulary ends with it")
+    return StopRule(ids, after)
 
 
 def pad_queries(tokenizer, queries: list[list[int]]) -> tuple[Tensor, Tensor]:
@@ -68,6 +100,7 @@ def generate(
     n_per_query: int = 1,
     row_seeds: list[int] | None = None,
     stop_together: Callable[[bool], bool] | None = None,
+    stop: StopRule | None = None,
 ) -> Generation:
     """Sample (temperature > 0, optionally nucleus) or decode greedily (temperature == 0) up to max_new_tokens.
 
@@ -84,6 +117,8 @@ def generate(
 
     stop_together(this_process_done) -> every process done: for processes running one sharded model on different
     rows, which must all run the same number of steps (each step gathers the model's layers from all of them).
+
+    stop: a StopRule ends a response at its stop token too (kept in the response; `Generation.stopped`).
     """
     _check_generate_args(query_ids, max_new_tokens, n_per_query, temperature, row_seeds)
     row_generators = None if row_seeds is None else [torch.Generator().manual_seed(s) for s in row_seeds]
@@ -99,10 +134,11 @@ def generate(
     query_ids, query_mask = query_ids.repeat_interleave(k, dim=0), query_mask.repeat_interleave(k, dim=0)
     # (2) one token a step on the cache, until max_new_tokens or (stop_at_eos) every row has ended
     tokens, logprobs = _decode(model, logits, cache, query_mask, positions, pick=pick, eos_id=eos_id,
-                               max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, stop_together=stop_together)
-    # (3) what follows a row's first EOS is padding
+                               max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, stop_together=stop_together,
+                               stop=stop)
+    # (3) what follows a row's end (its first EOS, or its stop token) is padding
     return _as_generation(query_ids, query_mask, torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1),
-                          eos_id, pad_id)
+                          eos_id, pad_id, stop)
 
 
 def _check_generate_args(query_ids: Tensor, max_new_tokens: int, n_per_query: int, temperature: float,
@@ -132,7 +168,8 @@ def _prefill(model, query_ids: Tensor, query_mask: Tensor, k: int) -> tuple[Tens
 
 def _decode(model, logits: Tensor, cache: Any, mask: Tensor, positions: Tensor, *,
             pick: Callable[[Tensor], tuple[Tensor, Tensor]], eos_id: int, max_new_tokens: int, stop_at_eos: bool,
-            stop_together: Callable[[bool], bool] | None) -> tuple[list[Tensor], list[Tensor]]:
+            stop_together: Callable[[bool], bool] | None, stop: StopRule | None = None
+            ) -> tuple[list[Tensor], list[Tensor]]:
     """Sample from (B, V) `logits`, feed the token back, repeat -> Tr tokens and Tr log-probs, each (B,).
 
     `mask` (B, T) grows by one column a step: generated tokens count as real while generating (also after EOS).
@@ -145,6 +182,8 @@ def _decode(model, logits: Tensor, cache: Any, mask: Tensor, positions: Tensor, 
         tokens.append(token)
         logprobs.append(logprob)
         done = done | (token == eos_id)
+        if stop is not None and step >= stop.after:
+            done = done | torch.isin(token, torch.as_tensor(stop.token_ids, device=token.device))
         if stop_at_eos:
             finished = bool(done.all())
             if stop_together is not None:  # every process calls it at every step: it is a collective
@@ -162,9 +201,10 @@ def _decode(model, logits: Tensor, cache: Any, mask: Tensor, positions: Tensor, 
 
 
 def _as_generation(query_ids: Tensor, query_mask: Tensor, response: Tensor, logprobs: Tensor, eos_id: int,
-                   pad_id: int) -> Generation:
-    """(B, Tq) queries and (B, Tr) sampled tokens and log-probs -> a Generation, tokens after the first EOS padded."""
-    response_mask = mask_after_eos(response, eos_id)  # (B, Tr)
+                   pad_id: int, stop: StopRule | None = None) -> Generation:
+    """(B, Tq) queries and (B, Tr) sampled tokens and log-probs -> a Generation, tokens after each end padded."""
+    stop_ids, after = (stop.token_ids, stop.after) if stop is not None else ((), 0)
+    response_mask, eos, stopped = response_end_mask(response, eos_id, stop_ids, after)  # (B, Tr), (B,), (B,)
     response = response.masked_fill(~response_mask, pad_id)
     return Generation(
         query_response=torch.cat([query_ids, response], dim=1),
@@ -172,7 +212,8 @@ def _as_generation(query_ids: Tensor, query_mask: Tensor, response: Tensor, logp
         response=response,
         logprobs=logprobs.masked_fill(~response_mask, 0.0),
         response_mask=response_mask,
-        eos=(response == eos_id).logical_and(response_mask).any(dim=1),
+        eos=eos,
+        stopped=stopped if stop is not None else None,
     )
 
 

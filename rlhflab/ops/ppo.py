@@ -13,6 +13,7 @@ Shapes: B = episodes (query + response), T = response tokens. Every per-token te
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -28,6 +29,26 @@ def mask_after_eos(response: Tensor, eos_id: int) -> Tensor:
     is_eos = (response == eos_id).long()  # (B, T)
     eos_before = is_eos.cumsum(dim=1) - is_eos  # EOS tokens strictly before each position
     return eos_before == 0
+
+
+def response_end_mask(response: Tensor, eos_id: int, stop_ids: Sequence[int] = (), stop_after: int = 0
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """Where each response ends: at its first EOS, or at its first stop token at 0-based position >= stop_after
+    (Ziegler et al.'s truncate_token / truncate_after: "." at or after token 16 ends a book continuation).
+
+    (B, T) ids -> ((B, T) bool mask, True up to and including the end token (all True when there is none);
+    (B,) bool ended by EOS; (B,) bool ended by a stop token). A response that ends neither way was cut.
+    """
+    T = response.shape[1]
+    is_eos = response == eos_id  # (B, T)
+    is_stop = torch.zeros_like(is_eos)
+    if stop_ids:
+        late = torch.arange(T, device=response.device) >= stop_after  # (T,)
+        is_stop = torch.isin(response, torch.as_tensor(list(stop_ids), device=response.device)) & late
+    is_end = (is_eos | is_stop).long()  # (B, T)
+    mask = (is_end.cumsum(dim=1) - is_end) == 0  # no end token strictly before
+    first_end = mask & is_end.bool()  # (B, T) at most one True a row
+    return mask, (first_end & is_eos).any(dim=1), (first_end & is_stop & ~is_eos).any(dim=1)
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

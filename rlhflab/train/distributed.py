@@ -160,7 +160,7 @@ def pad_and_gather_rows(t: torch.Tensor, procs: Processes, pad: float | int, lef
 def rows_of(gen: Generation, rows: slice) -> Generation:
     """Some rows of a rollout, in its layout (same widths)."""
     return Generation(gen.query_response[rows], gen.attention_mask[rows], gen.response[rows], gen.logprobs[rows],
-                      gen.response_mask[rows], gen.eos[rows])
+                      gen.response_mask[rows], gen.eos[rows], None if gen.stopped is None else gen.stopped[rows])
 
 
 def gather_generation(gen: Generation, pad_id: int, procs: Processes) -> Generation:
@@ -176,7 +176,8 @@ def gather_generation(gen: Generation, pad_id: int, procs: Processes) -> Generat
     return Generation(query_response=torch.cat([query, response], dim=1),
                       attention_mask=torch.cat([query_mask, response_mask.long()], dim=1),
                       response=response, logprobs=pad_and_gather_rows(gen.logprobs, procs, 0.0),
-                      response_mask=response_mask, eos=gather_rows(gen.eos, procs))
+                      response_mask=response_mask, eos=gather_rows(gen.eos, procs),
+                      stopped=None if gen.stopped is None else gather_rows(gen.stopped, procs))
 
 
 def gather_objects(items: list[Any], procs: Processes) -> list[Any]:

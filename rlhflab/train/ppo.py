@@ -43,7 +43,7 @@ from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_query
 from rlhflab.data.loaders import load_posts
 from rlhflab.models.device import autocast
-from rlhflab.models.generation import Generation, decode_responses, generate, pad_queries
+from rlhflab.models.generation import Generation, StopRule, decode_responses, generate, pad_queries, stop_rule
 from rlhflab.models.loading import load_model, save_model
 from rlhflab.models.reward import NotARewardModelError, RewardModel, load_reward_model, new_reward_model
 from rlhflab.models.trunk import LayerReuse, RolloutStates, lower_layers_equal, split_matches_full
@@ -134,7 +134,8 @@ class PPOConfig:
         "start the policy here instead (e.g. the last round's PPO run); None = model")
     reward: str = setting(
         "runs/rm/cpu",
-        "an `rlhflab rm` run directory, or \"python:module:function\" (f(queries, responses))")
+        "an `rlhflab rm` run directory, \"python:module:function\" (f(queries, responses)) or \"style:sentiment\" "
+        "/ \"style:descriptiveness\" (a programmatic judge of the response)")
     value_model: str | None = setting(
         None,
         "the value model's start; None: the reward RM (a callable reward: the policy's model + a fresh head)")
@@ -152,7 +153,12 @@ class PPOConfig:
         0.7,
         "sampling temperature of the rollout; log-probs are computed at the same temperature")
     stop_at_eos: bool = setting(True, "end responses at EOS; False: every one is max_new_tokens long (fixed shapes)")
-    no_eos_penalty: float | None = setting(-1.0, "the score of a response that never ended (None: use the RM's score)")
+    stop_token: str | None = setting(
+        None,
+        "also end a response at this token (kept), e.g. \".\" (Ziegler et al.'s truncate_token); None: EOS only")
+    stop_after: int = setting(0, "the stop token ends a response only at 0-based token position >= this (Ziegler: 16)")
+    no_eos_penalty: float | None = setting(
+        -1.0, "the score of a response that never ended, by EOS or stop token (None: use the RM's score)")
     gamma: float = setting(1.0, "GAE discount")
     lam: float = setting(0.95, "GAE lambda")
     clip_range: float = setting(0.2, "PPO's policy ratio clip")
@@ -219,6 +225,7 @@ class PPOModels:
     reward: RewardModel | RewardFn  # frozen
     tokenizer: Any
     reuse: LayerReuse  # which forwards read frozen-layer states computed once per rollout
+    stop: StopRule | None = None  # where responses end besides EOS (cfg.stop_token)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -231,7 +238,8 @@ def load_models(cfg: PPOConfig, reward_fn: RewardFn | None, procs: Processes) ->
     if shard_layers(policy, procs) + shard_layers(value_model, procs):
         log.info("FSDP: the policy's and value model's decoder layers sharded across %d processes (reference and "
                  "reward model whole)", procs.world_size)
-    return PPOModels(policy, reference, value_model, reward, tokenizer, reuse)
+    return PPOModels(policy, reference, value_model, reward, tokenizer, reuse,
+                     stop_rule(tokenizer, cfg.stop_token, cfg.stop_after))
 
 
 def load_policy_and_reference(cfg: PPOConfig, device: torch.device):
@@ -259,6 +267,11 @@ def load_reward(cfg: PPOConfig, reward_fn: RewardFn | None, device: torch.device
         if not fn_name:
             raise ValueError(f"reward={cfg.reward!r}: expected python:module:function")
         return getattr(importlib.import_module(module_name), fn_name)
+    if cfg.reward.startswith("style:"):
+        from rlhflab.models.style import style_scorer
+
+        judge = style_scorer(cfg.reward.removeprefix("style:"))
+        return lambda queries, responses: judge(responses)  # a style judges the continuation alone
     rm = load_reward_model(cfg.reward, dtype="bfloat16" if cfg.frozen_bf16 else "float32")
     return rm.requires_grad_(False).to(device).eval()
 
@@ -266,7 +279,7 @@ def load_reward(cfg: PPOConfig, reward_fn: RewardFn | None, device: torch.device
 def load_value_model(cfg: PPOConfig, device: torch.device) -> RewardModel:
     """The value model starts as the reward model (the paper), or — for a callable reward, or a `value_model`
     that is a plain language model — as that model with a fresh scalar head."""
-    spec = cfg.value_model or (cfg.model if cfg.reward.startswith("python:") else cfg.reward)
+    spec = cfg.value_model or (cfg.model if cfg.reward.startswith(("python:", "style:")) else cfg.reward)
     try:
         value = load_reward_model(spec, allow_partial=cfg.allow_partial)
     except NotARewardModelError:
@@ -462,7 +475,8 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
             gen = generate(policy, tokenizer, ids, mask, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
                            row_seeds=episode_seeds(cfg.seed, update, range(len(batch))[local_rows]),
-                           stop_together=(lambda done: all_processes(done, procs)) if procs.shard else None)
+                           stop_together=(lambda done: all_processes(done, procs)) if procs.shard else None,
+                           stop=m.stop)
         gen = gather_generation(gen, tokenizer.pad_token_id, procs)
         texts = decode_responses(tokenizer, gen)
         t1 = time.time()
@@ -478,7 +492,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         scores, logprobs, ref_logprobs, values = (gather_rows(t, procs) for t in (scores, logprobs, ref_logprobs,
                                                                                    values))
         states = RolloutStates.of(gen, local.n_layers, {k: gather_rows(h, procs) for k, h in local.hidden.items()})
-        penalised_scores = penalise_unfinished(scores, gen.eos.cpu(), cfg.no_eos_penalty)
+        penalised_scores = penalise_unfinished(scores, gen.ended.cpu(), cfg.no_eos_penalty)
         rollout, rollout_stats = build_rollout(states, penalised_scores, logprobs, ref_logprobs, values, kl_coef, cfg)
         t2 = time.time()
 
@@ -493,7 +507,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
                    "objective/score_penalised": float(penalised_scores.mean()), "objective/kl_coef": kl_coef,
                    **rollout_stats, **train_stats,
                    "response/length": float(gen.response_mask.sum(1).float().mean()),
-                   "response/eos_rate": float(gen.eos.float().mean()),
+                   "response/eos_rate": float(gen.eos.float().mean()), "response/ended_rate": float(gen.ended.float().mean()),
                    "ppo/lr": optimizers[0][1].get_last_lr()[0],
                    "time/generation_s": t1 - t0, "time/scoring_s": t2 - t1, "time/training_s": t3 - t2,
                    "time/update_s": t3 - t0, "time/episodes_per_s": cfg.rollout_batch_size / (t3 - t0)}

@@ -190,3 +190,32 @@ def test_real_tokenizer_never_over_budget():
             assert len(tok.encode(query, add_special_tokens=False)) <= budget
             assert query.endswith("TL;DR:")
     assert format_reference(" x ", tok.eos_token).endswith(tok.eos_token)
+
+
+def book(text: str) -> Post:
+    return Post(id="emma-1", text=text, title="Emma", subreddit="Jane Austen", source="books")
+
+
+def test_book_query_keeps_whole_sentences_that_fit():
+    tok = FakeTokenizer()
+    passage = "She smiled. “Do you think so?” said he. It was late, and the fire was low."
+    assert format_query(book(passage), tok, 1000) == passage  # fits whole: unchanged, no template
+    budget = n_tokens(tok, "She smiled. “Do you think so?” said he.")
+    assert format_query(book(passage), tok, budget) == "She smiled. “Do you think so?” said he."
+    # a closing quote after ?, ! or . belongs to the sentence end (a heuristic: here "said he." continues it)
+    assert format_query(book(passage), tok, budget - 1) == "She smiled. “Do you think so?”"
+    assert format_query(book(passage), tok, n_tokens(tok, "She smiled. “Do you think so?”") - 1) == "She smiled."
+    with pytest.raises(ValueError, match="first sentence"):
+        format_query(book(passage), tok, n_tokens(tok, "She smiled.") - 1)
+
+
+@needs_data
+def test_books_split_holds_out_whole_books():
+    from rlhflab.data.loaders import load_posts
+    from rlhflab.data.schema import HELDOUT_BOOKS
+
+    path = DATA / "books" / "passages.jsonl.gz"
+    every, train, heldout = (load_posts(path, format=f) for f in ("auto", "books-train", "books-heldout"))
+    assert len(every) == len(train) + len(heldout) == 3172
+    assert {p.title for p in heldout} == set(HELDOUT_BOOKS) and not {p.title for p in train} & set(HELDOUT_BOOKS)
+    assert all(p.source == "books" and p.reference is None for p in every)

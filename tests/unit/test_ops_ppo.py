@@ -140,3 +140,33 @@ def test_adaptive_kl_controller_is_zieglers_formula():
         next_kl_coef("adaptive", 0.3, 1.0, None, 100, 10)
     with pytest.raises(ValueError, match="controller"):
         next_kl_coef("pid", 0.3, 1.0, 6.0, 100, 10)
+
+
+def test_response_end_mask_truncates_after_the_first_stop_token_at_or_after_position_n():
+    from rlhflab.ops.ppo import response_end_mask
+
+    eos, dot = 0, 7  # ids: 0 = EOS, 7 = "."
+    response = torch.tensor([
+        [5, 7, 5, 5, 7, 5, 7],  # "." at 1 is too early (after=3); the one at 4 ends it
+        [5, 5, 5, 5, 5, 5, 5],  # no stop token, no EOS: cut at the length limit
+        [5, 5, 0, 7, 5, 5, 5],  # EOS comes first
+        [5, 5, 5, 7, 0, 5, 5],  # "." at 3 (>= after) comes before EOS: stopped, not eos
+    ])
+    mask, ended_eos, stopped = response_end_mask(response, eos, stop_ids=(dot,), stop_after=3)
+    assert mask.long().tolist() == [
+        [1, 1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0],
+    ]
+    assert ended_eos.tolist() == [False, False, True, False]
+    assert stopped.tolist() == [True, False, False, True]
+
+
+def test_response_end_mask_without_stop_tokens_is_the_eos_mask():
+    from rlhflab.ops.ppo import response_end_mask
+
+    response = torch.tensor([[3, 2, 0, 2], [3, 3, 3, 3]])
+    mask, ended_eos, stopped = response_end_mask(response, 0)
+    assert torch.equal(mask, mask_after_eos(response, 0))
+    assert ended_eos.tolist() == [True, False] and stopped.tolist() == [False, False]
