@@ -2,6 +2,10 @@
 
 Answers are stored in *canonical* order: `choice` 0 means the task's summary A, and `confidence` leans to A
 below 5. What the labeler saw (A on the left or on the right) is the assignment's `swapped` flag.
+
+Best-of-N tasks (Ziegler et al. 2019) keep their query as the post (source "query") and their 2–16 continuations in
+`Task.choices`, in the task file's order, which is also the order shown; the answer's `choice` is the index of the
+best one (`BestOfN.best`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integ
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("admin", "labeler", "external")  # external: authors of imported labels; cannot log in
-TASK_KINDS = ("comparison", "rating")
+TASK_KINDS = ("comparison", "rating", "best_of_n")
 RATING_AXES = ("overall", "accuracy", "coverage", "coherence")
 
 
@@ -73,13 +77,17 @@ class Task(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     post_id: Mapped[int] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16), default="comparison")
+    # "" for best-of-N tasks: making the column nullable would mean recreating the table on SQLite, and that DROP
+    # cascades into every assignment and answer
     summary_a: Mapped[str] = mapped_column(Text)
     policy_a: Mapped[str] = mapped_column(String(200), default="")
     summary_b: Mapped[str | None] = mapped_column(Text, nullable=True)  # None for rating tasks
     policy_b: Mapped[str | None] = mapped_column(String(200), nullable=True)
     split: Mapped[str] = mapped_column(String(64), default="")
+    # best-of-N tasks: [{"text", "policy", "eos"}, ...] (None for the other kinds)
+    choices: Mapped[list | None] = mapped_column(JSON, nullable=True)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
-    gold_choice: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 0 = summary A
+    gold_choice: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 0 = summary A; best-of-N: the best
     gold_confidence: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     post: Mapped[Post] = relationship(lazy="joined")
@@ -108,7 +116,7 @@ class Answer(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    choice: Mapped[int | None] = mapped_column(Integer, nullable=True)  # canonical: 0 = summary A
+    choice: Mapped[int | None] = mapped_column(Integer, nullable=True)  # canonical: 0 = summary A; best-of-N: best
     confidence: Mapped[int | None] = mapped_column(Integer, nullable=True)  # canonical, 1–9
     ratings: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # rating tasks: axis -> 1..7
     note: Mapped[str] = mapped_column(Text, default="")
