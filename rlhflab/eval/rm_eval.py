@@ -10,6 +10,10 @@ Writes `<out>/report.json` (and `<out>/reliability.png`):
     summary is listed first), and the expected calibration error;
   - the worst errors: pairs the RM got wrong with the highest confidence (ids and summaries, never post text).
 
+Best-of-N labels (a file of {"query","samples","best"} rows) get `kind: best_of_n`: `top1_accuracy` (how often the
+RM's highest score is the labeler's pick) against `chance` (1/N) and `longest_wins_accuracy` (the longest
+continuation as the pick), the softmax loss, and the same per-batch breakdown.
+
 Length is counted in characters of the stripped summary (tokenizer-independent). Ties (equal scores, equal
 lengths) count as half right.
 """
@@ -28,8 +32,8 @@ import torch
 from rlhflab.core.config import setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, atomic_write_text
-from rlhflab.data.loaders import load_comparisons
-from rlhflab.data.records import Comparison
+from rlhflab.data.loaders import labels_kind, load_best_of_n, load_comparisons
+from rlhflab.data.records import BestOfN, Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
 from rlhflab.eval.models import load_scorer
@@ -163,6 +167,8 @@ def evaluate(cfg: RMEvalConfig, out: str) -> dict:
         return done
     t_start = time.time()
     rm = load_scorer(cfg.model, cfg.device, cfg.allow_partial)
+    if labels_kind(cfg.comparisons) == "best_of_n":
+        return evaluate_best_of_n(cfg, run, rm, t_start)
     loaded = list(load_comparisons(cfg.comparisons, limit=cfg.limit, skip_bad=cfg.skip_bad))
     comparisons, repeat_counts = select_split(loaded, cfg)
     if not comparisons:
@@ -248,6 +254,55 @@ def evaluate(cfg: RMEvalConfig, out: str) -> dict:
     run.write_done(summary)
     log.info("rm-eval: accuracy %.3f (length baseline %.3f, similar-length %s on %d pairs)", report["accuracy"],
              report["length_baseline_accuracy"], report["similar_length_accuracy"], len(similar))
+    return summary
+
+
+def longest_index(b: BestOfN) -> list[int]:
+    """The indices of the longest continuations (ties: all of them)."""
+    lengths = [text_length(c.text) for c in b.samples]
+    return [i for i, n in enumerate(lengths) if n == max(lengths)]
+
+
+def top1_credit(winners: list[int], best: int) -> float:
+    """1/len(winners) if the pick is among the tied winners, else 0 (a tie at the top shares the credit)."""
+    return 1.0 / len(winners) if best in winners else 0.0
+
+
+def evaluate_best_of_n(cfg: RMEvalConfig, run: RunDir, rm, t_start: float) -> dict:
+    """Top-1 accuracy of the RM on best-of-N labels, against chance and against "the longest wins"."""
+    labels = list(load_best_of_n(cfg.comparisons, limit=cfg.limit, skip_bad=cfg.skip_bad))
+    if cfg.split != "all":
+        train, dev = split_by_post(labels, cfg.dev_fraction, seed=cfg.split_seed)  # type: ignore[arg-type]
+        labels = dev if cfg.split == "dev" else train
+    if not labels:
+        raise ValueError(f"no best-of-N labels to evaluate in {cfg.comparisons} (split={cfg.split})")
+    k = len(labels[0].samples)
+    q_ids = [rm.encode_query(b.post) for b in labels]
+    r_ids = [rm.encode_response(c.text, c.eos) for b in labels for c in b.samples]
+    scores = rm.score_groups(q_ids, r_ids, k, batch_size=cfg.batch_size, bf16=cfg.bf16)  # (m, k)
+    rows = []
+    for b, s in zip(labels, scores.tolist()):
+        top = [i for i, v in enumerate(s) if v == max(s)]
+        rows.append({"post_id": b.post.id, "best": b.best, "scores": s, "batch": b.batch or "?",
+                     "correct": top1_credit(top, b.best), "length_correct": top1_credit(longest_index(b), b.best),
+                     "loss": math.log(sum(math.exp(v - max(s)) for v in s)) + max(s) - s[b.best]})
+    n = len(rows)
+    report = {"model": cfg.model, "comparisons": cfg.comparisons, "split": cfg.split, "kind": "best_of_n",
+              "n_labels": n, "n_pairs": n, "samples_per_label": k, "chance": 1.0 / k,
+              "top1_accuracy": sum(r["correct"] for r in rows) / n,
+              "longest_wins_accuracy": sum(r["length_correct"] for r in rows) / n,
+              "loss": sum(r["loss"] for r in rows) / n, "per_batch": group_accuracy(rows, "batch"),
+              "length_unit": "characters of the stripped continuation", "normalisation": rm.normalisation}
+    report["accuracy"], report["length_baseline_accuracy"] = report["top1_accuracy"], report["longest_wins_accuracy"]
+    from rlhflab.core.rundir import atomic_write_json
+
+    atomic_write_json(run.path / "report.json", report)
+    atomic_write_text(run.path / "labels.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"stage": "rm-eval", "wall_s": time.time() - t_start, "report": str(run.path / "report.json"),
+               **{k: report[k] for k in ("kind", "n_labels", "top1_accuracy", "chance", "longest_wins_accuracy")}}
+    run.write_done(summary)
+    log.info("rm-eval: top-1 %.3f on %d best-of-%d labels (chance %.3f, longest wins %.3f)",
+             report["top1_accuracy"], n, k, report["chance"], report["longest_wins_accuracy"])
     return summary
 
 

@@ -263,6 +263,22 @@ def normalise(rm: RewardModel, posts: Sequence[Post], batch_size: int = 16, bf16
     return rm.normalisation
 
 
+@torch.no_grad()
+def normalise_groups(rm: RewardModel, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+                     k: int, batch_size: int = 16, bf16: bool = False, source: str = "labels") -> dict[str, Any]:
+    """Set `rm.bias` so the given responses (k per query) score 0 on average — Ziegler et al. normalise on policy
+    samples, which is what best-of-N labels hold. Returns what was done."""
+    if not query_ids:
+        raise ValueError("normalise_groups: no responses to normalise on")
+    rm.bias.zero_()
+    raw = rm.score_groups(query_ids, response_ids, k, batch_size=batch_size, bf16=bf16).reshape(-1)
+    offset = -float(raw.mean())
+    rm.bias.fill_(offset)
+    rm.normalisation = {"on": source, "n_responses": len(raw), "raw_mean": -offset,
+                        "raw_std": float(raw.std()) if len(raw) > 1 else 0.0, "bias": offset}
+    return rm.normalisation
+
+
 def save_reward_model(rm: RewardModel, out_dir: str | Path, lm_state_dict: dict[str, torch.Tensor] | None = None
                       ) -> Path:
     """Write the LM (save_pretrained) + tokenizer + head + reward.json into `out_dir`, atomically.

@@ -1,4 +1,4 @@
-"""Pairwise preference losses for reward models (pure tensor math, torch only).
+"""Preference losses for reward models (pairwise, and best-of-N) (pure tensor math, torch only).
 
 `r_chosen` and `r_rejected` are the reward model's scores of the two summaries of each comparison, shape (B,).
 
@@ -47,6 +47,21 @@ def confidence_preference_loss(r_chosen: Tensor, r_rejected: Tensor, distance: T
     return -(p * F.logsigmoid(margin) + (1 - p) * F.logsigmoid(-margin)).mean()
 
 
+def best_of_n_loss(scores: Tensor, best: Tensor) -> Tensor:
+    """Ziegler et al.'s best-of-N loss: softmax cross-entropy of the labeler's pick over the N scores,
+    −log( exp(r_best) / Σ_j exp(r_j) ), averaged. (B, N) scores, (B,) long indices -> (). With N = 2 it is the
+    pairwise loss −log σ(r_best − r_other)."""
+    return F.cross_entropy(scores.float(), best.long())
+
+
+def top1_accuracy(scores: Tensor, best: Tensor) -> Tensor:
+    """Fraction of groups whose highest score is the labeler's pick; a tie at the top counts 1/(number tied).
+    (B, N), (B,) -> (). Chance is 1/N."""
+    top = scores == scores.max(dim=1, keepdim=True).values  # (B, N)
+    hit = top.gather(1, best.long()[:, None]).squeeze(1).float()  # (B,)
+    return (hit / top.sum(dim=1).float()).mean()
+
+
 def preference_accuracy(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
     """Fraction of pairs where the chosen summary scores higher; an exact tie counts as half. (B,), (B,) -> ()."""
     wins = (r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()  # (B,)
@@ -58,5 +73,5 @@ def p_chosen(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
     return torch.sigmoid(r_chosen - r_rejected)
 
 
-__all__ = ["confidence_preference_loss", "confidence_target", "p_chosen", "preference_accuracy",
+__all__ = ["best_of_n_loss", "confidence_preference_loss", "top1_accuracy", "confidence_target", "p_chosen", "preference_accuracy",
            "preference_loss"]

@@ -8,6 +8,11 @@ The loop in `train` reads top to bottom:
   (4) log, dev accuracy, checkpoint on their periods; resume from state/ exactly
   (5) normalise (human references average 0), save model/, then DONE.json with the dev accuracy
 
+Best-of-N labels (Ziegler et al. 2019: a labeler picks the best of N continuations; `data.comparisons` holding
+{"query","samples","best"} rows) train with the softmax cross-entropy of the pick over the N scores (`loss=auto`
+chooses it for such a file); each query runs once for its N continuations, accuracy is top-1 (chance 1/N), and
+`normalise_on=labels` makes the training labels' continuations score 0 on average (books have no references).
+
 With several processes (`accelerate launch`, see train/distributed.py) each takes its contiguous share of every
 batch; each pair's loss is divided by the global batch size and the gradients are summed across processes, so
 the step is the one a single process makes. Dev accuracy: each process scores a share of the dev batches and
@@ -37,13 +42,26 @@ import torch
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.core.seed import seed_everything
-from rlhflab.data.loaders import load_comparisons, load_posts
-from rlhflab.data.records import Comparison
+from rlhflab.data.loaders import labels_kind, load_best_of_n, load_comparisons, load_posts
+from rlhflab.data.records import BestOfN, Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
 from rlhflab.models.device import autocast
-from rlhflab.models.reward import RewardModel, new_reward_model, normalise, save_reward_model
-from rlhflab.ops.losses import confidence_preference_loss, preference_accuracy, preference_loss
+from rlhflab.models.reward import (
+    RewardModel,
+    new_reward_model,
+    normalise,
+    normalise_groups,
+    pad_sequences,
+    save_reward_model,
+)
+from rlhflab.ops.losses import (
+    best_of_n_loss,
+    confidence_preference_loss,
+    preference_accuracy,
+    preference_loss,
+    top1_accuracy,
+)
 from rlhflab.core.config import require, setting
 from rlhflab.train.common import (
     OptimConfig,
@@ -113,9 +131,10 @@ class RewardConfig:
     max_steps: int | None = setting(None, "stop after N optimiser steps (None: the epochs' steps)")
     batch_size: int = setting(16, "comparison pairs per optimiser step")
     micro_batch_size: int = setting(4, "pairs per forward/backward (2× sequences: chosen and rejected together)")
-    loss: Literal["pairwise", "confidence"] = setting(
-        "pairwise",
-        "-log sigmoid(r_chosen - r_rejected) (pairwise), or a target from the labeler's confidence")
+    loss: Literal["auto", "pairwise", "confidence", "best_of_n"] = setting(
+        "auto",
+        "-log sigmoid(r_chosen - r_rejected) (pairwise), a target from the labeler's confidence, or the softmax "
+        "cross-entropy of a best-of-N pick; auto: best_of_n for best-of-N labels, else pairwise")
     share_query: bool = setting(
         True,
         "run each query once, both summaries on its KV cache (same scores, ~half the work)")
@@ -128,11 +147,26 @@ class RewardConfig:
     save_every: int = setting(20, "checkpoint state/ every N optimiser steps (and after the last)")
     normalise_on: str | None = setting(
         "../shared/data/tldr/train.jsonl.gz",
-        "the RM's bias is set so these posts' reference summaries score 0 on average (None: no shift)")
+        "the RM's bias is set so these posts' reference summaries score 0 on average; \"labels\": so the "
+        "training labels' own responses do (best-of-N books); None: no shift")
     normalise_limit: int = setting(256, "how many of the first `normalise_on` posts the normalisation scores")
 
     def __post_init__(self) -> None:
         check_batch_fields(self.batch_size, self.micro_batch_size)
+
+    @property
+    def best_of_n(self) -> bool:
+        """Whether the labels are best-of-N picks (decided by the labels file's first row)."""
+        return labels_kind(self.data.comparisons) == "best_of_n"
+
+    def resolved_loss(self) -> str:
+        kind = "best_of_n" if self.best_of_n else "pairwise"
+        if self.loss == "auto":
+            return kind
+        require((self.loss == "best_of_n") == (kind == "best_of_n"), "loss",
+                f"loss={self.loss} does not fit {self.data.comparisons}, which holds "
+                f"{'best-of-N labels' if kind == 'best_of_n' else 'comparisons'} (use loss=auto)")
+        return self.loss
 
 
 def fit_launch(cfg: RewardConfig, procs: Processes) -> RewardConfig:
@@ -154,6 +188,17 @@ class PairExample:
     distance: float  # |confidence − 5|, NaN when unknown
 
 
+@dataclass(frozen=True)
+class GroupExample:
+    """A best-of-N label, tokenised: one query, its N responses, the index of the labeler's pick."""
+    query_ids: list[int]
+    response_ids: list[list[int]]
+    best: int
+
+
+Example = PairExample | GroupExample
+
+
 # ------------------------------------------------------------------------------------------------ data
 
 def build_pairs(comparisons: list[Comparison], rm: RewardModel) -> list[PairExample]:
@@ -166,8 +211,27 @@ def build_pairs(comparisons: list[Comparison], rm: RewardModel) -> list[PairExam
     return out
 
 
-def load_data(cfg: RewardConfig) -> tuple[list[Comparison], list[Comparison], dict[str, int]]:
+def build_groups(labels: list[BestOfN], rm: RewardModel) -> list[GroupExample]:
+    """Tokenise each best-of-N label: the query once, each response as written (EOS only where it ended so)."""
+    sizes = {len(b.samples) for b in labels}
+    if len(sizes) > 1:
+        raise ValueError(f"best-of-N labels with different N ({sorted(sizes)}): train on one N at a time")
+    return [GroupExample(rm.encode_query(b.post), [rm.encode_response(c.text, c.eos) for c in b.samples], b.best)
+            for b in labels]
+
+
+def responses_of(e: Example) -> list[list[int]]:
+    return e.response_ids if isinstance(e, GroupExample) else [e.chosen_ids, e.rejected_ids]
+
+
+def build_examples(rows: list, rm: RewardModel) -> list[Example]:
+    return build_groups(rows, rm) if rows and isinstance(rows[0], BestOfN) else build_pairs(rows, rm)
+
+
+def load_data(cfg: RewardConfig) -> tuple[list, list, dict[str, int]]:
     d = cfg.data
+    if cfg.best_of_n:
+        return load_best_of_n_data(cfg)
     rows = list(load_comparisons(d.comparisons, limit=d.limit, skip_bad=d.skip_bad))
     if d.dev:
         train_rows, dev_rows = rows, list(load_comparisons(d.dev, skip_bad=d.skip_bad))
@@ -184,6 +248,20 @@ def load_data(cfg: RewardConfig) -> tuple[list[Comparison], list[Comparison], di
     counts["data/train_posts"] = len({c.post.id for c in train_rows})
     counts["data/dev_posts"] = len({c.post.id for c in dev_rows})
     return train_rows, dev_rows, counts
+
+
+def load_best_of_n_data(cfg: RewardConfig) -> tuple[list[BestOfN], list[BestOfN], dict[str, int]]:
+    """(train, dev, counts) of best-of-N labels; dev by query id like comparisons (no repeat policies: N-way
+    picks of freshly sampled continuations are not repeated)."""
+    d = cfg.data
+    rows = list(load_best_of_n(d.comparisons, limit=d.limit, skip_bad=d.skip_bad))
+    if d.dev:
+        train_rows, dev_rows = rows, list(load_best_of_n(d.dev, skip_bad=d.skip_bad))
+    else:
+        train_rows, dev_rows = split_by_post(rows, d.dev_fraction, seed=d.split_seed)  # type: ignore[arg-type]
+    return train_rows, dev_rows, {"data/train_labels": len(train_rows), "data/dev_labels": len(dev_rows),
+                                  "data/train_posts": len({b.post.id for b in train_rows}),
+                                  "data/dev_posts": len({b.post.id for b in dev_rows})}
 
 
 # ------------------------------------------------------------------------------------------------ model, loss, eval
@@ -206,6 +284,39 @@ def trainable_reward_model(cfg: RewardConfig, procs: Processes) -> tuple[RewardM
     return rm, trainable
 
 
+def example_loss(rm: RewardModel, examples: list[Example], cfg: RewardConfig, loss_kind: str
+                 ) -> tuple[torch.Tensor, float, float, int]:
+    """(mean loss, accuracy, summed margin, tokens) of one micro batch of pairs or best-of-N groups. The margin of a
+    group is its pick's score minus the mean of the others'."""
+    if isinstance(examples[0], GroupExample):
+        scores, best, tokens = forward_groups(rm, examples, cfg.bf16, cfg.share_query)  # (m, N), (m,)
+        picked = scores.gather(1, best[:, None]).squeeze(1)  # (m,)
+        others = (scores.sum(1) - picked) / (scores.shape[1] - 1)
+        return (best_of_n_loss(scores, best), float(top1_accuracy(scores.detach(), best)),
+                float((picked - others).detach().sum()), tokens)
+    r_chosen, r_rejected, tokens = forward_pairs(rm, examples, cfg.bf16, cfg.share_query)
+    loss = pair_loss(r_chosen, r_rejected, torch.tensor([p.distance for p in examples]), loss_kind)
+    return (loss, float(preference_accuracy(r_chosen.detach(), r_rejected.detach())),
+            float((r_chosen - r_rejected).detach().sum()), tokens)
+
+
+def forward_groups(rm: RewardModel, groups: list[GroupExample], bf16: bool, share_query: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """((m, N) scores, (m,) picks, tokens processed): each query once with its N responses on its KV cache
+    (share_query), or one forward of the m*N full sequences."""
+    k = len(groups[0].response_ids)
+    responses = [r for g in groups for r in g.response_ids]
+    with autocast(rm.head.weight.device, bf16):
+        if share_query:
+            scores = rm.forward_groups([g.query_ids for g in groups], responses, k)
+        else:
+            seqs = [list(g.query_ids) + list(r) for g in groups for r in g.response_ids]
+            ids, mask = pad_sequences(seqs, rm.tokenizer.pad_token_id)
+            scores = rm(ids.to(rm.head.weight.device), mask.to(rm.head.weight.device)).reshape(len(groups), k)
+    tokens = sum((1 if share_query else k) * len(g.query_ids) + sum(map(len, g.response_ids)) for g in groups)
+    return scores, torch.tensor([g.best for g in groups], device=scores.device), tokens
+
+
 def pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, distance: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "confidence":
         return confidence_preference_loss(r_chosen, r_rejected, distance)
@@ -225,20 +336,28 @@ def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_q
 
 
 @torch.no_grad()
-def evaluate(rm: RewardModel, pairs: list[PairExample], cfg: RewardConfig, procs: Processes) -> dict[str, float]:
+def evaluate(rm: RewardModel, pairs: list[Example], cfg: RewardConfig, procs: Processes) -> dict[str, float]:
     """Dev accuracy, loss and mean margin (pairs sorted by length, so the batches pad little). With several
-    processes each scores a contiguous share of the batches; the scores are gathered in batch order."""
+    processes each scores a contiguous share of the batches; the scores are gathered in batch order. Best-of-N
+    groups: top-1 accuracy, the softmax loss, and the pick's margin over the others' mean."""
+    groups = isinstance(pairs[0], GroupExample)
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].query_ids))
-    per = max(1, cfg.eval_batch_size // 2)
+    per = max(1, cfg.eval_batch_size // (len(pairs[0].response_ids) if groups else 2))  # type: ignore[union-attr]
     starts = list(range(0, len(order), per))
     scored = []
     for k, keep in lockstep_chunks(len(starts), procs):
         chunk = [pairs[j] for j in order[starts[k] : starts[k] + per]]
-        a, b, _ = forward_pairs(rm, chunk, cfg.bf16, cfg.share_query)
+        a, b, _ = (forward_groups if groups else forward_pairs)(rm, chunk, cfg.bf16, cfg.share_query)
         if keep:
-            scored.append((a.float().cpu(), b.float().cpu()))
+            scored.append((a.float().cpu(), b.cpu()))
     scored = gather_objects(scored, procs)
-    r_chosen, r_rejected = torch.cat([a for a, _ in scored]), torch.cat([b for _, b in scored])
+    if groups:
+        scores, best = torch.cat([a for a, _ in scored]), torch.cat([b for _, b in scored])
+        picked = scores.gather(1, best[:, None]).squeeze(1)
+        return {"eval/accuracy": float(top1_accuracy(scores, best)), "eval/loss": float(best_of_n_loss(scores, best)),
+                "eval/margin": float((picked - (scores.sum(1) - picked) / (scores.shape[1] - 1)).mean()),
+                "eval/chance": 1.0 / scores.shape[1], "eval/n_pairs": len(pairs)}
+    r_chosen, r_rejected = torch.cat([a for a, _ in scored]), torch.cat([b.float() for _, b in scored])
     return {"eval/accuracy": float(preference_accuracy(r_chosen, r_rejected)),
             "eval/loss": float(preference_loss(r_chosen, r_rejected)),
             "eval/margin": float((r_chosen - r_rejected).mean()), "eval/n_pairs": len(pairs)}
@@ -282,15 +401,16 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     rm, trainable = trainable_reward_model(cfg, procs)
 
     # (2) tokenised train / dev pairs (the dev split and repeat policies were applied in load_data)
-    train_pairs, dev_pairs = build_pairs(train_rows, rm), build_pairs(dev_rows, rm)
+    train_pairs, dev_pairs = build_examples(train_rows, rm), build_examples(dev_rows, rm)
+    loss_kind = cfg.resolved_loss()
     per_epoch, total_steps = plan_steps(len(train_pairs), sizes.batch_size, cfg.epochs, cfg.max_steps)
     optimizer, scheduler = make_optimizer(rm, cfg.optim, total_steps)
     pad_id = rm.tokenizer.pad_token_id
-    lengths = [len(p.query_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in train_pairs]
+    lengths = [len(p.query_ids) + max(map(len, responses_of(p))) for p in train_pairs]
     log.info("rm: %d train / %d dev pairs, %d steps (%d per epoch), batch %d pairs = %d micro × %d accum × %d "
              "processes, %.1fM trainable params, loss %s", len(train_pairs), len(dev_pairs), total_steps,
              per_epoch, sizes.batch_size, sizes.micro_batch_size, sizes.grad_accum_steps, sizes.world_size,
-             trainable / 1e6, cfg.loss)
+             trainable / 1e6, loss_kind)
 
     step, pairs_seen = 0, 0
     if run.has_state():
@@ -314,13 +434,11 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         loss_total, correct, margin_total, n_tokens = 0.0, 0.0, 0.0, 0
         for i in range(0, len(mine), sizes.micro_batch_size):
             pairs = [train_pairs[j] for j in mine[i : i + sizes.micro_batch_size]]
-            r_chosen, r_rejected, tokens = forward_pairs(rm, pairs, cfg.bf16, cfg.share_query)
-            distance = torch.tensor([p.distance for p in pairs])
-            loss = pair_loss(r_chosen, r_rejected, distance, cfg.loss)
+            loss, accuracy, margin, tokens = example_loss(rm, pairs, cfg, loss_kind)
             (loss * len(pairs) / sizes.batch_size).backward()
             loss_total += float(loss.detach()) * len(pairs)
-            correct += float(preference_accuracy(r_chosen.detach(), r_rejected.detach())) * len(pairs)
-            margin_total += float((r_chosen - r_rejected).detach().sum())
+            correct += accuracy * len(pairs)
+            margin_total += margin
             n_tokens += tokens
         grad_norm = optimizer_step(rm, optimizer, scheduler, cfg.optim.max_grad_norm, procs)
         loss_total, correct, margin_total, n_tokens = sum_across([loss_total, correct, margin_total, n_tokens], procs)
@@ -353,7 +471,12 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     # (5) normalise on human references, save model/, DONE.json (the main process writes; the others wait)
     rm.eval()
     norm: dict[str, Any] = {}
-    if cfg.normalise_on:  # every process: a sharded model runs only when all do (the others' result is dropped)
+    if cfg.normalise_on == "labels":  # the labels' own responses (policy samples: Ziegler et al.)
+        groups = [g for g in train_pairs[: cfg.normalise_limit]]
+        k = len(responses_of(groups[0]))
+        norm = normalise_groups(rm, [g.query_ids for g in groups], [r for g in groups for r in responses_of(g)], k,
+                                batch_size=cfg.eval_batch_size, bf16=cfg.bf16)
+    elif cfg.normalise_on:  # every process: a sharded model runs only when all do (the others' result is dropped)
         posts = list(load_posts(cfg.normalise_on, limit=cfg.normalise_limit))
         norm = normalise(rm, posts, batch_size=cfg.eval_batch_size, bf16=cfg.bf16, source=cfg.normalise_on)
     lm_weights = full_state_dict(rm.lm, procs)  # sharded: gathered into the main process
@@ -362,7 +485,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         return run.read_done()
     save_reward_model(rm, run.model_dir, lm_weights)
     summary = summarise(run.read_metrics(), {
-        "stage": "rm", "step": step, "wall_s": time.time() - t_start, "pairs_seen": pairs_seen, "loss": cfg.loss,
+        "stage": "rm", "step": step, "wall_s": time.time() - t_start, "pairs_seen": pairs_seen, "loss": loss_kind,
         "train_pairs": len(train_pairs), "dev_pairs": len(dev_pairs)}, norm, data_counts)
     run.write_done(summary)
     barrier(procs)

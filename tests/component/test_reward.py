@@ -293,3 +293,49 @@ def test_length_baseline_similar_length_and_calibration_by_hand(tmp_path):
     assert cal["expected_calibration_error"] == pytest.approx(0.5 * 0.065 + 0.5 * 0.025)
     pytest.importorskip("matplotlib")
     assert reliability_plot(cal, tmp_path / "r.png", "test") and (tmp_path / "r.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------------ best-of-N labels
+
+def synthetic_best_of_4(n: int = 48, seed: int = 0) -> list[dict]:
+    """Best-of-4 labels where the labeler always picks the one continuation that says "good"; the pick is the
+    longest only by chance (lengths are shuffled), so "the longest wins" scores about chance."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        texts = [" " + " ".join(rng.sample(WORDS, rng.randint(2, 4))) + " bad." for _ in range(4)]
+        best = rng.randrange(4)
+        texts[best] = texts[best].replace(" bad.", " good.")
+        rows.append({"id": f"q{i}", "query": f"The {rng.choice(WORDS)} sat by the {rng.choice(WORDS)}.",
+                     "samples": [{"text": t, "eos": False} for t in texts], "best": best, "batch": "b0"})
+    return rows
+
+
+def test_best_of_4_rm_learns_the_pick_with_softmax_loss_and_labels_normalisation(tmp_path):
+    labels = write_jsonl(tmp_path / "bo4.jsonl", synthetic_best_of_4())
+    cfg = tiny_cfg(tmp_path, **{"data.comparisons": labels, "normalise_on": "labels", "epochs": 6})
+    assert cfg.resolved_loss() == "best_of_n"
+    summary = train(cfg, str(tmp_path / "rm"))
+    assert summary["loss"] == "best_of_n" and summary["train_pairs"] + summary["dev_pairs"] == 48
+    assert summary["dev_accuracy_before"] < 0.6 and summary["dev_accuracy"] >= 0.8, summary  # chance is 0.25
+    assert summary["normalisation"]["on"] == "labels"
+    rm = load_reward_model(tmp_path / "rm")
+    rows = synthetic_best_of_4()[:8]
+    raw = rm.score([r["query"] for r in rows for _ in range(4)], [s["text"] for r in rows for s in r["samples"]],
+                   eos=False)
+    assert float(raw.reshape(8, 4).argmax(1).eq(torch.tensor([r["best"] for r in rows])).float().mean()) >= 0.75
+
+    # rm-eval: top-1 accuracy against chance and against "the longest wins"
+    ev = tmp_path / "eval"
+    assert main(["rm-eval", "--config", "configs/rm-eval/tiny.yaml", "--out", str(ev), f"model={tmp_path / 'rm'}",
+                 f"comparisons={labels}", "split=dev", "dev_fraction=0.25", "limit=null"]) == 0
+    report = json.loads((ev / "report.json").read_text())
+    assert report["kind"] == "best_of_n" and report["chance"] == 0.25
+    assert report["top1_accuracy"] == pytest.approx(summary["dev_accuracy"])
+    assert report["longest_wins_accuracy"] < report["top1_accuracy"]
+
+
+def test_a_pairwise_loss_on_best_of_n_labels_is_refused_naming_the_key(tmp_path):
+    labels = write_jsonl(tmp_path / "bo4.jsonl", synthetic_best_of_4(4))
+    with pytest.raises(ValueError, match="loss"):
+        tiny_cfg(tmp_path, **{"data.comparisons": labels, "loss": "pairwise"}).resolved_loss()

@@ -63,3 +63,31 @@ def test_confidence_loss_is_minimal_at_the_target_margin():
 def test_accuracy_counts_ties_as_half():
     assert float(preference_accuracy(t(1, 2, 3, 0), t(0, 3, 3, -1))) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
     assert float(p_chosen(t(math.log(3.0)), t(0.0))) == pytest.approx(0.75)
+
+
+def test_best_of_n_loss_is_softmax_cross_entropy_by_hand():
+    from rlhflab.ops.losses import best_of_n_loss
+
+    scores = torch.tensor([[1.0, 2.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
+    best = torch.tensor([1, 3])
+    # row 0: -log(e^2 / (e^1 + e^2 + e^0 + e^-1)); row 1: -log(1/4)
+    z0 = math.exp(1) + math.exp(2) + 1 + math.exp(-1)
+    expected = (-(2 - math.log(z0)) + math.log(4)) / 2
+    assert float(best_of_n_loss(scores, best)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_best_of_n_loss_with_two_samples_is_the_pairwise_loss():
+    from rlhflab.ops.losses import best_of_n_loss
+
+    r_chosen, r_rejected = torch.tensor([0.3, -1.2, 2.0]), torch.tensor([1.0, -2.0, 2.5])
+    scores = torch.stack([r_rejected, r_chosen], dim=1)  # the pick is the second column
+    assert float(best_of_n_loss(scores, torch.ones(3, dtype=torch.long))) == pytest.approx(
+        float(preference_loss(r_chosen, r_rejected)), rel=1e-6)
+
+
+def test_top1_accuracy_counts_ties_at_the_top_as_shares():
+    from rlhflab.ops.losses import top1_accuracy
+
+    scores = torch.tensor([[0.1, 0.9, 0.2, 0.0], [1.0, 1.0, 0.0, 0.0], [0.5, 0.1, 0.2, 0.3]])
+    best = torch.tensor([1, 0, 3])  # hit, half (two tied at the top), miss
+    assert float(top1_accuracy(scores, best)) == pytest.approx((1 + 0.5 + 0) / 3)
