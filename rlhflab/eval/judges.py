@@ -14,6 +14,11 @@ summaries)` with a score per summary, or None when it does not score summaries o
 - `openai`: an OpenAI-compatible chat endpoint (`base_url`, `model`; the key from the environment variable
   `api_key_env`, if set). Off unless configured; the summaries are shown in a seeded random order (A/B) to cancel
   position bias. Answers are cached.
+- `style`: a programmatic style score of the text alone (`rlhflab/models/style.py`, Ziegler et al.'s "mock"
+  labeler): spec `sentiment` (VADER's compound score) or `descriptiveness` (Empath's physical/sensory words).
+  P(a preferred) = σ((s_a − s_b)/τ) with τ = `STYLE_TAU` = 1.0, as for an RM (both scores have a std of ≈ 0.45
+  on 20-word book windows); equal scores are a tie (0.5). A surer labeler is simulate-labels' `temperature` T < 1:
+  σ(logit(p)/T) = σ((s_a − s_b)/T). Not cached: it is cheap.
 
 Identical summaries are a tie (0.5) and never reach a judge (see `judging.judge_pairs`).
 """
@@ -40,6 +45,7 @@ from rlhflab.data.jsonl import DataError
 from rlhflab.data.loaders import load_comparisons
 from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, Post
 from rlhflab.eval.cache import KeyedCache, text_key
+from rlhflab.models.style import STYLE_SCORERS, style_scorer
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +53,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class JudgeSpec:
     name: str = setting("rm", "the judge's name in the report")
-    kind: Literal["rm", "labels", "python", "openai"] = setting(
+    kind: Literal["rm", "labels", "python", "openai", "style"] = setting(
         "rm",
-        "rm (an RM run), labels (human labels), python (a callable) or openai (a chat endpoint)")
+        "rm (an RM run), labels (human labels), python (a callable), openai (a chat endpoint) or style (a score "
+        "of the text: sentiment, descriptiveness)")
     spec: str | None = setting(
         None,
-        "rm: an RM run directory; labels: a comparisons JSONL; python: python:module:function")
+        "rm: an RM run directory; labels: a comparisons JSONL; python: python:module:function; "
+        "style: sentiment or descriptiveness")
     note: str = setting("", "shown in the report next to the judge (e.g. \"the RM that PPO optimised against\")")
     batch_size: int = setting(16, "rm: sequences per forward")
     base_url: str | None = setting(None, "openai: e.g. http://localhost:8000/v1 (required for kind=openai)")
@@ -64,10 +72,16 @@ class JudgeSpec:
     def __post_init__(self) -> None:
         if not self.name or not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
             raise ValueError(f"judge name {self.name!r}: use letters, digits, '.', '_' or '-'")
-        if self.kind in ("rm", "labels", "python") and not self.spec:
+        if self.kind in ("rm", "labels", "python", "style") and not self.spec:
             raise ValueError(f"judge {self.name}: kind={self.kind} needs spec= ("
                              + {"rm": "an `rlhflab rm` run directory", "labels": "a comparisons JSONL export",
-                                "python": "python:module:function"}[self.kind] + ")")
+                                "python": "python:module:function",
+                                "style": " or ".join(STYLE_SCORERS)}[self.kind] + ")")
+        if self.kind == "style":
+            try:
+                style_scorer(style_name(self.spec or ""))
+            except ValueError as err:  # it lists the known names
+                raise ValueError(f"judge {self.name}: spec={self.spec}: {err}") from None
         if self.kind == "openai" and (not self.base_url or not self.model):
             raise ValueError(f"judge {self.name}: kind=openai needs base_url= (an OpenAI-compatible endpoint, e.g. "
                              "http://localhost:8000/v1) and model= (the chat model's name); it is never on by "
@@ -150,6 +164,43 @@ class RMJudge:
     def prefer(self, posts: Sequence[Post], a: Sequence[Text], b: Sequence[Text]) -> list[float | None]:
         sa, sb = self.scores(posts, a), self.scores(posts, b)
         return [1.0 / (1.0 + math.exp(-(x - y))) if x != y else 0.5 for x, y in zip(sa, sb)]
+
+
+# ---------------------------------------------------------------------------------------------- style score
+
+
+STYLE_TAU = 1.0  # P(a preferred) = σ((s_a − s_b) / STYLE_TAU), as an RM judge's σ(r_a − r_b)
+
+
+def style_name(spec: str) -> str:
+    """The scorer's name in a style judge's spec: `sentiment`, or `style:sentiment` as PPO's reward= spells it."""
+    return spec.removeprefix("style:")
+
+
+class StyleJudge:
+    """A programmatic style score of each text (the post is not looked at): Ziegler et al.'s mock labeler."""
+
+    kind = "style"
+
+    def __init__(self, spec: JudgeSpec):
+        self.name, self.spec, self.note = spec.name, style_name(spec.spec or ""), spec.note
+        self.tau = STYLE_TAU
+        self.score_texts = style_scorer(self.spec)
+
+    def scores(self, posts: Sequence[Post], texts: Sequence[Text], progress: str | None = None) -> list[float]:
+        return [float(s) for s in self.score_texts([t.text for t in texts])]
+
+    def prefer(self, posts: Sequence[Post], a: Sequence[Text], b: Sequence[Text]) -> list[float | None]:
+        sa, sb = self.scores(posts, a), self.scores(posts, b)
+        return [sigmoid((x - y) / self.tau) if x != y else 0.5 for x, y in zip(sa, sb)]
+
+
+def sigmoid(z: float) -> float:
+    """σ(z), without overflow for a large |z| (a small tau)."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 # ---------------------------------------------------------------------------------------------- human labels
@@ -360,6 +411,8 @@ def build_judge(spec: JudgeSpec, cache_dir: Path, load_rm: Callable[[str], Any],
         return LabelsJudge(spec)
     if spec.kind == "python":
         return PythonJudge(spec, cache_dir)
+    if spec.kind == "style":
+        return StyleJudge(spec)
     return OpenAIJudge(spec, cache_dir, api_key=os.environ.get(spec.api_key_env) or None)
 
 
