@@ -5,6 +5,9 @@ judge is a "gold" reward model trained on real human comparisons, the RM that PP
 judge's preferences only through these noisy labels, and the gold judge can later score the policy it never saw
 during training (Gao et al. 2022 ran their over-optimisation study this way).
 
+Any `JudgeSpec` answers (`rlhflab/eval/judges.py`); `judge.kind=style judge.spec=sentiment` (or `descriptiveness`)
+is Ziegler et al. (2019)'s "mock" labeler, a programmatic score of each text alone.
+
 For each task (two summaries of one post; the labelling app's pairs format) the judge gives p = P(a preferred).
 The labeler then picks a with probability
 
@@ -43,7 +46,7 @@ class SimulateConfig:
     pairs: str = setting("runs/pairs.jsonl", "tasks: the labelling app's pairs JSONL ({post, summary_a, summary_b})")
     judge: JudgeSpec = setting(
         default_factory=lambda: JudgeSpec(name="gold", kind="rm", spec="runs/rm/cpu"),
-        help="who answers: an RM run, a labels file, a python callable or a chat endpoint")
+        help="who answers: an RM run, a labels file, a python callable, a chat endpoint or a style score")
     temperature: float = setting(1.0, "P(a) = σ(logit(p_judge) / temperature); 0 = always the judge's choice")
     random_rate: float = setting(0.0, "share of answers that are a coin flip (a careless labeler)")
     seed: int = setting(0, "random seed of the noise model (which answers flip, the coin flips)")

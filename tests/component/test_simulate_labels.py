@@ -72,3 +72,19 @@ def test_a_bad_task_row_is_named_by_its_line(tmp_path, pairs_file):
     with pytest.raises(DataError, match=r"bad.jsonl line 5, field 'summary_b'"):
         simulate(cfg(bad), str(tmp_path / "run"))
     assert not (tmp_path / "run" / "comparisons.jsonl").exists()
+
+
+def test_a_style_judge_labels_like_ziegler_et_als_mock_labeler(tmp_path, shared_data):
+    # judge.kind=style: VADER's compound score of each text alone; 0.8616 vs −0.7783, so P(a) = σ(1.6399) = 0.83752
+    posts = list(load_posts(shared_data / "tldr" / "train.jsonl.gz", limit=8))
+    rows = [{"post": p.to_dict(), "summary_a": {"text": "I love this wonderful day"},
+             "summary_b": {"text": "This is terrible and I hate it"}} for p in posts]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    style_cfg = load_config(SimulateConfig, None, [f"pairs={pairs}", "judge.kind=style", "judge.name=sentiment",
+                                                   "judge.spec=sentiment", "temperature=0"])
+    done = simulate(style_cfg, str(tmp_path / "run"))
+    assert done["comparisons"] == 8 and done["agreement_with_judge"] == 1.0 and done["judge"] == "sentiment"
+    comparisons = list(load_comparisons(tmp_path / "run" / "comparisons.jsonl"))
+    assert all(c.choice == 0 and c.confidence == 1 and c.worker == "sim:sentiment" for c in comparisons)
+    assert all(c.extra["judge_p_a"] == 0.837521 for c in comparisons)
