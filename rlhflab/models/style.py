@@ -20,7 +20,8 @@ simulate-labels, eval) and as a PPO reward (`reward=style:NAME`, `style_scorer(N
   categories `DESCRIPTIVE_CATEGORIES` (what one can see, hear, smell or feel: body, appearance, clothing, fabric,
   shape and size, beauty, ugliness, smell, sound, noise, hearing, cold, warmth, weather, water, liquid, fire,
   plant, animal, ocean — 1,514 single words; Empath's 5 multi-word terms cannot match a single token). A token
-  counts once even when it is in several categories. The range is [0, 10]; on the book passages in
+  counts once even when it is in several categories; forms match exactly, without stemming (Empath lists the
+  inflections it saw: 'raining', 'shivering', but not 'roses'). The range is [0, 10]; on the book passages in
   ../shared/data/books the mean is ≈ 0.2 for Jane Austen's novels and ≈ 0.7 for Thoreau's *Cape Cod*, and on
   their 20-word windows the std is 0.46, VADER's 0.45: one judge temperature suits both scores.
 
