@@ -165,15 +165,30 @@ def store_tasks(request: Request, project_id: int, pairs: list[formats.PairRow],
         return {"created": len(tasks), "task_ids": [t.id for t in tasks]}
 
 
-@router.post("/projects/{project_id}/import", response_model=schemas.ImportOut, status_code=201, tags=["admin"],
+@router.post("/projects/{project_id}/best-of-n", response_model=schemas.TasksOut, status_code=201, tags=["admin"],
              dependencies=[CSRF])
-def import_comparisons(project_id: ProjectId, body: schemas.ImportIn, _: Admin, request: Request) -> Any:
+def add_best_of_n_tasks(project_id: ProjectId, body: schemas.BestOfNTasksIn, _: Admin, request: Request) -> Any:
+    """Best-of-N tasks: a query and its 2–16 continuations per row (no `best`: answers come from labelers)."""
     try:
-        rows = [formats.parse_openai_comparison(r, "rows", i) for i, r in enumerate(body.rows)]
+        rows = [formats.parse_best_of_n_task(r, "rows", i) for i, r in enumerate(body.rows)]
     except formats.FormatError as err:
         raise Problem(422, str(err)) from None
     with ctx_of(request).tx() as s:
-        return vars(service.import_comparisons(s, service.get_project(s, project_id), rows, body.mode))
+        tasks = service.add_best_of_n_tasks(s, service.get_project(s, project_id), rows)
+        return {"created": len(tasks), "task_ids": [t.id for t in tasks]}
+
+
+@router.post("/projects/{project_id}/import", response_model=schemas.ImportOut, status_code=201, tags=["admin"],
+             dependencies=[CSRF])
+def import_comparisons(project_id: ProjectId, body: schemas.ImportIn, _: Admin, request: Request) -> Any:
+    """Labels: OpenAI-schema comparisons, or best-of-N labels (rows with "samples" and "best"), told apart by the
+    first row."""
+    try:
+        rows = formats.parse_labels(enumerate(body.rows), "rows")
+    except formats.FormatError as err:
+        raise Problem(422, str(err)) from None
+    with ctx_of(request).tx() as s:
+        return vars(service.import_labels(s, service.get_project(s, project_id), rows, body.mode))
 
 
 @router.post("/tasks/{task_id}/gold", response_model=schemas.TaskOut, tags=["admin"], dependencies=[CSRF])
@@ -206,6 +221,15 @@ def export_comparisons(project_id: ProjectId, _: Admin, request: Request, includ
     with ctx_of(request).tx() as s:
         rows = list(service.export_comparisons(s, service.get_project(s, project_id), include_gold))
     return _jsonl_response(rows, f"comparisons-{project_id}.jsonl")
+
+
+@router.get("/projects/{project_id}/export/best-of-n", tags=["admin"], response_class=StreamingResponse,
+            responses={200: {"content": {"application/x-ndjson": {}},
+                             "description": "best-of-N labels ({query, samples, best, ...}), one a line"}})
+def export_best_of_n(project_id: ProjectId, _: Admin, request: Request, include_gold: bool = True) -> Any:
+    with ctx_of(request).tx() as s:
+        rows = list(service.export_best_of_n(s, service.get_project(s, project_id), include_gold))
+    return _jsonl_response(rows, f"best-of-n-{project_id}.jsonl")
 
 
 @router.get("/projects/{project_id}/export/ratings", tags=["admin"], response_class=StreamingResponse,
@@ -241,7 +265,7 @@ def answer(assignment_id: ObjectId, body: schemas.AnswerIn, user: CurrentUser, r
     with ctx_of(request).tx() as s:
         ans, created = service.submit_answer(
             s, user, assignment_id, side=body.side, confidence=body.confidence,
-            ratings=body.ratings.model_dump() if body.ratings else None, note=body.note,
+            ratings=body.ratings.model_dump() if body.ratings else None, best=body.best, note=body.note,
             client_time_ms=body.time_ms, idempotency_key=body.idempotency_key)
     if not created:
         response.status_code = 200

@@ -9,11 +9,15 @@ Inputs (JSONL, optionally gzip-compressed; one JSON object a line):
   "summary_b": {"text", "policy"}, "gold": {"choice": 0|1, "confidence": 1-9} (optional), "split": "" (optional)}`
   where `post` is a posts-file row (either format); `post_id` refers to a row of a separate posts file.
   A pair without `summary_b` is a rating task for `summary_a`.
+- **best-of-N tasks**: `{"id" (optional), "query", "samples": [{"text", "policy", "eos"} | "text", ...]}` with
+  2–16 samples: the rows of `rlhflab.data.schema.best_of_n` without `best`. A file whose first row has "samples"
+  is a best-of-N file; the same rows *with* `best` (and `worker`, `batch`, `split`, `extra`) are best-of-N labels.
 - **comparisons**: OpenAI's schema (`info`, `summaries`, `choice`, `worker`, `batch`, `split`,
   `extra.confidence`), TL;DR or CNN/DM `info`.
 
 Outputs: comparisons in OpenAI's schema (identical to /shared/data/README.md, readable by
-`rlhflab.data.loaders.load_comparisons`) and ratings as `{info, summary, ratings, worker, ...}` rows.
+`rlhflab.data.loaders.load_comparisons`), ratings as `{info, summary, ratings, worker, ...}` rows, and best-of-N
+labels as `schema.best_of_n_to_row` rows (readable by `rlhflab.data.loaders.load_best_of_n`).
 Errors name the file, line and field, never the text (posts are unmoderated).
 """
 
@@ -27,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from rlhflab.data.records import CONFIDENCE_MAX, CONFIDENCE_MIN, CONFIDENCE_NO_PREFERENCE, Post, Sample
+from rlhflab.data import schema
+from rlhflab.data.records import CONFIDENCE_MAX, CONFIDENCE_MIN, CONFIDENCE_NO_PREFERENCE, BestOfN, Choice, Post, Sample
 
 MAX_TEXT = 200_000  # characters in one post or summary
 MAX_ID = 200
@@ -302,6 +307,75 @@ def parse_openai_comparison(row: dict[str, Any], where: str = "<comparison>",
                          split=r.string("split", required=False, max_len=64), extra=extra)
 
 
+def is_best_of_n_file_row(row: dict[str, Any]) -> bool:
+    """Whether a tasks or labels file is a best-of-N one, judged by its first row: pairs, samples and OpenAI
+    comparisons never have a "samples" key."""
+    return "samples" in row
+
+
+@dataclass
+class BestOfNTask:
+    """One row of a best-of-N tasks file: a query (as a post with source "query") and its continuations."""
+
+    post: Post
+    samples: tuple[Choice, ...]
+    split: str = ""
+
+
+def parse_best_of_n(row: dict[str, Any], where: str = "<best-of-n>", line: int | None = None) -> BestOfN:
+    """A best-of-N label, checked by the data layer's own parser (`schema.best_of_n`, what `load_best_of_n`
+    reads) so that a file the app takes is one the training stages take, then against the database's limits."""
+    try:
+        b = schema.best_of_n(row)
+    except schema.FieldError as err:
+        raise FormatError(where, line, err.field, err.problem) from None
+    _check_best_of_n_limits(_Row(row, where, line), b)
+    return b
+
+
+def parse_best_of_n_task(row: dict[str, Any], where: str = "<best-of-n>", line: int | None = None) -> BestOfNTask:
+    """A best-of-N task: a label row without `best`."""
+    r = _Row(row, where, line)
+    if "best" in row:
+        raise r.fail("best", "a tasks file holds no answers: import labels with `rlhflab label import`")
+    try:  # the schema requires `best`; 0 is valid for every N >= 2 and is dropped right away
+        b = schema.best_of_n({**row, "best": 0})
+    except schema.FieldError as err:
+        raise FormatError(where, line, err.field, err.problem) from None
+    _check_best_of_n_limits(r, b)
+    return BestOfNTask(post=b.post, samples=b.samples, split=b.split)
+
+
+def _check_best_of_n_limits(r: _Row, b: BestOfN) -> None:
+    """What the schema allows but the database does not: long ids and names, NUL (PostgreSQL refuses it)."""
+    if r.row.get("id") is not None:
+        r.ident("id")
+    r.string("query", nonempty=True)
+    for key in ("worker", "batch", "split"):
+        r.string(key, required=False, max_len=64)
+    for i, c in enumerate(b.samples):
+        cr = _Row({"text": c.text, "policy": c.policy}, r.where, r.line, f"samples[{i}].")
+        cr.string("text", nonempty=True)
+        cr.string("policy", required=False, max_len=200)
+
+
+def parse_best_of_n_tasks(rows: Iterable[tuple[int, dict[str, Any]]], where: str) -> list[BestOfNTask]:
+    return [parse_best_of_n_task(row, where, n) for n, row in rows]
+
+
+def parse_labels(rows: Iterable[tuple[int, dict[str, Any]]], where: str) -> list[ComparisonRow] | list[BestOfN]:
+    """A labels file: OpenAI-schema comparisons, or best-of-N labels when the first row has "samples"."""
+    numbered = list(rows)
+    if numbered and is_best_of_n_file_row(numbered[0][1]):
+        return [parse_best_of_n(row, where, n) for n, row in numbered]
+    return [parse_openai_comparison(row, where, n) for n, row in numbered]
+
+
+def choices_json(samples: Iterable[Choice]) -> list[dict[str, Any]]:
+    """Continuations as `Task.choices` stores them."""
+    return [{"text": c.text, "policy": c.policy, "eos": c.eos} for c in samples]
+
+
 # ---------------------------------------------------------------------------------------------- outputs
 
 def openai_info(post_key: str, title: str, subreddit: str, text: str, source: str) -> dict[str, Any]:
@@ -319,3 +393,11 @@ def openai_comparison_row(*, info: dict[str, Any], summaries: list[dict[str, str
         extra["confidence"] = confidence
     return {"info": info, "split": split, "summaries": summaries, "choice": choice, "worker": worker,
             "batch": batch, "extra": extra}
+
+
+def best_of_n_row(*, query_id: str, query: str, choices: list[dict[str, Any]], best: int, worker: str, batch: str,
+                  split: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """One best-of-N label as the data layer writes it (`schema.best_of_n_to_row`), so `load_best_of_n` reads it."""
+    samples = tuple(Choice(text=c["text"], policy=c.get("policy", ""), eos=bool(c.get("eos", True))) for c in choices)
+    return schema.best_of_n_to_row(BestOfN(post=Post(id=query_id, text=query, source="query"), samples=samples,
+                                           best=best, worker=worker, batch=batch, split=split, extra=extra))

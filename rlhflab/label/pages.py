@@ -9,6 +9,7 @@ from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from rlhflab.data.records import BestOfN
 from rlhflab.label import api, formats, schemas, service
 from rlhflab.label.deps import CSRF, Admin, CurrentUser, ProjectId, csrf_token, ctx_of, optional_user, start_session
 from rlhflab.label.models import RATING_AXES
@@ -95,12 +96,13 @@ def label_answer(project_id: ProjectId, user: CurrentUser, request: Request,
                  confidence: Annotated[int | None, Form(**schemas.CONFIDENCE)] = None,
                  note: Annotated[str, Form(max_length=schemas.NOTE_MAX)] = "",
                  time_ms: Annotated[int | None, Form(**schemas.TIME_MS)] = None,
+                 best: Annotated[int | None, Form(**schemas.BEST)] = None,
                  overall: Rating = None, accuracy: Rating = None, coverage: Rating = None,
                  coherence: Rating = None) -> Response:
     values = {"overall": overall, "accuracy": accuracy, "coverage": coverage, "coherence": coherence}
     ratings = {k: v for k, v in values.items() if v is not None} or None
     with ctx_of(request).tx() as s:
-        service.submit_answer(s, user, assignment_id, side=side, confidence=confidence, ratings=ratings,
+        service.submit_answer(s, user, assignment_id, side=side, confidence=confidence, ratings=ratings, best=best,
                               note=note.replace("\x00", ""), client_time_ms=time_ms)
     return RedirectResponse(f"/label/{project_id}", 303)
 
@@ -172,8 +174,12 @@ async def admin_upload(project_id: ProjectId, user: Admin, request: Request,
     def store() -> None:
         with ctx.tx() as s:
             project = service.get_project(s, project_id)
-            if kind == "comparisons":
-                service.import_comparisons(s, project, comparisons_from_bytes(data, file.filename or "upload"), mode)
+            if kind == "comparisons":  # or best-of-N labels: parse_labels tells them apart
+                service.import_labels(s, project, labels_from_bytes(data, file.filename or "upload"), mode)
+                return
+            bon = best_of_n_tasks_from_bytes(data, file.filename or "upload") if kind == "pairs" else None
+            if bon is not None:
+                service.add_best_of_n_tasks(s, project, bon)
                 return
             pairs, post_map = tasks_from_files(
                 kind, data, posts_data, name=file.filename or "upload",
@@ -192,6 +198,8 @@ def admin_export(project_id: ProjectId, what: str, user: Admin, request: Request
         return api.export_comparisons(project_id, user, request)
     if what == "ratings.jsonl":
         return api.export_ratings(project_id, user, request)
+    if what == "best_of_n.jsonl":
+        return api.export_best_of_n(project_id, user, request)
     raise Problem(404, "no such export")
 
 
@@ -231,8 +239,20 @@ def tasks_from_files(kind: str, data: bytes, posts_data: bytes | None, *, name: 
     return pairs, posts
 
 
-def comparisons_from_bytes(data: bytes, name: str) -> list[formats.ComparisonRow]:
+def labels_from_bytes(data: bytes, name: str) -> list[formats.ComparisonRow] | list[BestOfN]:
     try:
-        return [formats.parse_openai_comparison(row, name, n) for n, row in formats.read_jsonl_bytes(data, name)]
+        return formats.parse_labels(formats.read_jsonl_bytes(data, name), name)
+    except formats.FormatError as err:
+        raise Problem(422, str(err)) from None
+
+
+def best_of_n_tasks_from_bytes(data: bytes, name: str) -> list[formats.BestOfNTask] | None:
+    """The tasks of a best-of-N tasks file, or None when the file is a pairs file (its first row has no
+    "samples")."""
+    try:
+        rows = list(formats.read_jsonl_bytes(data, name))
+        if not rows or not formats.is_best_of_n_file_row(rows[0][1]):
+            return None
+        return formats.parse_best_of_n_tasks(rows, name)
     except formats.FormatError as err:
         raise Problem(422, str(err)) from None

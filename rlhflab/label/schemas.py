@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from rlhflab.data.schema import MAX_BEST_OF
 from rlhflab.label.formats import MAX_TEXT
 
 # The limits, shared with the HTML form routes (label/pages.py) so that a form and its JSON route accept the same
@@ -27,6 +28,7 @@ PAIRS_PER_POST = {"ge": 1, "le": 100}
 CONFIDENCE = {"ge": 1, "le": 9}
 RATING = {"ge": 1, "le": 7}
 SIDE_PATTERN = "^(left|right)$"
+BEST = {"ge": 0, "le": MAX_BEST_OF - 1}  # an index; the task's own N is checked by the service (a clear 422)
 NOTE_MAX = 5000
 TIME_MS = {"ge": 0, "le": 24 * 3600 * 1000}
 
@@ -140,7 +142,9 @@ class GoldIn(Strict):
 
 
 class GoldSet(Strict):
-    choice: Annotated[int, Field(ge=0, le=1)] | None
+    """Comparisons: choice 0 or 1 (+ confidence); best-of-N: choice = the best continuation's index."""
+
+    choice: Annotated[int, Field(**BEST)] | None
     confidence: Confidence | None = None
 
 
@@ -186,6 +190,12 @@ class TasksOut(BaseModel):
     task_ids: list[int]
 
 
+class BestOfNTasksIn(Strict):
+    """Best-of-N task rows `{"id" (optional), "query", "samples": [...]}` (a tasks file's rows, see formats)."""
+
+    rows: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=10000)]
+
+
 class ImportIn(Strict):
     mode: Literal["tasks", "gold", "answers"] = "answers"
     rows: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=10000)]
@@ -216,11 +226,12 @@ class AssignmentOut(BaseModel):
     assignment_id: int
     task_id: int
     project_id: int
-    kind: Literal["comparison", "rating"]
+    kind: Literal["comparison", "rating", "best_of_n"]
     post: PostView
     left: str | None = None
     right: str | None = None
     summary: str | None = None
+    choices: list[str] | None = None  # best-of-N: the continuations, in the order `best` indexes
     expires_at: str
 
 
@@ -240,6 +251,7 @@ class AnswerIn(Strict):
     side: Literal["left", "right"] | None = None
     confidence: Confidence | None = None
     ratings: RatingsIn | None = None
+    best: Annotated[int, Field(**BEST)] | None = None  # best-of-N: the best continuation's index, 0-based
     note: Annotated[str, StringConstraints(max_length=NOTE_MAX), AfterValidator(_no_nul)] = ""
     time_ms: Annotated[int, Field(**TIME_MS)] | None = None
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_nul)] | None = None

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlhflab.data.pairs import policy_pairs, samples_by_post
-from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, Post, Sample
+from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, BestOfN, Post, Sample
 from rlhflab.label import assignment as assign
 from rlhflab.label import formats, quality
 from rlhflab.label.models import (RATING_AXES, ROLES, Answer, Assignment, Project, Task, User, utcnow)
@@ -141,6 +141,16 @@ def add_tasks(s: Session, project: Project, pairs: list[formats.PairRow], posts:
     return tasks
 
 
+def add_best_of_n_tasks(s: Session, project: Project, rows: list[formats.BestOfNTask]) -> list[Task]:
+    """Best-of-N tasks: each query is stored as a post (source "query") and its continuations in task order."""
+    posts = _post_rows(s, project, (r.post for r in rows))
+    tasks = [Task(project_id=project.id, post_id=posts[r.post.id].id, kind="best_of_n", summary_a="", policy_a="",
+                  choices=formats.choices_json(r.samples), split=r.split) for r in rows]
+    s.add_all(tasks)
+    s.flush()
+    return tasks
+
+
 def pairs_from_samples(samples: list[Sample], *, policies: list[str] | None = None, pairs_per_post: int = 1,
                        ratings: bool = False, comparisons: bool = True, seed: int = 0) -> list[formats.PairRow]:
     """Tasks from samples, post by post (in id order): the comparisons `data.pairs.policy_pairs` draws (two
@@ -163,11 +173,19 @@ def pairs_from_samples(samples: list[Sample], *, policies: list[str] | None = No
 
 
 def set_gold(s: Session, task: Task, choice: int | None, confidence: int | None) -> Task:
-    if task.kind != "comparison":
-        raise Problem(422, "only comparison tasks take a gold answer")
+    if task.kind not in ("comparison", "best_of_n"):
+        raise Problem(422, "only comparison and best-of-N tasks take a gold answer")
     if choice is None:
         task.is_gold, task.gold_choice, task.gold_confidence = False, None, None
         return task
+    if task.kind == "best_of_n":
+        n = len(task.choices or [])
+        if not 0 <= choice < n or confidence is not None:
+            raise Problem(422, f"a best-of-{n} task's gold answer is `choice` 0–{n - 1} (no confidence)")
+        task.is_gold, task.gold_choice, task.gold_confidence = True, choice, None
+        return task
+    if choice not in (0, 1):
+        raise Problem(422, f"a comparison's gold `choice` is 0 or 1, got {choice}")
     formats.check_confidence(choice, confidence, lambda p: Problem(422, f"confidence: {p}"))
     task.is_gold, task.gold_choice, task.gold_confidence = True, choice, confidence
     return task
@@ -208,31 +226,86 @@ def import_comparisons(s: Session, project: Project, rows: list[formats.Comparis
             report.tasks += 1
         if mode != "answers":
             continue
-        worker = r.worker or "unknown"
-        user = users.get(worker)
-        if user is None:
-            user = s.scalar(select(User).where(User.username == worker[:64]))
-            if user is None:
-                user = create_user(s, None, worker[:64], None, role="external")
-            elif user.role != "external":  # never file imported labels under a real account
-                raise Problem(409, f"worker {worker[:64]!r} in the file is also the name of an account here")
-            users[worker] = user
+        user = _external_user(s, users, r.worker)
         if (task.id, user.id) in seen_answers:
             report.skipped_duplicates += 1
             continue
         seen_answers.add((task.id, user.id))
-        now = utcnow()
-        a = Assignment(task_id=task.id, user_id=user.id, project_id=project.id, swapped=False, status="done",
-                       created_at=now, expires_at=now)
-        s.add(a)
-        s.flush()
-        s.add(Answer(assignment_id=a.id, task_id=task.id, user_id=user.id, project_id=project.id, choice=r.choice,
-                     confidence=r.confidence, note=str(r.extra.get("note", "")).replace("\x00", "")[:10000],
-                     server_time_ms=0,
-                     client_time_ms=None, created_at=now))
+        _imported_answer(s, task, user, r.choice, r.confidence, r.extra)
         report.answers += 1
     s.flush()
     return report
+
+
+def import_labels(s: Session, project: Project, rows: list[formats.ComparisonRow] | list[BestOfN],
+                  mode: str = "answers") -> ImportReport:
+    """Rows of `formats.parse_labels`: comparisons or best-of-N labels (a file holds one kind)."""
+    if rows and isinstance(rows[0], BestOfN):
+        return import_best_of_n(s, project, rows, mode)  # type: ignore[arg-type]
+    return import_comparisons(s, project, rows, mode)  # type: ignore[arg-type]
+
+
+def import_best_of_n(s: Session, project: Project, rows: list[BestOfN], mode: str = "answers") -> ImportReport:
+    """Best-of-N labels into a project, like `import_comparisons`: as tasks, as gold tasks (`best` is the
+    researchers' answer), or as tasks and the (external) workers' answers, one task per distinct query and
+    continuations so that an import followed by an export gives the same labels back."""
+    if mode not in ("tasks", "gold", "answers"):
+        raise Problem(422, "mode must be tasks, gold or answers")
+    report = ImportReport(rows=len(rows))
+    posts = _post_rows(s, project, (r.post for r in rows))
+    task_by_key: dict[tuple, Task] = {}
+    users: dict[str, User] = {}
+    seen_answers: set[tuple[int, int]] = set()
+    for r in rows:
+        choices = formats.choices_json(r.samples)
+        key = (r.post.id, tuple((c["text"], c["policy"], c["eos"]) for c in choices))
+        task = task_by_key.get(key)
+        if task is None or mode != "answers":
+            gold = mode == "gold"
+            task = Task(project_id=project.id, post_id=posts[r.post.id].id, kind="best_of_n", summary_a="",
+                        policy_a="", choices=choices, split=r.split, is_gold=gold, gold_choice=r.best if gold else None)
+            s.add(task)
+            s.flush()
+            task_by_key[key] = task
+            report.tasks += 1
+        if mode != "answers":
+            continue
+        user = _external_user(s, users, r.worker)
+        if (task.id, user.id) in seen_answers:
+            report.skipped_duplicates += 1
+            continue
+        seen_answers.add((task.id, user.id))
+        _imported_answer(s, task, user, r.best, None, r.extra)
+        report.answers += 1
+    s.flush()
+    return report
+
+
+def _external_user(s: Session, users: dict[str, User], worker: str) -> User:
+    """The (external) account an imported label is filed under, made on first sight and cached in `users`."""
+    worker = worker or "unknown"
+    user = users.get(worker)
+    if user is None:
+        user = s.scalar(select(User).where(User.username == worker[:64]))
+        if user is None:
+            user = create_user(s, None, worker[:64], None, role="external")
+        elif user.role != "external":  # never file imported labels under a real account
+            raise Problem(409, f"worker {worker[:64]!r} in the file is also the name of an account here")
+        users[worker] = user
+    return user
+
+
+def _imported_answer(s: Session, task: Task, user: User, choice: int, confidence: int | None,
+                     extra: dict[str, Any]) -> None:
+    """An answer from a file: a done assignment (never swapped: files keep their own order) and its answer."""
+    now = utcnow()
+    a = Assignment(task_id=task.id, user_id=user.id, project_id=task.project_id, swapped=False, status="done",
+                   created_at=now, expires_at=now)
+    s.add(a)
+    s.flush()
+    s.add(Answer(assignment_id=a.id, task_id=task.id, user_id=user.id, project_id=task.project_id, choice=choice,
+                 confidence=confidence, note=str(extra.get("note", "")).replace("\x00", "")[:10000],
+                 server_time_ms=0, client_time_ms=None, created_at=now))
 
 
 # ---------------------------------------------------------------------------------------------- labelling
@@ -281,7 +354,8 @@ def get_own_assignment(s: Session, user: User, assignment_id: int) -> Assignment
 
 
 def submit_answer(s: Session, user: User, assignment_id: int, *, side: str | None = None,
-                  confidence: int | None = None, ratings: dict[str, int] | None = None, note: str = "",
+                  confidence: int | None = None, ratings: dict[str, int] | None = None, best: int | None = None,
+                  note: str = "",
                   client_time_ms: int | None = None, idempotency_key: str | None = None,
                   now: datetime | None = None) -> tuple[Answer, bool]:
     """Store the answer to one of this labeler's assignments. Idempotent: a second submission for the same
@@ -293,7 +367,11 @@ def submit_answer(s: Session, user: User, assignment_id: int, *, side: str | Non
         return existing, False
     task = a.task
     choice = conf = None
-    if task.kind == "comparison":
+    if best is not None and task.kind != "best_of_n":
+        raise Problem(422, "`best` is for best-of-N tasks")
+    if task.kind == "best_of_n":
+        choice = _check_best(task, best, side, confidence, ratings)
+    elif task.kind == "comparison":
         if side not in ("left", "right") or confidence is None:
             raise Problem(422, "a comparison needs `side` (left or right) and `confidence` (1-9)")
         if ratings:
@@ -325,6 +403,19 @@ def submit_answer(s: Session, user: User, assignment_id: int, *, side: str | Non
     return answer, True
 
 
+def _check_best(task: Task, best: int | None, side: str | None, confidence: int | None,
+                ratings: dict[str, int] | None) -> int:
+    """A best-of-N answer is the index of the best continuation, 0-based, in the order shown."""
+    n = len(task.choices or [])
+    if side is not None or confidence is not None or ratings:
+        raise Problem(422, "a best-of-N task takes `best`, not side/confidence/ratings")
+    if best is None:
+        raise Problem(422, f"a best-of-N task needs `best`: the index (0–{n - 1}) of the best continuation")
+    if not 0 <= best < n:
+        raise Problem(422, f"best must be between 0 and {n - 1} (this task has {n} continuations), got {best}")
+    return best
+
+
 def task_view(a: Assignment) -> dict[str, Any]:
     """What a labeler sees: the post and the summaries in screen order. Policies are not shown."""
     t = a.task
@@ -335,6 +426,8 @@ def task_view(a: Assignment) -> dict[str, Any]:
     if t.kind == "comparison":
         left, right = (t.summary_b, t.summary_a) if a.swapped else (t.summary_a, t.summary_b)
         view["left"], view["right"] = left, right
+    elif t.kind == "best_of_n":
+        view["choices"] = [c["text"] for c in t.choices or []]
     else:
         view["summary"] = t.summary_a
     return view
@@ -379,6 +472,24 @@ def export_comparisons(s: Session, project: Project, include_gold: bool = True) 
             split=task.split, extra=extra)
 
 
+def export_best_of_n(s: Session, project: Project, include_gold: bool = True) -> Iterator[dict[str, Any]]:
+    """One `schema.best_of_n_to_row` row per best-of-N answer (what `load_best_of_n` reads): the query, the
+    continuations in the order shown, and `best`, 0-based."""
+    for ans, task, post, user in _answer_rows(s, project, "best_of_n"):
+        if task.is_gold and not include_gold:
+            continue
+        extra: dict[str, Any] = {"task_id": task.id, "answer_id": ans.id,
+                                 "time_ms": ans.client_time_ms if ans.client_time_ms is not None
+                                 else ans.server_time_ms}
+        if ans.note:
+            extra["note"] = ans.note
+        if task.is_gold:
+            extra["gold"] = True
+        yield formats.best_of_n_row(query_id=post.post_key, query=post.text, choices=list(task.choices or []),
+                                    best=int(ans.choice or 0), worker=user.username, batch=project.name,
+                                    split=task.split, extra=extra)
+
+
 def export_ratings(s: Session, project: Project) -> Iterator[dict[str, Any]]:
     """One row per rating answer, shaped like OpenAI's axis evaluations: {info, split, summary: {text, policy,
     note, axes}, worker, batch}."""
@@ -411,7 +522,7 @@ def dashboard(s: Session, project: Project, threshold: float | None = None) -> d
          .join(User, User.id == Answer.user_id).join(Task, Task.id == Answer.task_id)
          .where(Answer.project_id == project.id))
     for task_id, choice, cms, sms, created, username, is_gold, gold_choice, kind in s.execute(q):
-        if kind != "comparison":
+        if kind == "rating":  # comparisons and best-of-N are choices: agreement and kappa apply to both
             ratings_by_user[username] += 1
             continue
         labels.append(quality.Label(user=username, task_id=task_id, choice=int(choice),
@@ -423,6 +534,7 @@ def dashboard(s: Session, project: Project, threshold: float | None = None) -> d
         "project": {"id": project.id, "name": project.name, "labels_per_task": project.labels_per_task,
                     "gold_rate": project.gold_rate, "flag_threshold": threshold},
         "tasks": {"comparison": int(counts.get("comparison", 0)), "rating": int(counts.get("rating", 0)),
+                  "best_of_n": int(counts.get("best_of_n", 0)),
                   "gold": int(gold_tasks), "complete": int(complete)},
         "answers": len(labels) + sum(ratings_by_user.values()),
         "fleiss_kappa": fleiss, "shared_tasks": shared,
