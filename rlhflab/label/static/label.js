@@ -2,6 +2,7 @@
 //   comparison: ← / → pick the left / right summary, 1–9 confidence (1–4 left better, 6–9 right better,
 //               5 no preference), N note, Enter submit.
 //   rating:     ↑ / ↓ choose the axis, 1–7 rate it (moves to the next axis), N note, Enter submit.
+//   best_of_n:  1–9 pick that continuation (↑ / ↓ move the pick, for N > 9), N note, Enter submit.
 // No inline script (the pages send a strict Content-Security-Policy); text is only ever set as text.
 (function () {
   "use strict";
@@ -74,6 +75,26 @@
     renderRating();
   }
 
+  // ---------------------------------------------------------------- best of N
+  var choices = Array.prototype.slice.call(form.querySelectorAll(".choice"));
+  var bestInput = document.getElementById("best");
+  var best = null;
+
+  function renderBest() {
+    choices.forEach(function (el, i) {
+      el.classList.toggle("picked", i === best);
+      el.setAttribute("aria-pressed", i === best ? "true" : "false");
+    });
+    bestInput.value = best === null ? "" : String(best);  // 0-based, as the API and the export count
+    submit.disabled = best === null;
+    setHint(best === null ? "Pick the best continuation (1–" + Math.min(choices.length, 9) + " or click)."
+                          : "Continuation " + (best + 1) + " picked. Press Enter to submit.");
+  }
+
+  function pick(i) {
+    if (i >= 0 && i < choices.length) { best = i; renderBest(); }
+  }
+
   // ---------------------------------------------------------------- events
   function trySubmit() {
     if (submit.disabled || submitted) { return; }
@@ -96,6 +117,9 @@
       r.addEventListener("change", function () { setConfidence(parseInt(r.value, 10)); });
     });
     renderComparison();
+  } else if (kind === "best_of_n") {
+    choices.forEach(function (el, i) { el.addEventListener("click", function () { pick(i); }); });
+    renderBest();
   } else {
     form.querySelectorAll(".axis input").forEach(function (r) {
       r.addEventListener("change", function () {
@@ -120,6 +144,10 @@
       if (k === "ArrowLeft") { ev.preventDefault(); setSide("left"); }
       else if (k === "ArrowRight") { ev.preventDefault(); setSide("right"); }
       else if (/^[1-9]$/.test(k)) { ev.preventDefault(); setConfidence(parseInt(k, 10)); }
+    } else if (kind === "best_of_n") {
+      if (/^[1-9]$/.test(k)) { ev.preventDefault(); pick(parseInt(k, 10) - 1); }
+      else if (k === "ArrowDown") { ev.preventDefault(); pick(best === null ? 0 : best + 1); }
+      else if (k === "ArrowUp") { ev.preventDefault(); pick(best === null ? 0 : best - 1); }
     } else {
       if (k === "ArrowUp") { ev.preventDefault(); state.axis = Math.max(0, state.axis - 1); renderRating(); }
       else if (k === "ArrowDown") { ev.preventDefault(); state.axis = Math.min(axes.length - 1, state.axis + 1); renderRating(); }
