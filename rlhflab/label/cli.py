@@ -7,8 +7,13 @@
     rlhflab label create-project --db URL --name NAME (--samples FILE --posts FILE | --pairs FILE [--posts FILE])
                                  [--policies A,B] [--pairs-per-post N] [--ratings] [--k 3] [--gold-rate 0.1]
     rlhflab label add-tasks --db URL --project NAME (--samples FILE --posts FILE | --pairs FILE [--posts FILE])
-    rlhflab label import --db URL --project NAME --file comparisons.jsonl[.gz] [--mode answers|gold|tasks] [--create]
-    rlhflab label export --db URL --project NAME --out comparisons.jsonl [--ratings] [--no-gold]
+    rlhflab label add-tasks --db URL --project NAME --pairs best_of_4.jsonl     # best-of-N tasks {query, samples}
+    rlhflab label import --db URL --project NAME --file labels.jsonl[.gz] [--mode answers|gold|tasks] [--create]
+    rlhflab label export --db URL --project NAME --out labels.jsonl [--kind comparisons|ratings|best-of-n]
+                         [--no-gold]
+
+A `--pairs` (or `--tasks`) file whose first row has "samples" holds best-of-N tasks (a query and 2–16
+continuations each); an import file whose first row has "samples" holds best-of-N labels (with "best").
     rlhflab label stats --db URL --project NAME
 
 --db takes `sqlite:///FILE` (default sqlite:///label.db), `postgresql://user:pass@host/db`, or $RLHFLAB_LABEL_DB.
@@ -31,6 +36,7 @@ if TYPE_CHECKING:  # sqlalchemy is imported only when a command runs
     Factory = sessionmaker[Session]
 
 HELP = "the labelling web app (serve, migrate, users, projects, import/export)"
+EXPORT_KINDS = {"comparisons": "comparison", "ratings": "rating", "best-of-n": "best_of_n"}  # --kind -> Task.kind
 
 
 def add_label_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -83,7 +89,9 @@ def _add_task_parsers(sub: Any) -> None:
         else:
             p.add_argument("--project", required=True, help="project name or id")
         p.add_argument("--samples", type=Path, help="samples JSONL (Sample.to_dict() rows)")
-        p.add_argument("--pairs", type=Path, help="pairs JSONL (see docs/labelling.md)")
+        p.add_argument("--pairs", "--tasks", dest="pairs", type=Path,
+                       help="a tasks JSONL: pairs, or best-of-N tasks {query, samples} when its first row has "
+                            "\"samples\" (see docs/labelling.md)")
         p.add_argument("--posts", type=Path, help="posts JSONL (Post.to_dict() or TL;DR rows)")
         p.add_argument("--policies", help="comma-separated policies to pair (default: all in the samples)")
         p.add_argument("--pairs-per-post", type=int, default=1)
@@ -92,16 +100,23 @@ def _add_task_parsers(sub: Any) -> None:
 
 
 def _add_file_parsers(sub: Any) -> None:
-    p = _with_db(sub.add_parser("import", help="import an OpenAI-format comparisons file"))
+    p = _with_db(sub.add_parser("import", help="import labels: an OpenAI-format comparisons file, or best-of-N "
+                                               "labels {query, samples, best} (told apart by the first row)"))
     p.add_argument("--project", required=True)
     p.add_argument("--file", type=Path, required=True)
     p.add_argument("--mode", choices=["answers", "gold", "tasks"], default="answers",
                    help="answers: tasks and the workers' answers; gold: gold tasks; tasks: tasks to label")
     p.add_argument("--create", action="store_true", help="create the project if it does not exist")
-    p = _with_db(sub.add_parser("export", help="export comparisons (OpenAI schema) or ratings as JSONL"))
+    p = _with_db(sub.add_parser("export", help="export one kind of answers as JSONL: comparisons (OpenAI schema), "
+                                               "ratings or best-of-N labels"))
     p.add_argument("--project", required=True)
     p.add_argument("--out", type=Path, required=True, help="output file (.jsonl or .jsonl.gz)")
-    p.add_argument("--ratings", action="store_true", help="export rating answers instead of comparisons")
+    p.add_argument("--kind", choices=list(EXPORT_KINDS),
+                   help="which answers: comparisons (OpenAI schema), ratings, or best-of-n ({query, samples, best} "
+                        "rows that rlhflab.data.loaders.load_best_of_n reads). Default: best-of-n for a project with "
+                        "best-of-N tasks and no comparison tasks, else comparisons; a project with both needs --kind")
+    p.add_argument("--ratings", action="store_const", const="ratings", dest="kind",
+                   help="the same as --kind ratings")
     p.add_argument("--no-gold", action="store_true", help="leave out answers to gold tasks")
     p = _with_db(sub.add_parser("stats", help="print the dashboard numbers as JSON"))
     p.add_argument("--project", required=True)
@@ -140,6 +155,7 @@ def _find_project(s, ref: str):  # noqa: ANN001, ANN202
 
 
 def _read_pairs(args: argparse.Namespace):  # noqa: ANN202
+    """(pairs, posts) for comparison and rating tasks, or (best-of-N tasks, None)."""
     from rlhflab.label import formats, service
 
     if (args.samples is None) == (args.pairs is None):
@@ -157,7 +173,12 @@ def _read_pairs(args: argparse.Namespace):  # noqa: ANN202
         pairs = service.pairs_from_samples(samples, policies=policies, pairs_per_post=args.pairs_per_post,
                                            ratings=args.ratings, seed=args.seed)
     else:
-        pairs = [formats.parse_pair(row, str(args.pairs), n) for n, row in formats.read_jsonl(args.pairs)]
+        rows = list(formats.read_jsonl(args.pairs))
+        if rows and formats.is_best_of_n_file_row(rows[0][1]):
+            if args.posts is not None:
+                raise CLIError("best-of-N tasks carry their query: --posts is for pairs and samples")
+            return formats.parse_best_of_n_tasks(rows, str(args.pairs)), None
+        pairs = [formats.parse_pair(row, str(args.pairs), n) for n, row in rows]
     if not pairs:
         raise CLIError("no tasks: a samples file needs at least two policies for a post (or --ratings)")
     return pairs, posts
@@ -257,6 +278,12 @@ def _add_tasks(args: argparse.Namespace, factory: Factory) -> int:  # create-pro
                                              flag_threshold=args.flag_threshold)
         else:
             project = _find_project(s, args.project)
+        if posts is None:
+            tasks = service.add_best_of_n_tasks(s, project, pairs)
+            sizes = sorted({len(t.choices or []) for t in tasks})
+            print(f"project {project.name!r} (id {project.id}): added {len(tasks)} best-of-N tasks "
+                  f"(N = {', '.join(map(str, sizes))})")
+            return 0
         tasks = service.add_tasks(s, project, pairs, posts)
         kinds = {k: sum(t.kind == k for t in tasks) for k in ("comparison", "rating")}
         print(f"project {project.name!r} (id {project.id}): added {kinds['comparison']} comparison and "
@@ -267,7 +294,7 @@ def _add_tasks(args: argparse.Namespace, factory: Factory) -> int:  # create-pro
 def _import(args: argparse.Namespace, factory: Factory) -> int:
     from rlhflab.label import db, formats, service
 
-    rows = [formats.parse_openai_comparison(r, str(args.file), n) for n, r in formats.read_jsonl(args.file)]
+    rows = formats.parse_labels(formats.read_jsonl(args.file), str(args.file))
     with db.session_scope(factory) as s:
         try:
             project = _find_project(s, args.project)
@@ -275,7 +302,7 @@ def _import(args: argparse.Namespace, factory: Factory) -> int:
             if not args.create:
                 raise
             project = service.create_project(s, args.project)
-        report = service.import_comparisons(s, project, rows, args.mode)
+        report = service.import_labels(s, project, rows, args.mode)
         print(json.dumps(vars(report)))
     return 0
 
@@ -285,11 +312,30 @@ def _export(args: argparse.Namespace, factory: Factory) -> int:
 
     with db.session_scope(factory) as s:
         project = _find_project(s, args.project)
-        rows = list(service.export_ratings(s, project) if args.ratings
-                    else service.export_comparisons(s, project, include_gold=not args.no_gold))
+        kind = args.kind or _default_export_kind(s, project)
+        if kind == "ratings":
+            rows = list(service.export_ratings(s, project))
+        elif kind == "best-of-n":
+            rows = list(service.export_best_of_n(s, project, include_gold=not args.no_gold))
+        else:
+            rows = list(service.export_comparisons(s, project, include_gold=not args.no_gold))
     n = formats.write_jsonl(args.out, rows)
-    print(f"wrote {n} {'ratings' if args.ratings else 'comparisons'} to {args.out}")
+    print(f"wrote {n} {'best-of-N labels' if kind == 'best-of-n' else kind} to {args.out}")
     return 0
+
+
+def _default_export_kind(s, project) -> str:  # noqa: ANN001
+    """comparisons, as before best-of-N tasks existed, unless the project has only best-of-N choices; a project
+    with both must say which (one file holds one kind: the loaders read one schema a file)."""
+    from sqlalchemy import select
+
+    from rlhflab.label.models import Task
+
+    kinds = set(s.scalars(select(Task.kind).where(Task.project_id == project.id).group_by(Task.kind)))
+    if "best_of_n" in kinds and "comparison" in kinds:
+        raise CLIError(f"project {project.name!r} has comparison and best-of-N tasks: choose --kind comparisons "
+                       "or --kind best-of-n")
+    return "best-of-n" if "best_of_n" in kinds else "comparisons"
 
 
 def _stats(args: argparse.Namespace, factory: Factory) -> int:
