@@ -242,3 +242,74 @@ def test_label_three_tasks_mouse_and_keyboard_then_dashboard_and_export(server, 
     assert mine[2]["extra"]["note"] == "close call, <b>both</b> fine"
     assert all(r["extra"]["time_ms"] > 0 for r in mine)
     assert any(XSS in (s["text"] for s in r["summaries"]) for r in rows)
+
+
+def test_best_of_4_keyboard_pick_then_export(tmp_path):
+    """A best-of-4 task (Ziegler et al.'s label): the query and four numbered continuations; key 3 picks the third,
+    Enter submits, and the export (schema.best_of_n_to_row rows) says best = 2, counted from 0."""
+    import uvicorn
+    from playwright.sync_api import expect, sync_playwright
+
+    from rlhflab.data.records import Choice
+    from rlhflab.label.formats import BestOfNTask
+
+    chromium = _chromium()
+    app = make_app(f"sqlite:///{tmp_path / 'bon.db'}", {"root": "admin", "ann": "labeler"})
+    ctx = app.state.ctx
+    texts = [f" and then continuation {i + 1} went its own way." for i in range(4)]
+    with ctx.tx() as s:
+        project = service.create_project(s, "Books best-of-4", gold_rate=0.0,
+                                          instructions="Pick the continuation a reader would enjoy most.")
+        query = service.Post(id="book_1", text="The rain had not stopped for three days, and the river", source="query")
+        service.add_best_of_n_tasks(s, project, [BestOfNTask(post=query, samples=tuple(
+            Choice(text=t, policy=f"pi{i}") for i, t in enumerate(texts)))])
+        pid = project.id
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    assert srv.started
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+                _login(page, base, "ann")
+                page.goto(f"{base}/label/{pid}")
+                expect(page.locator("#post-text")).to_have_text("The rain had not stopped for three days, and the river")
+                for i, t in enumerate(texts, 1):
+                    expect(page.locator(f"#choice-{i} .summary-text")).to_have_text(t)
+                    expect(page.locator(f"#choice-{i} .tag")).to_contain_text(str(i))
+                expect(page.locator("#send")).to_be_disabled()
+                page.click("#choice-1")  # a click picks too; the key below changes the pick
+                expect(page.locator("#choice-1")).to_have_attribute("aria-pressed", "true")
+                page.keyboard.press("3")
+                expect(page.locator("#choice-3")).to_have_attribute("aria-pressed", "true")
+                expect(page.locator("#choice-1")).to_have_attribute("aria-pressed", "false")
+                expect(page.locator("#send")).to_be_enabled()
+                _save(page, tmp_path, "label_best_of_n.png")
+                page.keyboard.press("Enter")
+                expect(page.locator("#all-done")).to_be_visible()
+                expect(page.locator("#answered")).to_have_text("answered: 1")
+            finally:
+                browser.close()
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+    from rlhflab.label.cli import main as label_main
+
+    out = tmp_path / "best_of_n.jsonl"
+    assert label_main(["label", "export", "--db", f"sqlite:///{tmp_path / 'bon.db'}", "--project", "Books best-of-4",
+                       "--out", str(out)]) == 0
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["best"] == 2 and row["samples"][2] == {"text": texts[2], "policy": "pi2", "eos": True}
+    assert [c["text"] for c in row["samples"]] == texts
+    assert row["worker"] == "ann" and row["query"].startswith("The rain") and row["extra"]["time_ms"] > 0
+    loaders = pytest.importorskip("rlhflab.data.loaders")
+    [label] = loaders.load_best_of_n(out)
+    assert label.best == 2 and label.chosen.text == texts[2]

@@ -59,7 +59,8 @@ def test_cli_projects_users_stats(tmp_path, capsys, monkeypatch):
         assert s.scalar(select(func.count()).select_from(Task).where(Task.is_gold.is_(True))) == 2
         assert s.scalar(select(User.role).where(User.username == "root")) == "admin"
     assert _cli("stats", "--db", db, "--project", "p") == 0
-    assert json.loads(capsys.readouterr().out)["tasks"] == {"comparison": 2, "rating": 2, "gold": 2, "complete": 0}
+    assert json.loads(capsys.readouterr().out)["tasks"] == {"comparison": 2, "rating": 2, "best_of_n": 0, "gold": 2,
+                                                           "complete": 0}
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
