@@ -31,6 +31,8 @@ STAGES = {
                         "answer comparison tasks with a judge (e.g. a gold RM) and a noise model, like a labeler"),
     "eval": ("rlhflab.eval.evaluate", "EvalConfig", "evaluate",
              "policies vs the human references: win rates, length control, ROUGE, KL, curves, report.html"),
+    "style-eval": ("rlhflab.eval.style_eval", "StyleEvalConfig", "style_eval",
+                   "Ziegler's tasks: a style judge's score of each policy's continuations of held-out prompts, and KL"),
 }
 
 EPILOG = """examples:

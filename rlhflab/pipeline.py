@@ -12,6 +12,14 @@ Rounds follow the paper's batches: round k samples pairs of summaries from the c
 round 1, round k−1's PPO policy after that), collects comparisons of them, trains the RM on every comparison so
 far, and continues PPO from the last policy (the reference stays the SFT model, β carries over).
 
+Ziegler et al. (2019)'s tasks (`configs/pipeline/sentiment.yaml`): no SFT (`sft.skip`, `base_model` is the
+policy's start and the reference), best-of-N tasks (`tasks: best_of_n`: a labeler picks the best of
+`samples_per_task` continuations), a style judge as the simulated labeler, and the final stage `rlhflab style-eval`
+(`evaluation: continuations`). `collection: online` is the paper's online mode: every round's labels come from the
+current policy and the RM continues from the previous round's weights on them alone (`rm init_from`), so
+the RM is updated every round's PPO updates; offline (the default) retrains the RM from the start on every label
+so far.
+
 Labels come from an imported file (one per round; nothing is sampled then), the labelling app (the pipeline
 creates the round's project, stops, and goes on once the tasks are labelled), or a simulated labeler (`rlhflab simulate-labels`) whose judge
 is by default a "gold" RM trained on real human comparisons — which is then also the report's first judge, one
@@ -38,7 +46,7 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import atomic_write_text
 from rlhflab.data.jsonl import is_gzip, write_jsonl
 from rlhflab.data.loaders import load_posts, load_samples
-from rlhflab.data.pairs import pairs_in_order, samples_by_post
+from rlhflab.data.pairs import best_of_n_tasks, pairs_in_order, samples_by_post
 from rlhflab.data.records import Post, Sample
 
 log = get_logger(__name__)
@@ -50,7 +58,9 @@ WAITING_FOR_LABELS = 3  # exit code: the labelling app has not finished the roun
 class StageSpec:
     config: str | None = setting(None, "the stage's YAML (e.g. configs/rm/smoke.yaml); None: the stage's defaults")
     overrides: list[str] = setting(default_factory=list, help="key=value for the stage, applied after the pipeline's")
-    skip: bool = setting(False, "gold only (other stages refuse it): no gold RM, so labels.simulate must name a judge")
+    skip: bool = setting(
+        False,
+        "gold: no gold RM (labels.simulate must name a judge); sft: no SFT (base_model instead); others refuse it")
 
 
 @dataclass
@@ -78,6 +88,20 @@ class PipelineConfig:
     sample: StageSpec = setting(default_factory=lambda: StageSpec("configs/sample/cpu.yaml"),
                                 help="each round's sampling stage (new posts each round)")
     pairs_per_post: int = setting(1, "pairs formed from each post's samples (sample.n must be >= 2 × this)")
+    tasks: Literal["pairs", "best_of_n"] = setting(
+        "pairs",
+        "what a labeler answers: pairs (which of two summaries, the paper's) or best_of_n (the best of "
+        "samples_per_task continuations, Ziegler et al.'s)")
+    samples_per_task: int = setting(4, "best_of_n: continuations per task (sample.n must be a multiple of it)")
+    collection: Literal["offline", "online"] = setting(
+        "offline",
+        "offline: each round's RM trains from the start on every label so far; online: it continues from the last "
+        "round's RM on the round's new labels (Ziegler et al.'s online data collection)")
+    base_model: str | None = setting(None, "with sft.skip: the policy's start and the reference (Ziegler: no SFT)")
+    evaluation: Literal["summaries", "continuations"] = setting(
+        "summaries",
+        "the final stage: `rlhflab eval` (summaries against references) or `rlhflab style-eval` (continuations "
+        "scored by a style judge)")
     labels: LabelsSpec = setting(default_factory=LabelsSpec, help="where each round's comparison labels come from")
     rm: StageSpec = setting(
         default_factory=lambda: StageSpec("configs/rm/cpu.yaml"),
@@ -139,7 +163,7 @@ class StageRunner:
     def __init__(self, cfg: PipelineConfig, out: str, python: str = sys.executable):
         self.cfg, self.dir, self.python = cfg, Path(out), python
         per_round = 4 if cfg.labels.source == "import" else 6  # [sample, pairs,] labels, comparisons so far, rm, ppo
-        self.steps_total = 2 + (1 if uses_gold(cfg) else 0) + per_round * cfg.rounds
+        self.steps_total = (1 if cfg.sft.skip else 2) + (1 if uses_gold(cfg) else 0) + per_round * cfg.rounds
         self.step = 0
         self.record: list[dict[str, Any]] = []
 
@@ -198,8 +222,11 @@ def run_pipeline(runner: StageRunner) -> dict[str, Any]:
     cfg, d = runner.cfg, runner.dir
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    sft = d / "sft"
-    runner.stage("sft", "sft", cfg.sft, sft, {}, distributed=True)
+    if cfg.sft.skip:  # Ziegler et al.: PPO starts from the pretrained model itself
+        sft = Path(str(cfg.base_model))
+    else:
+        sft = d / "sft"
+        runner.stage("sft", "sft", cfg.sft, sft, {}, distributed=True)
     gold = d / "gold" if uses_gold(cfg) else None
     if gold is not None:
         runner.stage("gold RM (human comparisons)", "rm", cfg.gold, gold, {"model": str(sft)}, distributed=True)
@@ -211,8 +238,12 @@ def run_pipeline(runner: StageRunner) -> dict[str, Any]:
         rounds.append({"round": k, "rm_dev_accuracy": rm_done.get("dev_accuracy"),
                        "ppo_score_first": ppo_done.get("score_first"), "ppo_score_last": ppo_done.get("score_last"),
                        "ppo_kl_last": ppo_done.get("kl_last")})
-    report = runner.stage("eval", "eval", cfg.eval, d / "eval", eval_wiring(cfg, sft, policy, gold))
-    summary = {"out": str(d), "wall_s": time.time() - t0, "rounds": rounds, "report": report.get("html"),
+    if cfg.evaluation == "continuations":
+        report = runner.stage("style-eval", "style-eval", cfg.eval, d / "eval", style_eval_wiring(sft, policy))
+    else:
+        report = runner.stage("eval", "eval", cfg.eval, d / "eval", eval_wiring(cfg, sft, policy, gold))
+    summary = {"out": str(d), "wall_s": time.time() - t0, "rounds": rounds,
+               "report": report.get("html") or report.get("report"), "judge_score": report.get("judge_score"),
                "judge": report.get("judge"), "win_rate": report.get("win_rate"),
                "length_controlled_win_rate": report.get("length_controlled_win_rate"),
                "mean_tokens": report.get("mean_tokens"), "stages": runner.record}
@@ -225,16 +256,21 @@ def run_round(runner: StageRunner, k: int, sft: Path, gold: Path | None, policy:
     """Round k: [sample the current policy, pair the samples,] labels, every comparison so far, rm, ppo. Adds
     the round's labels file to `label_files`; returns the rm and ppo stages' DONE.json."""
     cfg, r = runner.cfg, runner.dir / f"round_{k}"
-    pairs = r / "pairs.jsonl"
+    pairs = r / ("tasks.jsonl" if cfg.tasks == "best_of_n" else "pairs.jsonl")
     if cfg.labels.source != "import":  # imported labels need no new summaries
         samples = sample(runner, k, r, policy)
-        runner.file_step(f"round {k}: pairs", pairs, lambda: make_pairs(cfg, samples, pairs))
+        runner.file_step(f"round {k}: {'tasks' if cfg.tasks == 'best_of_n' else 'pairs'}", pairs,
+                         lambda: make_pairs(cfg, samples, pairs))
     label_files.append(labels(runner, k, r, pairs, gold))
     comparisons = r / "comparisons.jsonl"
-    runner.file_step(f"round {k}: comparisons so far", comparisons,
-                     lambda: f"{concat_files(comparisons, label_files)} comparisons from rounds 1-{k}")
-    rm_done = runner.stage(f"round {k}: rm", "rm", cfg.rm, r / "rm",
-                           {"model": str(sft), "data": {"comparisons": str(comparisons)}}, distributed=True)
+    online = cfg.collection == "online" and k > 1
+    used = label_files[-1:] if online else label_files  # online: the new labels only, on the last RM's weights
+    runner.file_step(f"round {k}: {'the new labels' if online else 'labels so far'}", comparisons,
+                     lambda: f"{concat_files(comparisons, used)} labels from round(s) {k if online else f'1-{k}'}")
+    rm_wiring: dict[str, Any] = {"model": str(sft), "data": {"comparisons": str(comparisons)}}
+    if online:
+        rm_wiring["init_from"] = str(runner.dir / f"round_{k - 1}" / "rm")
+    rm_done = runner.stage(f"round {k}: rm", "rm", cfg.rm, r / "rm", rm_wiring, distributed=True)
     wiring: dict[str, Any] = {"model": str(sft), "reward": str(r / "rm")}
     if k > 1:  # continue from the last policy, on a new shuffle of the posts, with the last β
         wiring["policy_init"] = str(policy)
@@ -250,6 +286,8 @@ def sample(runner: StageRunner, k: int, r: Path, policy: Path) -> Path:
     if not limit:
         raise PipelineError("sample: set `limit` (posts per round); round k samples the k-th block of them")
     wiring = {"model": str(policy), "offset": (k - 1) * limit, "policy_name": "sft" if k == 1 else f"ppo{k - 1}"}
+    if runner.cfg.tasks == "best_of_n":
+        wiring["write_query"] = True  # a best-of-N task carries the query its continuations answer
     runner.stage(f"round {k}: sample pairs from {'the SFT model' if k == 1 else f'round {k - 1} PPO'}", "sample",
                  runner.cfg.sample, r / "sample", wiring)
     return r / "sample"
@@ -258,6 +296,13 @@ def sample(runner: StageRunner, k: int, r: Path, policy: Path) -> Path:
 def make_pairs(cfg: PipelineConfig, sample_dir: Path, pairs: Path) -> str:
     cfg_used = read_yaml_mapping(sample_dir / "config.yaml")["config"]  # what the stage really ran with
     samples = list(load_samples(sample_dir / "samples.jsonl"))
+    if cfg.tasks == "best_of_n":
+        rows = best_of_n_tasks(samples, cfg.samples_per_task)
+        if not rows:
+            raise PipelineError(f"{sample_dir}: no best-of-{cfg.samples_per_task} task (sample n must be a "
+                                f"multiple of samples_per_task={cfg.samples_per_task})")
+        write_jsonl(pairs, rows)
+        return f"{len(rows)} best-of-{cfg.samples_per_task} tasks from {len(samples)} continuations"
     wanted = {s.post_id for s in samples}
     limit = None if cfg_used.get("limit") is None else cfg_used.get("offset", 0) + cfg_used["limit"]
     posts = {p.id: p for p in load_posts(cfg_used["posts"], format=cfg_used.get("format", "auto"), limit=limit)
@@ -279,7 +324,7 @@ def labels(runner: StageRunner, k: int, r: Path, pairs: Path, gold: Path | None)
         if gold is not None and "judge" not in base:
             wiring["judge"] = {"name": "gold", "kind": "rm", "spec": str(gold)}
         runner.stage(f"round {k}: simulated labels", "simulate-labels", spec.simulate, r / "labels", wiring)
-        return r / "labels" / "comparisons.jsonl"
+        return r / "labels" / ("best_of_n.jsonl" if runner.cfg.tasks == "best_of_n" else "comparisons.jsonl")
     out = r / "labels.jsonl"
     if spec.source == "import":
         files = spec.files
@@ -340,6 +385,12 @@ def eval_wiring(cfg: PipelineConfig, sft: Path, policy: Path, gold: Path | None)
     return wiring
 
 
+def style_eval_wiring(base: Path, policy: Path) -> dict[str, Any]:
+    """The base model and the last round's PPO policy; KL from the base model (the PPO runs' reference)."""
+    return {"policies": [{"name": "base", "model": str(base)}, {"name": "ppo", "model": str(policy)}],
+            "kl_reference": str(base)}
+
+
 def uses_gold(cfg: PipelineConfig) -> bool:
     """The gold RM is the simulated labeler's judge (and then the report's held-out judge); with people's labels
     (imported or from the app) it is not trained."""
@@ -373,10 +424,14 @@ def run(cfg: PipelineConfig, out: str) -> dict[str, Any]:
 def validate(cfg: PipelineConfig) -> None:
     if cfg.rounds < 1:
         raise PipelineError(f"rounds={cfg.rounds}: at least one round")
-    for name in ("sft", "sample", "rm", "ppo", "eval"):
+    if cfg.sft.skip and not cfg.base_model:
+        raise PipelineError("sft.skip: set base_model (the model PPO starts from and stays near)")
+    if cfg.tasks == "best_of_n" and cfg.samples_per_task < 2:
+        raise PipelineError(f"samples_per_task={cfg.samples_per_task}: a best-of-N task needs at least 2")
+    for name in ("sample", "rm", "ppo", "eval"):
         spec: StageSpec = getattr(cfg, name)
         if spec.skip:
-            raise PipelineError(f"{name}.skip: only the gold stage can be skipped")
+            raise PipelineError(f"{name}.skip: only the gold and sft stages can be skipped")
         if spec.config and not Path(spec.config).exists():
             raise PipelineError(f"{name}.config: {spec.config} not found")
     if cfg.labels.source == "import":

@@ -92,6 +92,20 @@ def format_query(post: Post, tokenizer: Encoder, max_query_tokens: int) -> str:
 query_for = format_query
 
 
+def format_queries(posts: Sequence[Post], tokenizer: Encoder, max_query_tokens: int
+                   ) -> tuple[list[Post], list[str], int]:
+    """(the posts whose query fits, their queries, how many were dropped): a post that cannot fit the budget even
+    cut (a title longer than it; a book passage whose first sentence is) is left out, not an error."""
+    kept, queries = [], []
+    for post in posts:
+        try:
+            queries.append(format_query(post, tokenizer, max_query_tokens))
+        except ValueError:
+            continue
+        kept.append(post)
+    return kept, queries, len(posts) - len(kept)
+
+
 def _sentences_that_fit(post: Post, n_tokens: Callable[[str], int], max_query_tokens: int) -> str:
     """A book passage's leading whole sentences that fit the budget (Ziegler et al.'s queries start and end at a
     sentence); ValueError when not even the first sentence fits (the caller drops the passage)."""
@@ -137,4 +151,4 @@ def _last_fitting(cuts: Sequence[int], fits: Callable[[int], bool]) -> int | Non
     return best
 
 
-__all__ = ["CNNDM_TEMPLATE", "TLDR_TEMPLATE", "format_query", "format_reference", "query_for", "render_query"]
+__all__ = ["CNNDM_TEMPLATE", "TLDR_TEMPLATE", "format_queries", "format_query", "format_reference", "query_for", "render_query"]

@@ -74,3 +74,22 @@ def policy_pairs(by_policy: dict[str, list[Sample]], pairs_per_post: int, rng: r
             if pool and len(out) < pairs_per_post:
                 out.append(pool.pop())
     return out
+
+
+def best_of_n_tasks(samples: list[Sample], n: int) -> list[dict]:
+    """Best-of-N task rows ({"id", "query", "samples"}: the labelling app's and simulate-labels' format) from each
+    post's samples in (policy, index) order, in groups of n; a group with an unusable text (empty, NUL) is left
+    out. Each sample must carry its formatted query in `extra["query"]` (`rlhflab sample write_query=true`)."""
+    if n < 2:
+        raise ValueError(f"best-of-N tasks need n >= 2 samples, got {n}")
+    rows = []
+    for post_id, by_policy in samples_by_post(samples).items():
+        group = sorted((s for smps in by_policy.values() for s in smps), key=lambda s: (s.policy, s.index))
+        for start in range(0, len(group) - n + 1, n):
+            chunk = group[start : start + n]
+            if "query" not in chunk[0].extra:
+                raise ValueError(f"sample of post {post_id} has no extra.query: sample with write_query=true")
+            if all(_usable(s.text) for s in chunk):
+                rows.append({"id": post_id, "query": chunk[0].extra["query"],
+                             "samples": [{"text": s.text, "policy": s.policy, "eos": s.eos} for s in chunk]})
+    return rows

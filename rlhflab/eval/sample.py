@@ -18,12 +18,12 @@ from rlhflab.core.config import setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, is_run_dir
 from rlhflab.core.seed import seed_everything
-from rlhflab.data.format import format_query
+from rlhflab.data.format import format_queries, format_query
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.records import Post, Sample
 from rlhflab.data.resumable import ResumableRows, pending_batches
 from rlhflab.models.device import autocast, resolve_device
-from rlhflab.models.generation import generate, pad_queries
+from rlhflab.models.generation import StopRule, generate, pad_queries, stop_rule
 from rlhflab.models.loading import load_model
 
 log = get_logger(__name__)
@@ -42,6 +42,9 @@ class SampleConfig:
     top_p: float = setting(1.0, "nucleus sampling: keep the smallest set of tokens with this probability (1: off)")
     max_query_tokens: int = setting(512, "token budget of a query (the post is cut at a newline to fit)")
     max_new_tokens: int = setting(48, "length limit of a summary, in tokens")
+    stop_token: str | None = setting(None, "also end at this token (kept), e.g. \".\" for book continuations")
+    stop_after: int = setting(0, "the stop token ends a response only at 0-based token position >= this")
+    write_query: bool = setting(False, "keep each sample's formatted query in extra.query (best-of-N tasks need it)")
     batch_size: int = setting(8, "posts per generation batch")
     seed: int = setting(1, "random seed of sampling (each batch's seed comes from it and the batch's place)")
     bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
@@ -69,7 +72,12 @@ def sample(cfg: SampleConfig, out: str) -> dict:
     model, tokenizer = load_model(cfg.model, allow_partial=cfg.allow_partial)
     model.to(resolve_device(cfg.device)).eval()
     limit = None if cfg.limit is None else cfg.offset + cfg.limit
-    posts: list[Post] = list(load_posts(cfg.posts, format=cfg.format, limit=limit))[cfg.offset :]
+    posts, _, dropped = format_queries(list(load_posts(cfg.posts, format=cfg.format, limit=limit))[cfg.offset :],
+                                       tokenizer, cfg.max_query_tokens)
+    if dropped:
+        log.warning("sample: %d posts do not fit max_query_tokens=%d even cut, left out", dropped,
+                    cfg.max_query_tokens)
+    stop = stop_rule(tokenizer, cfg.stop_token, cfg.stop_after)
     name = policy_name(cfg)
     work = [(p, i) for p in posts for i in range(cfg.n)]  # the full, fixed order the batches are cut from
     log.info("sample: %d posts × %d = %d summaries by %s (%d already written)",
@@ -80,7 +88,8 @@ def sample(cfg: SampleConfig, out: str) -> dict:
         # A partly written batch is sampled again whole, with the seed of its place in `work`: the same rows as
         # an uninterrupted run; only the missing ones are written.
         generator = torch.Generator().manual_seed(batch.seed(cfg.seed))
-        fresh = written.add(r.to_dict() for r in sample_batch(model, tokenizer, batch.items, name, cfg, generator))
+        fresh = written.add(r.to_dict() for r in sample_batch(model, tokenizer, batch.items, name, cfg, generator,
+                                                                stop))
         bar.update(len(fresh))
     bar.close()
 
@@ -95,19 +104,22 @@ def sample(cfg: SampleConfig, out: str) -> dict:
 
 @torch.no_grad()
 def sample_batch(model, tokenizer, chunk: list[tuple[Post, int]], name: str, cfg: SampleConfig,
-                 generator: torch.Generator) -> list[Sample]:
-    queries = [tokenizer.encode(format_query(p, tokenizer, cfg.max_query_tokens), add_special_tokens=False)
-               for p, _ in chunk]
+                 generator: torch.Generator, stop: StopRule | None = None) -> list[Sample]:
+    texts = [format_query(p, tokenizer, cfg.max_query_tokens) for p, _ in chunk]
+    queries = [tokenizer.encode(q, add_special_tokens=False) for q in texts]
     query_ids, query_mask = pad_queries(tokenizer, queries)
     with autocast(model.device, cfg.bf16):
         gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.max_new_tokens,
-                       temperature=cfg.temperature, top_p=cfg.top_p, generator=generator)
+                       temperature=cfg.temperature, top_p=cfg.top_p, generator=generator, stop=stop)
     rows = []
     for b, (post, index) in enumerate(chunk):
         n_tokens = int(gen.response_mask[b].sum())
         ids = gen.response[b, :n_tokens].tolist()
         eos = bool(gen.eos[b])
         text = tokenizer.decode(ids[:-1] if eos else ids, skip_special_tokens=False)
+        extra = {"temperature": cfg.temperature, **({"query": texts[b]} if cfg.write_query else {})}
+        if stop is not None:
+            extra["stopped"] = bool(gen.ended[b]) and not eos
         rows.append(Sample(post_id=post.id, policy=name, text=text, n_tokens=n_tokens - int(eos), index=index,
-                           eos=eos, extra={"temperature": cfg.temperature}))
+                           eos=eos, extra=extra))
     return rows

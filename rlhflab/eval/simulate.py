@@ -17,6 +17,14 @@ The labeler then picks a with probability
 1–9 confidence on OpenAI's scale from its own belief q: |2q − 1| mapped to a distance of 1–4 from 5, leaning
 towards the chosen summary (an answer against its own belief — a noisy one — leans the weakest way).
 The output is `comparisons.jsonl` in OpenAI's schema, ready for `rlhflab rm` or `rlhflab label import`.
+
+Best-of-N tasks (rows {"id", "query", "samples": [...]}, Ziegler et al.'s label type) need a judge that scores
+(rm or style). The labeler picks continuation i with probability
+
+    q_i = random_rate / N + (1 − random_rate) · softmax_i(s / (τ · temperature))
+
+(the multinomial logit, which for N = 2 is the pairwise rule above, since logit(p) = (s_a − s_b)/τ for these
+judges; temperature 0: the judge's top score). The output is `best_of_n.jsonl` (`rlhflab rm` trains on it).
 """
 
 from __future__ import annotations
@@ -32,8 +40,8 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.data import schema
 from rlhflab.data.jsonl import DataError, read_jsonl
-from rlhflab.data.loaders import write_comparisons
-from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, Comparison, Post, Summary
+from rlhflab.data.loaders import write_best_of_n, write_comparisons
+from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, BestOfN, Choice, Comparison, Post, Summary
 from rlhflab.eval.judges import JudgeSpec, Text, build_judge
 from rlhflab.models.device import resolve_device
 from rlhflab.models.reward import load_reward_model
@@ -43,7 +51,9 @@ log = get_logger(__name__)
 
 @dataclass
 class SimulateConfig:
-    pairs: str = setting("runs/pairs.jsonl", "tasks: the labelling app's pairs JSONL ({post, summary_a, summary_b})")
+    pairs: str = setting(
+        "runs/pairs.jsonl",
+        "tasks: the labelling app's pairs JSONL ({post, summary_a, summary_b}), or best-of-N tasks ({query, samples})")
     judge: JudgeSpec = setting(
         default_factory=lambda: JudgeSpec(name="gold", kind="rm", spec="runs/rm/cpu"),
         help="who answers: an RM run, a labels file, a python callable, a chat endpoint or a style score")
@@ -90,6 +100,30 @@ def confidence_of(q_a: float, choice: int) -> int:
     return CONFIDENCE_NO_PREFERENCE - distance if choice == 0 else CONFIDENCE_NO_PREFERENCE + distance
 
 
+def pick_probabilities(scores: list[float], tau: float, temperature: float, random_rate: float) -> list[float]:
+    """P(the simulated labeler picks continuation i) for a best-of-N task whose judge scores are `scores`."""
+    n = len(scores)
+    if temperature == 0:
+        top = [i for i, v in enumerate(scores) if v == max(scores)]
+        sharp = [1.0 / len(top) if i in top else 0.0 for i in range(n)]
+    else:
+        z = [v / (tau * temperature) for v in scores]
+        e = [math.exp(v - max(z)) for v in z]
+        sharp = [v / sum(e) for v in e]
+    return [random_rate / n + (1.0 - random_rate) * q for q in sharp]
+
+
+def pick(scores: list[float], tau: float, temperature: float, random_rate: float, rng: random.Random) -> int:
+    """The index a simulated labeler picks as the best of a best-of-N task."""
+    q = pick_probabilities(scores, tau, temperature, random_rate)
+    u, acc = rng.random(), 0.0
+    for i, qi in enumerate(q):
+        acc += qi
+        if u < acc:
+            return i
+    return len(q) - 1
+
+
 def answer(p_judge: float, temperature: float, random_rate: float, rng: random.Random) -> tuple[int, int]:
     """(choice, confidence) of one simulated answer; choice 0 = summary a."""
     q = labeler_probability(p_judge, temperature, random_rate)
@@ -130,15 +164,69 @@ def task_summary(row: schema.Row, key: str) -> Summary:
     return Summary(schema.string(summary, "text", f"{key}."), schema.optional_string(summary, "policy", f"{key}."))
 
 
+def read_best_of_n_tasks(path: str) -> list[BestOfN]:
+    """Best-of-N tasks ({"id", "query", "samples"}; a "best" already there is ignored); errors name the line."""
+    tasks = []
+    for line, row in read_jsonl(path):
+        try:
+            tasks.append(schema.best_of_n({**row, "best": 0}))
+        except schema.FieldError as err:
+            raise DataError(path, line, err.field, err.problem) from None
+    if not tasks:
+        raise DataError(path, problem="no best-of-N tasks")
+    return tasks
+
+
+def is_best_of_n_file(path: str) -> bool:
+    for _, row in read_jsonl(path):
+        return isinstance(row, dict) and "samples" in row
+    return False
+
+
+def simulate_best_of_n(cfg: SimulateConfig, run: RunDir, judge, t_start: float) -> dict:
+    """Answer best-of-N tasks: the judge scores every continuation, the noise model picks one."""
+    tasks = read_best_of_n_tasks(cfg.pairs)
+    texts = [Text(c.text, c.eos) for t in tasks for c in t.samples]
+    posts = [t.post for t in tasks for _ in t.samples]
+    scores = judge.scores(posts, texts)
+    if scores is None:
+        raise ValueError(f"judge {cfg.judge.name} (kind {cfg.judge.kind}) compares but does not score: best-of-N "
+                         "tasks need a judge that scores each continuation (kind rm or style)")
+    rng, tau = random.Random(cfg.seed), float(getattr(judge, "tau", 1.0))
+    labels, top, longest, at = [], 0, 0, 0
+    for t in tasks:
+        s = scores[at : at + len(t.samples)]
+        at += len(t.samples)
+        best = pick(s, tau, cfg.temperature, cfg.random_rate, rng)
+        top += s[best] == max(s)
+        longest += len(t.samples[best].text) >= max(len(c.text) for c in t.samples)
+        labels.append(BestOfN(post=t.post, samples=t.samples, best=best, worker=cfg.worker or f"sim:{cfg.judge.name}",
+                              batch=cfg.batch, split="train", extra={"judge_scores": [round(v, 6) for v in s]}))
+    write_best_of_n(run.path / "best_of_n.jsonl", labels)
+    n = len(labels)
+    summary = {"stage": "simulate-labels", "kind": "best_of_n", "labels": n, "tasks": n,
+               "samples_per_task": len(tasks[0].samples), "agreement_with_judge": top / n,
+               "longest_chosen_rate": longest / n, "temperature": cfg.temperature, "random_rate": cfg.random_rate,
+               "judge": cfg.judge.spec, "labels_file": str(run.path / "best_of_n.jsonl"),
+               "wall_s": time.time() - t_start}
+    run.log_metrics(0, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    run.write_done(summary)
+    log.info("simulate-labels: %d best-of-%d labels, %.0f%% the judge's top pick, the longest in %.0f%%", n,
+             summary["samples_per_task"], 100 * top / n, 100 * longest / n)
+    return summary
+
+
 def simulate(cfg: SimulateConfig, out: str) -> dict:
     run = RunDir(out)
     if (done := run.open("simulate-labels", cfg)) is not None:
         return done
     t_start = time.time()
-    tasks = read_tasks(cfg.pairs)
     device = resolve_device(cfg.device)
     judge = build_judge(cfg.judge, run.path / "judge", lambda spec: load_reward_model(spec).to(device).eval(),
                         bf16=cfg.bf16)
+    if is_best_of_n_file(cfg.pairs):
+        return simulate_best_of_n(cfg, run, judge, t_start)
+    tasks = read_tasks(cfg.pairs)
     p_judge = judge.prefer([t.post for t in tasks], [Text(t.a.text) for t in tasks], [Text(t.b.text) for t in tasks])
     rng = random.Random(cfg.seed)
     comparisons, agree, longer, no_verdict = [], 0, 0, 0
@@ -169,4 +257,4 @@ def simulate(cfg: SimulateConfig, out: str) -> dict:
     return summary
 
 
-__all__ = ["SimulateConfig", "answer", "confidence_of", "labeler_probability", "read_tasks", "simulate"]
+__all__ = ["SimulateConfig", "answer", "pick", "pick_probabilities", "confidence_of", "labeler_probability", "read_tasks", "simulate"]

@@ -40,7 +40,7 @@ from rlhflab.core.config import require, setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.core.seed import seed_everything
-from rlhflab.data.format import format_query
+from rlhflab.data.format import format_queries
 from rlhflab.data.loaders import load_posts
 from rlhflab.models.device import autocast
 from rlhflab.models.generation import Generation, StopRule, decode_responses, generate, pad_queries, stop_rule
@@ -541,12 +541,15 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
 
 
 def load_queries(cfg: PPOConfig, tokenizer) -> tuple[list, list[str], list[list[int]]]:
-    """(posts, their formatted queries, the queries' token ids)."""
-    posts = list(load_posts(cfg.data.posts, format=cfg.data.format, limit=cfg.data.limit))
+    """(posts, their formatted queries, the queries' token ids); posts that cannot fit the budget are dropped."""
+    posts, query_texts, dropped = format_queries(load_posts(cfg.data.posts, format=cfg.data.format,
+                                                            limit=cfg.data.limit), tokenizer, cfg.data.max_query_tokens)
+    if dropped:
+        log.warning("%s: %d posts do not fit max_query_tokens=%d even cut, left out", cfg.data.posts, dropped,
+                    cfg.data.max_query_tokens)
     if len(posts) < cfg.rollout_batch_size:
         raise ValueError(f"{cfg.data.posts}: {len(posts)} posts, fewer than rollout_batch_size="
                          f"{cfg.rollout_batch_size}")
-    query_texts = [format_query(p, tokenizer, cfg.data.max_query_tokens) for p in posts]
     return posts, query_texts, [tokenizer.encode(q, add_special_tokens=False) for q in query_texts]
 
 

@@ -49,6 +49,7 @@ from rlhflab.data.splits import split_by_post
 from rlhflab.models.device import autocast
 from rlhflab.models.reward import (
     RewardModel,
+    load_reward_model,
     new_reward_model,
     normalise,
     normalise_groups,
@@ -122,6 +123,10 @@ class RewardData:
 class RewardConfig:
     model: str = setting("smollm2-135m", "an SFT run directory, embedded name, model directory or hub id")
     allow_partial: bool = setting(False, "start from an unfinished SFT run's last saved model")
+    init_from: str | None = setting(
+        None,
+        "an `rlhflab rm` run whose weights (backbone and head) this run continues from, e.g. online collection's "
+        "previous RM; None: a fresh head on `model`")
     seed: int = setting(1, "random seed (the order of the training batches, the fresh reward head)")
     data: RewardData = setting(default_factory=RewardData, help="the comparisons and how they are tokenised and split")
     optim: OptimConfig = setting(default_factory=OptimConfig,
@@ -269,9 +274,14 @@ def load_best_of_n_data(cfg: RewardConfig) -> tuple[list[BestOfN], list[BestOfN]
 def trainable_reward_model(cfg: RewardConfig, procs: Processes) -> tuple[RewardModel, int]:
     """The backbone of `cfg.model` with a fresh head on this process's device, lower layers frozen, decoder layers
     sharded under FSDP, in train mode -> (the model, its trainable parameter count)."""
-    rm = new_reward_model(cfg.model, max_query_tokens=cfg.data.max_query_tokens,
-                          max_response_tokens=cfg.data.max_response_tokens, seed=cfg.seed,
-                          allow_partial=cfg.allow_partial)
+    if cfg.init_from:  # continue training an RM (its normalisation is redone at the end)
+        rm = load_reward_model(cfg.init_from)
+        rm.max_query_tokens, rm.max_response_tokens = cfg.data.max_query_tokens, cfg.data.max_response_tokens
+        rm.bias.zero_()
+    else:
+        rm = new_reward_model(cfg.model, max_query_tokens=cfg.data.max_query_tokens,
+                              max_response_tokens=cfg.data.max_response_tokens, seed=cfg.seed,
+                              allow_partial=cfg.allow_partial)
     rm.to(procs.device)
     freeze_lower_layers(rm.lm, cfg.freeze_layers)
     # every loss here sees only r_chosen − r_rejected, so the head's bias has a zero gradient in exact arithmetic;

@@ -243,3 +243,31 @@ def test_embedded_logprobs_match_recomputation(embedded):
                    generator=torch.Generator().manual_seed(0))
     recomputed = response_logprobs(model, gen.query_response, gen.attention_mask, ids.shape[1], 0.7)
     torch.testing.assert_close(recomputed, gen.logprobs, atol=1e-4, rtol=0)
+
+
+def test_stop_rule_ends_responses_at_the_first_stop_token_at_or_after_n(tiny):
+    from rlhflab.models.generation import stop_rule
+
+    model, tok = tiny
+    rule = stop_rule(tok, ".", after=3)
+    dot = tok.encode(".", add_special_tokens=False)[0]
+    assert dot in rule.token_ids and tok.eos_token_id not in rule.token_ids
+    ids, mask = pad_queries(tok, [tok.encode("q" * n) for n in (3, 5, 8, 2)])
+    handle = eos_biased(model, dot, 4.0)  # "." is likely a step, so it comes both before and after position 3
+    try:
+        gen = generate(model, tok, ids, mask, max_new_tokens=10, temperature=1.0, stop_at_eos=False,
+                       generator=torch.Generator().manual_seed(2), stop=rule)
+        recomputed = response_logprobs(model, gen.query_response, gen.attention_mask, ids.shape[1], 1.0)
+    finally:
+        handle.remove()
+    assert gen.stopped is not None and gen.stopped.any()
+    for b in range(gen.response.shape[0]):
+        n, row = int(gen.response_mask[b].sum()), gen.response[b].tolist()
+        if gen.stopped[b]:
+            assert row[n - 1] in rule.token_ids and n - 1 >= 3  # the stop token is kept, at position >= 3
+            assert not any(t in rule.token_ids for t in row[3 : n - 1])  # and it is the first one from there
+            assert row[n:] == [tok.pad_token_id] * (10 - n)
+    assert torch.equal(gen.ended, gen.eos | gen.stopped)
+    torch.testing.assert_close(recomputed, gen.logprobs, atol=1e-4, rtol=0)
+    texts = decode_responses(tok, gen)
+    assert all(t.endswith(".") for t, s in zip(texts, gen.stopped.tolist()) if s)

@@ -339,3 +339,37 @@ def test_a_pairwise_loss_on_best_of_n_labels_is_refused_naming_the_key(tmp_path)
     labels = write_jsonl(tmp_path / "bo4.jsonl", synthetic_best_of_4(4))
     with pytest.raises(ValueError, match="loss"):
         tiny_cfg(tmp_path, **{"data.comparisons": labels, "loss": "pairwise"}).resolved_loss()
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda r: r.update(best=4), "best"),
+    (lambda r: r.update(samples=r["samples"][:1]), "samples"),
+    (lambda r: r["samples"][2].update(eos="yes"), "samples[2].eos"),
+])
+def test_bad_best_of_4_row_is_a_clear_cli_error_naming_the_line(tmp_path, capsys, mutate, field):
+    rows = synthetic_best_of_4(6)
+    mutate(rows[3])
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    code = main(["rm", "--config", "configs/rm/tiny.yaml", "--out", str(tmp_path / "run"), f"data.comparisons={path}",
+                 "normalise_on=labels"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "line 4" in err and f"'{field}'" in err and "Traceback" not in err, err
+
+
+def test_init_from_continues_the_previous_rms_weights(tmp_path):
+    """Online collection: the next round's RM starts from the last one's backbone and head, not a fresh head."""
+    labels = write_jsonl(tmp_path / "bo4.jsonl", synthetic_best_of_4())
+    first = tiny_cfg(tmp_path, **{"data.comparisons": labels, "normalise_on": "labels", "epochs": 2})
+    train(first, str(tmp_path / "rm1"))
+    rm1 = load_reward_model(tmp_path / "rm1")
+    # one step at a negligible learning rate: the weights are rm1's; a fresh start would have the seed's head
+    tiny_lr = {"data.comparisons": labels, "normalise_on": "labels", "max_steps": 1, "optim.lr": 1e-12}
+    train(tiny_cfg(tmp_path, **tiny_lr, init_from=tmp_path / "rm1"), str(tmp_path / "rm2"))
+    train(tiny_cfg(tmp_path, **tiny_lr), str(tmp_path / "fresh"))
+    rm2, fresh = load_reward_model(tmp_path / "rm2"), load_reward_model(tmp_path / "fresh")
+    torch.testing.assert_close(rm2.head.weight, rm1.head.weight, atol=1e-6, rtol=0)
+    for name, p in rm1.lm.named_parameters():
+        torch.testing.assert_close(dict(rm2.lm.named_parameters())[name], p, atol=1e-6, rtol=0)
+    assert (fresh.head.weight - rm1.head.weight).abs().max() > 1e-3
+    assert "init_from" in (tmp_path / "rm2" / "config.yaml").read_text()

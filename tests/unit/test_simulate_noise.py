@@ -49,3 +49,21 @@ def test_answers_follow_the_labelers_probability():
     assert share_a == pytest.approx(0.8, abs=0.03)
     assert all((conf < 5) == (c == 0) for c, conf in answers)  # never contradicts its choice
     assert {conf for c, conf in answers if c == 0} == {3}  # q = 0.8 → distance round(2.4) = 2
+
+
+def test_best_of_n_pick_probabilities_by_hand():
+    from rlhflab.eval.simulate import pick, pick_probabilities
+
+    scores = [0.2, 0.5, -0.1, 0.5]
+    # temperature 0: the judge's top score, ties shared
+    assert pick_probabilities(scores, 1.0, 0.0, 0.0) == [0.0, 0.5, 0.0, 0.5]
+    # softmax of s / (tau * T), then mixed with random_rate / N
+    z = [math.exp(s / 0.5) for s in scores]
+    expected = [0.2 / 4 + 0.8 * v / sum(z) for v in z]
+    assert pick_probabilities(scores, 1.0, 0.5, 0.2) == pytest.approx(expected)
+    # N = 2 is the pairwise labeler: P(a) = σ(logit(p) / T) with p = σ(s_a − s_b)
+    p_a = 1 / (1 + math.exp(-(0.9 - 0.3)))
+    assert pick_probabilities([0.9, 0.3], 1.0, 0.7, 0.1)[0] == pytest.approx(labeler_probability(p_a, 0.7, 0.1))
+    rng = random.Random(0)
+    picks = [pick(scores, 1.0, 0.5, 0.2, rng) for _ in range(20000)]
+    assert [picks.count(i) / len(picks) for i in range(4)] == pytest.approx(expected, abs=0.015)

@@ -1,0 +1,190 @@
+"""Ziegler et al. (2019)'s mock stylistic-continuation experiment on 2 CPU cores: does labels → RM → PPO learn the judge?
+
+A style judge (VADER sentiment, or Empath descriptiveness) plays the labeler. Every arm is measured the same way
+by `rlhflab style-eval` on the held-out books (data.schema.HELDOUT_BOOKS): the judge's mean score of sampled and
+greedy continuations, and KL from the base model.
+
+    (a) base         the embedded pretrained model (SmolLM2-135M-Instruct), no training
+    (b) ppo_judge    PPO directly on the judge: the upper bound
+    (c) ppo_rm_Nk    PPO on an RM trained from N offline best-of-4 labels of the base model's continuations
+    (d) online_5k    the pipeline's online mode: 5 rounds of 1k labels from the current policy, the RM continuing
+                     from its last weights, PPO's updates split over the rounds (the same 40 in all)
+    (e) best_of_16   16 continuations of the base model, the one the 5k RM scores highest
+
+Every arm's PPO has the same budget (configs/ppo/<task>.yaml: 40 updates of 16 episodes). The labels: continuations
+of ~1,700 shuffled training passages at T=0.7 (12 a passage, 3 tasks each), answered by `rlhflab simulate-labels` with
+the judge at temperature 0.1; the RMs' held-out top-1 accuracy is measured on 100 tasks of the held-out books.
+
+    python benchmarks/ziegler.py --task sentiment [--arms base,ppo_judge,...] [--out runs/ziegler]
+
+Each step is an ordinary `rlhflab` command (printed before it runs) into its own run directory, skipped when done,
+so an interrupted benchmark resumes. Writes benchmarks/results/ziegler_<task>.json and ziegler_<task>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rlhflab.data.jsonl import read_jsonl, write_jsonl  # noqa: E402
+from rlhflab.data.loaders import load_posts, load_samples, write_posts  # noqa: E402
+from rlhflab.data.pairs import best_of_n_tasks  # noqa: E402
+from rlhflab.data.schema import HELDOUT_BOOKS  # noqa: E402
+
+BOOKS = "../shared/data/books/passages.jsonl.gz"
+LABEL_COUNTS = {"1k": 1000, "2k": 2000, "5k": 5000}
+ALL_ARMS = ["base", "ppo_judge", "ppo_rm_1k", "ppo_rm_2k", "ppo_rm_5k", "online_5k", "best_of_16"]
+COMMANDS: list[str] = []
+
+
+def rlhflab(*args: str) -> None:
+    """Run one `rlhflab` command (skipped by the stage itself when its run directory is DONE)."""
+    cmd = [sys.executable, "-m", "rlhflab", *args]
+    COMMANDS.append(shlex.join(["rlhflab", *args]))
+    print("+ " + COMMANDS[-1], flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def prompts(out: Path) -> tuple[Path, Path]:
+    """The training passages shuffled (seed 0), so any prefix of the labels covers every training book; and the
+    held-out passages shuffled, for the RM's held-out labels."""
+    files = []
+    for fmt in ("books-train", "books-heldout"):
+        path = out / "data" / f"{fmt}.jsonl"
+        if not path.exists():
+            posts = list(load_posts(REPO / BOOKS, format=fmt))
+            random.Random(0).shuffle(posts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_posts(path, posts)
+        files.append(path)
+    return files[0], files[1]
+
+
+def labels(out: Path, task: str, name: str, posts: Path, limit: int, n: int) -> Path:
+    """Continuations of the base model → best-of-4 tasks → the judge's (simulated) picks."""
+    run = out / name
+    rlhflab("sample", "--config", "configs/sample/books.yaml", "--out", str(run / "sample"), f"posts={posts}",
+            "format=posts", f"limit={limit}", f"n={n}", "policy_name=base")
+    tasks = run / "tasks.jsonl"
+    if not tasks.exists():
+        write_jsonl(tasks, best_of_n_tasks(list(load_samples(run / "sample" / "samples.jsonl")), 4))
+    rlhflab("simulate-labels", "--out", str(run / "labels"), f"pairs={tasks}", f"judge.name={task}",
+            "judge.kind=style", f"judge.spec={task}", "temperature=0.1", f"batch={name}")
+    return run / "labels" / "best_of_n.jsonl"
+
+
+def label_prefixes(out: Path, all_labels: Path) -> dict[str, Path]:
+    rows = [row for _, row in read_jsonl(all_labels)]
+    random.Random(1).shuffle(rows)  # the prefixes are nested random subsets
+    files = {}
+    for key, n in LABEL_COUNTS.items():
+        files[key] = out / "labels" / f"labels_{key}.jsonl"
+        if not files[key].exists():
+            if len(rows) < n:
+                raise SystemExit(f"{all_labels}: {len(rows)} labels, fewer than {n}")
+            write_jsonl(files[key], rows[:n])
+    return files
+
+
+def run_arms(task: str, arms: list[str], out: Path) -> dict[str, str]:
+    """Train what the arms need; return {arm: policy or best-of spec} for style-eval."""
+    ppo_cfg = f"configs/ppo/{task}.yaml"
+    policies = {"base": "smollm2-135m"}
+    if "ppo_judge" in arms:
+        rlhflab("ppo", "--config", ppo_cfg, "--out", str(out / "ppo_judge"), f"reward=style:{task}")
+        policies["ppo_judge"] = str(out / "ppo_judge")
+    rm_arms = [a for a in arms if a.startswith("ppo_rm_") or a == "best_of_16"]
+    if rm_arms:
+        train_posts, heldout_posts = prompts(out)
+        all_labels = labels(out, task, "labels", train_posts, 1850, 12)  # ~1700 fit: 5,000+ tasks
+        dev = labels(out, task, "dev_labels", heldout_posts, 100, 4)
+        prefixes = label_prefixes(out, all_labels)
+        for key in LABEL_COUNTS:
+            if f"ppo_rm_{key}" in arms or (key == "5k" and "best_of_16" in arms):
+                rlhflab("rm", "--config", "configs/rm/sentiment.yaml", "--out", str(out / f"rm_{key}"),
+                        f"data.comparisons={prefixes[key]}", f"data.dev={dev}")
+                rlhflab("rm-eval", "--out", str(out / f"rm_eval_{key}"), f"model={out / f'rm_{key}'}",
+                        f"comparisons={dev}", "batch_size=64")
+            if f"ppo_rm_{key}" in arms:
+                rlhflab("ppo", "--config", ppo_cfg, "--out", str(out / f"ppo_rm_{key}"), f"reward={out / f'rm_{key}'}")
+                policies[f"ppo_rm_{key}"] = str(out / f"ppo_rm_{key}")
+    if "online_5k" in arms:
+        rlhflab("run", f"configs/pipeline/{task}.yaml", "--out", str(out / "online_5k"))
+        policies["online_5k"] = str(out / "online_5k" / "round_5" / "ppo")
+    return policies
+
+
+def style_eval(task: str, policies: dict[str, str], arms: list[str], out: Path) -> dict:
+    overrides = [f"judge={task}"]
+    entries = [{"name": name, "model": model} for name, model in policies.items()]
+    if "best_of_16" in arms:
+        entries.append({"name": "best_of_16", "model": "smollm2-135m", "best_of": 16, "reward": str(out / "rm_5k")})
+    cfg = out / f"style_eval_{task}.yaml"
+    cfg.write_text(json.dumps({"policies": entries, "judge": task, "limit": 128, "samples": 2}))
+    rlhflab("style-eval", "--config", str(cfg), "--out", str(out / "eval"), *overrides[1:])
+    return json.loads((out / "eval" / "report.json").read_text())
+
+
+def result(task: str, report: dict, out: Path, wall_s: float) -> dict:
+    arms = {k: {"judge_score": v["judge_score"], "judge_score_greedy": v.get("judge_score_greedy"),
+                "judge_score_ci": v.get("judge_score_ci"), "kl": v["kl"], "mean_tokens": v.get("mean_tokens"),
+                "ended_rate": v.get("ended_rate")} for k, v in report["arms"].items()}
+    base, judge, rm5 = (arms.get(k, {}).get("judge_score") for k in ("base", "ppo_judge", "ppo_rm_5k"))
+    recovered = (rm5 - base) / (judge - base) if None not in (base, judge, rm5) and judge != base else None
+    kl_ratio = (arms["ppo_rm_5k"]["kl"] / arms["ppo_judge"]["kl"]) if recovered is not None else None
+    accuracy = {}
+    for key in LABEL_COUNTS:
+        rep = out / f"rm_eval_{key}" / "report.json"
+        if rep.exists():
+            r = json.loads(rep.read_text())
+            accuracy[key] = {"top1_accuracy": r["top1_accuracy"], "chance": r["chance"],
+                             "longest_wins_accuracy": r["longest_wins_accuracy"], "n_labels": r["n_labels"]}
+    return {
+        "task": task, "judge": report["judge"], "arms": arms, "missing_arms": [a for a in ALL_ARMS if a not in arms],
+        "recovered_fraction_5k": recovered, "kl_ratio_5k_to_judge": kl_ratio,
+        "goal": "with 5k labels, ppo_rm_5k recovers >= 70% of ppo_judge's judge-score gain over base at a KL "
+                "within 1.5x of ppo_judge's",
+        "goal_met": None if recovered is None else bool(recovered >= 0.7 and kl_ratio <= 1.5),
+        "rm_top1_accuracy_5k": accuracy.get("5k", {}).get("top1_accuracy"), "rm_heldout_accuracy": accuracy,
+        "heldout_books": list(HELDOUT_BOOKS), "n_heldout_prompts": report["n_prompts"],
+        "judge_score_definition": "mean judge score of 2 sampled continuations (T=0.7) of each of the held-out "
+                                  "prompts; judge_score_greedy: of the greedy one; kl: nats per continuation from "
+                                  "the base model on the policy's own samples (best-of-16: log 16 - 15/16)",
+        "commands": COMMANDS, "wall_s": wall_s,
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "plot": f"benchmarks/results/ziegler_{task}.png",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["sentiment", "descriptiveness"], default="sentiment")
+    parser.add_argument("--arms", default=",".join(ALL_ARMS), help="comma-separated, from " + ", ".join(ALL_ARMS))
+    parser.add_argument("--out", default="runs/ziegler")
+    parser.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    args = parser.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    out = REPO / args.out / args.task
+    t0 = time.time()
+    policies = run_arms(args.task, arms, out)
+    report = style_eval(args.task, policies, arms, out)
+    res = result(args.task, report, out, time.time() - t0) | {"note": args.note}
+    results = REPO / "benchmarks" / "results"
+    (results / f"ziegler_{args.task}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (results / f"ziegler_{args.task}.png").write_bytes((out / "eval" / "style.png").read_bytes())
+    print(json.dumps({k: res[k] for k in ("recovered_fraction_5k", "kl_ratio_5k_to_judge", "goal_met",
+                                          "rm_top1_accuracy_5k")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
