@@ -109,7 +109,7 @@ def run_arms(task: str, arms: list[str], out: Path) -> dict[str, str]:
         all_labels = labels(out, task, "labels", train_posts, 1850, 12)  # ~1700 fit: 5,000+ tasks
         dev = labels(out, task, "dev_labels", heldout_posts, 100, 4)
         prefixes = label_prefixes(out, all_labels)
-        for key in LABEL_COUNTS:
+        for key in ("5k", "1k", "2k"):  # the goal's arm first
             if f"ppo_rm_{key}" in arms or (key == "5k" and "best_of_16" in arms):
                 rlhflab("rm", "--config", "configs/rm/sentiment.yaml", "--out", str(out / f"rm_{key}"),
                         f"data.comparisons={prefixes[key]}", f"data.dev={dev}")

@@ -304,7 +304,8 @@ def make_pairs(cfg: PipelineConfig, sample_dir: Path, pairs: Path) -> str:
         write_jsonl(pairs, rows)
         return f"{len(rows)} best-of-{cfg.samples_per_task} tasks from {len(samples)} continuations"
     wanted = {s.post_id for s in samples}
-    limit = None if cfg_used.get("limit") is None else cfg_used.get("offset", 0) + cfg_used["limit"]
+    shuffled = cfg_used.get("shuffle_seed") is not None  # the posts came from anywhere in the file
+    limit = None if cfg_used.get("limit") is None or shuffled else cfg_used.get("offset", 0) + cfg_used["limit"]
     posts = {p.id: p for p in load_posts(cfg_used["posts"], format=cfg_used.get("format", "auto"), limit=limit)
              if p.id in wanted}
     rows = pair_samples(samples, posts, cfg.pairs_per_post)

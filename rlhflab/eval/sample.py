@@ -7,6 +7,7 @@ it stopped and never writes a summary twice.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ class SampleConfig:
     format: str = setting("auto", "format of the posts file: auto | tldr | cnndm | posts")
     limit: int | None = setting(None, "sample only N posts after `offset` (None: all)")
     offset: int = setting(0, "skip the first `offset` posts (a pipeline's later rounds sample new posts)")
+    shuffle_seed: int | None = setting(
+        None, "shuffle the posts with this seed before offset/limit (e.g. so every round meets every book)")
     n: int = setting(1, "summaries per post")
     temperature: float = setting(0.0, "0 = greedy (the paper's evaluation setting)")
     top_p: float = setting(1.0, "nucleus sampling: keep the smallest set of tokens with this probability (1: off)")
@@ -50,6 +53,16 @@ class SampleConfig:
     bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     allow_partial: bool = setting(False, "sample from an unfinished run's last checkpoint")
+
+
+def chosen_posts(cfg: SampleConfig) -> list[Post]:
+    """The posts after `offset`, `limit` of them — of the file's order, or of a seeded shuffle of all of it."""
+    if cfg.shuffle_seed is None:
+        limit = None if cfg.limit is None else cfg.offset + cfg.limit
+        return list(load_posts(cfg.posts, format=cfg.format, limit=limit))[cfg.offset :]
+    posts = list(load_posts(cfg.posts, format=cfg.format))
+    random.Random(cfg.shuffle_seed).shuffle(posts)
+    return posts[cfg.offset :] if cfg.limit is None else posts[cfg.offset : cfg.offset + cfg.limit]
 
 
 def policy_name(cfg: SampleConfig) -> str:
@@ -71,9 +84,7 @@ def sample(cfg: SampleConfig, out: str) -> dict:
 
     model, tokenizer = load_model(cfg.model, allow_partial=cfg.allow_partial)
     model.to(resolve_device(cfg.device)).eval()
-    limit = None if cfg.limit is None else cfg.offset + cfg.limit
-    posts, _, dropped = format_queries(list(load_posts(cfg.posts, format=cfg.format, limit=limit))[cfg.offset :],
-                                       tokenizer, cfg.max_query_tokens)
+    posts, _, dropped = format_queries(chosen_posts(cfg), tokenizer, cfg.max_query_tokens)
     if dropped:
         log.warning("sample: %d posts do not fit max_query_tokens=%d even cut, left out", dropped,
                     cfg.max_query_tokens)
