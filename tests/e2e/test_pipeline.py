@@ -106,3 +106,27 @@ def test_a_pipeline_on_imported_labels_samples_nothing_and_trains_on_every_round
     rm = json.loads((out / "round_2" / "rm" / "DONE.json").read_text())
     assert rm["train_pairs"] + rm["dev_pairs"] <= 40 and rm["train_pairs"] > 24
     assert json.loads((out / "eval" / "DONE.json").read_text())["judge"] == "rm"  # no gold judge without gold
+
+
+@pytest.mark.slow
+def test_ziegler_sentiment_online_pipeline_on_tiny_models(tmp_path, shared_data):
+    """configs/pipeline/sentiment-tiny.yaml: no SFT, best-of-4 tasks of book continuations answered by VADER,
+    online collection (round 2's RM continues from round 1's on round 2's labels alone), style-eval at the end."""
+    out, log = tmp_path / "z", tmp_path / "z.log"
+    text = finish(rlhflab("run", "configs/pipeline/sentiment-tiny.yaml", "--out", str(out), log=log), log)
+    assert "[13/13] style-eval" in text and not (out / "sft").exists()
+    labels = [json.loads(line) for line in (out / "round_2" / "labels" / "best_of_n.jsonl").read_text().splitlines()]
+    assert labels and all(len(r["samples"]) == 4 and 0 <= r["best"] < 4 for r in labels)
+    assert all(r["samples"][r["best"]]["text"] for r in labels)
+    # online: the second RM starts from the first one's weights, on the new labels only
+    rm2 = (out / "configs" / "round_2_rm.yaml").read_text()
+    assert f"init_from: {out / 'round_1' / 'rm'}" in rm2
+    assert len((out / "round_2" / "comparisons.jsonl").read_text().splitlines()) == len(labels)
+    assert json.loads((out / "round_2" / "rm" / "DONE.json").read_text())["loss"] == "best_of_n"
+    ppo_cfg = (out / "round_2" / "ppo" / "config.yaml").read_text()
+    assert "stop_token: ." in ppo_cfg and "policy_init:" in ppo_cfg
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert set(report["arms"]) == {"base", "ppo"} and report["judge"] == "sentiment"
+    assert report["arms"]["base"]["kl"] == pytest.approx(0.0, abs=1e-6)  # the base model is the KL reference
+    assert report["arms"]["ppo"]["kl"] > 0 and -1 <= report["arms"]["ppo"]["judge_score"] <= 1
+    assert set(report["heldout_books"]) <= {"Mansfield Park", "Little Men"} and (out / "eval" / "style.png").exists()
