@@ -410,7 +410,8 @@ def stage_setting(spec: StageSpec, key: str, default: Any) -> Any:
 def remaining_tasks(board: dict[str, Any]) -> tuple[int, int]:
     """(tasks still needing labels, all tasks) from `rlhflab label stats` output."""
     tasks = board.get("tasks") or {}
-    total = int(tasks.get("comparison", 0)) - int(tasks.get("gold", 0))  # gold tasks are the researchers'
+    labelled = int(tasks.get("comparison", 0)) + int(tasks.get("best_of_n", 0))  # the kinds a round collects
+    total = labelled - int(tasks.get("gold", 0))  # gold tasks are the researchers'
     return total - int(tasks.get("complete", 0)), total
 
 

@@ -56,3 +56,32 @@ def test_settings_that_cannot_work_are_refused_before_anything_runs():
     cfg.labels.files = ["configs/pipeline/tiny.yaml", "nope.jsonl"]
     with pytest.raises(PipelineError, match="not found: nope.jsonl"):
         validate(cfg)
+
+
+def test_remaining_tasks_counts_best_of_n_tasks_too():
+    assert remaining_tasks({"tasks": {"comparison": 0, "best_of_n": 6, "gold": 1, "complete": 2}}) == (3, 5)
+
+
+def test_best_of_n_tasks_group_each_posts_samples_and_carry_the_query():
+    from rlhflab.data.pairs import best_of_n_tasks
+    from rlhflab.data.records import Sample
+
+    def smp(post: str, i: int, text: str) -> Sample:
+        return Sample(post_id=post, policy="base", text=text, n_tokens=3, index=i, eos=False,
+                      extra={"query": f"Query {post}."})
+
+    samples = [smp("a", i, f" a{i}.") for i in range(9)] + [smp("b", i, " " if i == 2 else f" b{i}.") for i in range(4)]
+    rows = best_of_n_tasks(samples, 4)
+    assert [(r["id"], [s["text"] for s in r["samples"]]) for r in rows] == [
+        ("a", [" a0.", " a1.", " a2.", " a3."]), ("a", [" a4.", " a5.", " a6.", " a7."])]  # a8 left over; b empty
+    assert rows[0]["query"] == "Query a." and rows[0]["samples"][0]["eos"] is False
+    with pytest.raises(ValueError, match="write_query"):
+        best_of_n_tasks([Sample("c", "base", " x", 1, i) for i in range(4)], 4)
+
+
+def test_validate_needs_base_model_when_sft_is_skipped():
+    from rlhflab.pipeline import StageSpec
+
+    with pytest.raises(PipelineError, match="base_model"):
+        validate(PipelineConfig(sft=StageSpec(skip=True), sample=StageSpec(None), rm=StageSpec(None),
+                                ppo=StageSpec(None), eval=StageSpec(None)))
