@@ -170,3 +170,15 @@ def test_response_end_mask_without_stop_tokens_is_the_eos_mask():
     mask, ended_eos, stopped = response_end_mask(response, 0)
     assert torch.equal(mask, mask_after_eos(response, 0))
     assert ended_eos.tolist() == [True, False] and stopped.tolist() == [False, False]
+
+
+def test_response_end_mask_at_zieglers_settings_dot_at_or_after_token_16():
+    from rlhflab.ops.ppo import response_end_mask
+
+    eos, dot, w = 0, 13, 5  # w: any word token
+    early_dot = [w] * 10 + [dot] + [w] * 5 + [w, dot] + [w] * 6  # "." at 10 (too early) and at 17
+    exactly_16 = [w] * 16 + [dot] + [w] * 7  # "." at position 16 ends it
+    never = [w] * 15 + [dot] + [w] * 8  # "." only at 15: the continuation never ends (no-EOS penalty)
+    mask, ended_eos, stopped = response_end_mask(torch.tensor([early_dot, exactly_16, never]), eos, (dot,), 16)
+    assert mask.sum(1).tolist() == [18, 17, 24]
+    assert stopped.tolist() == [True, True, False] and not ended_eos.any()
