@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import traceback
 import typing
 
 from rlhflab.core.config import ConfigError, load_config
@@ -154,6 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, RunError) as err:  # bad input: say what and where, no traceback
         print(f"rlhflab {args.command}: {err}", file=sys.stderr)
         return 2
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        # the user's config or data (a budget no post fits, a missing file, ...): one message, exit 2
+        print(f"rlhflab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nrlhflab {args.command}: interrupted; the same command resumes from the last checkpoint",
+              file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - anything else is a bug: the traceback, and say so
+        traceback.print_exc()
+        print(f"rlhflab {args.command}: internal error — this is a bug in rlhflab, not in your config or data; "
+              "please report it with the traceback above", file=sys.stderr)
+        return 1
     finally:  # under `accelerate launch`: leave the process group before exit, not during interpreter shutdown
         leave_process_group()
     return 0

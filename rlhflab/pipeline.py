@@ -44,8 +44,9 @@ import yaml
 from rlhflab.core.config import parse_override, read_yaml_mapping, setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import atomic_write_text
-from rlhflab.data.jsonl import is_gzip, write_jsonl
+from rlhflab.data.jsonl import DataError, is_gzip, write_jsonl
 from rlhflab.data.loaders import load_posts, load_samples
+from rlhflab.data.preflight import check_files, labels_check, posts_check
 from rlhflab.data.pairs import best_of_n_tasks, pairs_in_order, samples_by_post
 from rlhflab.data.records import Post, Sample
 
@@ -407,6 +408,40 @@ def stage_setting(spec: StageSpec, key: str, default: Any) -> Any:
     return value
 
 
+# the data files each stage's config names, checked before the pipeline's first stage runs: (stage, key, kind)
+STAGE_FILES = [("sft", "data.train", "posts"), ("sft", "data.eval", "posts"), ("gold", "data.comparisons", "labels"),
+               ("gold", "normalise_on", "posts"), ("sample", "posts", "posts"), ("rm", "normalise_on", "posts"),
+               ("ppo", "data.posts", "posts"), ("eval", "posts", "posts"), ("eval", "transfer.posts", "posts")]
+
+
+def stage_value(spec: StageSpec, key: str) -> Any:
+    """A (dotted) setting of a stage as configured: its YAML, then its overrides; None if neither sets it."""
+    value: Any = read_yaml_mapping(Path(spec.config)) if spec.config else {}
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    for override in spec.overrides:
+        k, v = parse_override(override)
+        value = v if k == key else value
+    return value
+
+
+def check_stage_files(cfg: PipelineConfig) -> None:
+    """Every data file a stage's config or the labels section names opens and its first rows parse — before
+    hours of SFT and PPO run ahead of the stage that would read it. Errors name the stage's key and the line."""
+    checks = []
+    for stage, key, kind in STAGE_FILES:
+        spec: StageSpec = getattr(cfg, stage)
+        value = stage_value(spec, key)
+        if spec.skip or not isinstance(value, str) or value == "labels":
+            continue
+        fmt = stage_value(spec, key.rpartition(".")[0] + ".format" if "." in key else "format") or "auto"
+        check = posts_check if kind == "posts" else labels_check
+        checks.append(check(f"{stage}.{key}", value, fmt) if kind == "posts" else check(f"{stage}.{key}", value))
+    if cfg.labels.source == "import":
+        checks += [labels_check(f"labels.files[{i}]", f) for i, f in enumerate(cfg.labels.files)]
+    check_files(checks)
+
+
 def remaining_tasks(board: dict[str, Any]) -> tuple[int, int]:
     """(tasks still needing labels, all tasks) from `rlhflab label stats` output."""
     tasks = board.get("tasks") or {}
@@ -444,6 +479,10 @@ def validate(cfg: PipelineConfig) -> None:
         missing = [f for f in files if not Path(f).is_file()]
         if missing:
             raise PipelineError(f"labels.files: not found: {', '.join(missing)}")
+    try:
+        check_stage_files(cfg)
+    except DataError as err:
+        raise PipelineError(str(err)) from None
     if cfg.labels.source == "simulated" and cfg.gold.skip:
         sim = cfg.labels.simulate
         judge = (read_yaml_mapping(Path(sim.config)) if sim.config else {}).get("judge")

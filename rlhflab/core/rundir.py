@@ -104,18 +104,37 @@ class RunDir:
         return None
 
     def start(self, stage: str, cfg: Any) -> None:
-        """Create the directory and write config.yaml (resolved config + git revision) before step 0."""
+        """Create the directory and write config.yaml (resolved config + git revision) before step 0.
+
+        Resuming, the config must be the one the run started with — except the keys the stage's config class
+        lists in `RESUMABLE` (settings that only affect the steps still to come: logging, checkpoint periods,
+        the RM's normalisation...). A change to those is taken and recorded in config.yaml's `changes` (key, old
+        and new value, the last logged step); a change to any other key is refused with the diff."""
         self.path.mkdir(parents=True, exist_ok=True)
-        if self.config_path.exists():  # resuming: the config must be the one the run started with
-            old = self.read_config()
-            changed = _diff(old.get("config", {}), to_dict(cfg))
-            if old.get("stage") != stage or changed:
-                what = f"stage {old.get('stage')} -> {stage}" if old.get("stage") != stage else ", ".join(changed)
-                raise RunError(f"{self.path}: exists with a different config ({what}); use a new --out to start "
-                               "a new run, or the same config to resume this one")
+        if not self.config_path.exists():
+            doc = {"stage": stage, "git_revision": git_revision(), "config": to_dict(cfg)}
+            atomic_write_text(self.config_path, yaml.safe_dump(doc, sort_keys=False))
             return
-        doc = {"stage": stage, "git_revision": git_revision(), "config": to_dict(cfg)}
-        atomic_write_text(self.config_path, yaml.safe_dump(doc, sort_keys=False))
+        old = self.read_config()
+        if old.get("stage") != stage:
+            raise RunError(f"{self.path}: holds another stage (stage {old.get('stage')} -> {stage}); use a new --out")
+        changes = config_changes(old.get("config", {}), to_dict(cfg))
+        if not changes:
+            return
+        allowed = tuple(getattr(type(cfg), "RESUMABLE", ()))
+        refused = [c for c in changes if not any(c[0] == k or c[0].startswith(k + ".") for k in allowed)]
+        if refused:
+            diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in refused)
+            raise RunError(f"{self.path}: exists with a different config ({diff}); these keys change what is already "
+                           f"done, so use a new --out to start a new run, or the same values to resume"
+                           + (f" (keys that may change on resume: {', '.join(allowed)})" if allowed else ""))
+        step = self.read_metrics()[-1]["step"] if self.metrics_path.exists() and self.read_metrics() else 0
+        old["changes"] = [*old.get("changes", []), *({"key": k, "old": a, "new": b, "at_step": step}
+                                                     for k, a, b in changes)]
+        old["config"] = to_dict(cfg)
+        atomic_write_text(self.config_path, yaml.safe_dump(old, sort_keys=False))
+        log.warning("%s: resuming with %s (recorded in config.yaml)", self.path,
+                    "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes))
 
     def read_config(self) -> dict[str, Any]:
         if not self.config_path.exists():
@@ -160,14 +179,13 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "config.yaml").exists()
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config mappings."""
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every leaf that differs between two nested config mappings."""
     if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [d for k in keys for d in _diff(old.get(k), new.get(k), f"{prefix}{k}.")]
+        return [c for k in sorted(set(old) | set(new)) for c in config_changes(old.get(k), new.get(k), f"{prefix}{k}.")]
     if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
         old, new = list(old), list(new)
-    return [] if old == new else [prefix.rstrip(".")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 def _plain(value: Any) -> Any:

@@ -202,12 +202,12 @@ def _open_source(source: str | Path, *, split: str, config: str | None) -> tuple
         return str(source), "line", scan_jsonl(path)
     if path.exists():
         raise DataError(source, problem="is a directory; pass a .jsonl, .jsonl.gz or .json file")
-    if isinstance(source, Path) or _looks_local(str(source)):
+    if isinstance(source, Path) or looks_local(str(source)):
         raise DataError(source, problem="no such file")
     return str(source), "row", _hub_rows(str(source), config, split)
 
 
-def _looks_local(source: str) -> bool:
+def looks_local(source: str) -> bool:
     """A name that cannot be a hub id (owner/name): it has a file suffix, or starts like a path."""
     return source.endswith(_LOCAL_SUFFIXES) or source.startswith(("/", ".", "~")) or source.count("/") > 1 \
         or os.sep != "/" and os.sep in source

@@ -30,8 +30,9 @@ from rlhflab.core.config import setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, RunError, atomic_write_text, is_run_dir
 from rlhflab.core.seed import seed_everything
-from rlhflab.data.format import format_query
+from rlhflab.data.format import format_queries, format_query
 from rlhflab.data.loaders import load_posts
+from rlhflab.data.preflight import check_files, posts_check
 from rlhflab.data.records import Post, Sample
 from rlhflab.data.resumable import ResumableRows, append_rows, dumps_rows, pending_batches, read_rows
 from rlhflab.models.device import autocast, resolve_device
@@ -131,8 +132,9 @@ def best_of_n(cfg: BestOfNConfig, out: str, stop_after: int | None = None) -> di
     run = RunDir(out)
     if run.is_done():
         return run.read_done()
-    # Load both models before the run directory exists: a wrong path is reported without leaving a run behind
-    # that a corrected command would then refuse as "a different config".
+    # Check the posts and load both models before the run directory exists: a wrong path is reported without
+    # leaving a run behind that a corrected command would then refuse as "a different config".
+    check_files([posts_check("posts", cfg.posts, cfg.format)])
     if not Path(cfg.reward).expanduser().exists():
         raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory")
     rm = load_reward_model(cfg.reward, allow_partial=cfg.allow_partial)
@@ -148,7 +150,11 @@ def best_of_n(cfg: BestOfNConfig, out: str, stop_after: int | None = None) -> di
     candidates_path = run.path / "candidates.jsonl" if cfg.write_all else None
     written = resume_state(samples_path, candidates_path)
 
-    posts = unique_posts(list(load_posts(cfg.posts, format=cfg.format, limit=cfg.limit)))
+    posts, _, dropped = format_queries(unique_posts(list(load_posts(cfg.posts, format=cfg.format, limit=cfg.limit))),
+                                       tokenizer, cfg.max_query_tokens)
+    if dropped:
+        log.warning("best-of-n: %d posts do not fit max_query_tokens=%d even cut, left out", dropped,
+                    cfg.max_query_tokens)
     name, base = policy_name(cfg), base_policy_name(cfg.model)
     log.info("best-of-n: %d posts × n=%d by %s, scored by %s (%d posts already written)",
              len(posts), cfg.n, base, cfg.reward, len(written))

@@ -36,6 +36,7 @@ from rlhflab.core.rundir import RunDir, RunError, atomic_write_json
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.jsonl import DataError
 from rlhflab.data.loaders import load_posts, load_samples
+from rlhflab.data.preflight import check_files, labels_check, posts_check, samples_check
 from rlhflab.data.records import Post, Sample
 from rlhflab.eval import metrics
 from rlhflab.eval.curves import best_of_n_curve, kl_curve, rm_accuracy
@@ -375,6 +376,11 @@ def preflight(cfg: EvalConfig) -> None:
         if path and not Path(path).expanduser().exists():
             raise error(f"{what}={path}: not found")
 
+    checks = [posts_check("posts", cfg.posts, cfg.format),
+              posts_check("transfer.posts", cfg.transfer.posts, cfg.transfer.format)]
+    checks += [labels_check(f"judges[{i}].spec", j.spec) for i, j in enumerate(cfg.judges) if j.kind == "labels"]
+    checks += [samples_check(f"policies[{i}].samples", p.samples) for i, p in enumerate(cfg.policies) if p.samples]
+    check_files(checks)  # every data file parses (its first rows), before any model loads
     for j in cfg.judges:
         if j.kind == "rm" and not Path(j.spec or "").expanduser().exists():
             raise RunError(f"judge {j.name}: spec={j.spec}: not found — expected an `rlhflab rm` run directory")

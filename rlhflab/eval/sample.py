@@ -21,6 +21,7 @@ from rlhflab.core.rundir import RunDir, is_run_dir
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_queries, format_query
 from rlhflab.data.loaders import load_posts
+from rlhflab.data.preflight import check_files, posts_check
 from rlhflab.data.records import Post, Sample
 from rlhflab.data.resumable import ResumableRows, pending_batches
 from rlhflab.models.device import autocast, resolve_device
@@ -76,6 +77,7 @@ def policy_name(cfg: SampleConfig) -> str:
 
 def sample(cfg: SampleConfig, out: str) -> dict:
     run = RunDir(out)
+    check_files([posts_check("posts", cfg.posts, cfg.format)])  # step 0: before the model loads
     if (done := run.open("sample", cfg)) is not None:
         return done
     seed_everything(cfg.seed)

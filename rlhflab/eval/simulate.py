@@ -41,6 +41,7 @@ from rlhflab.core.rundir import RunDir
 from rlhflab.data import schema
 from rlhflab.data.jsonl import DataError, read_jsonl
 from rlhflab.data.loaders import write_best_of_n, write_comparisons
+from rlhflab.data.preflight import check_files, rows_check
 from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, BestOfN, Choice, Comparison, Post, Summary
 from rlhflab.eval.judges import JudgeSpec, Text, build_judge
 from rlhflab.models.device import resolve_device
@@ -177,6 +178,13 @@ def read_best_of_n_tasks(path: str) -> list[BestOfN]:
     return tasks
 
 
+def parse_task_row(row: schema.Row) -> object:
+    """A comparison task or a best-of-N task row, parsed (FieldError names the field)."""
+    if isinstance(row, dict) and "samples" in row:
+        return schema.best_of_n({**row, "best": 0})
+    return task_post(row), task_summary(row, "summary_a"), task_summary(row, "summary_b")
+
+
 def is_best_of_n_file(path: str) -> bool:
     for _, row in read_jsonl(path):
         return isinstance(row, dict) and "samples" in row
@@ -218,6 +226,7 @@ def simulate_best_of_n(cfg: SimulateConfig, run: RunDir, judge, t_start: float) 
 
 def simulate(cfg: SimulateConfig, out: str) -> dict:
     run = RunDir(out)
+    check_files([rows_check("pairs", cfg.pairs, parse_task_row)])  # step 0: before the judge loads
     if (done := run.open("simulate-labels", cfg)) is not None:
         return done
     t_start = time.time()

@@ -34,6 +34,7 @@ from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_queries
 from rlhflab.data.jsonl import write_jsonl
 from rlhflab.data.loaders import load_posts
+from rlhflab.data.preflight import check_files, posts_check
 from rlhflab.eval.metrics import best_of_n_kl, mean_and_se
 from rlhflab.models.device import autocast, resolve_device
 from rlhflab.models.generation import Generation, decode_responses, generate, pad_queries, response_logprobs, stop_rule
@@ -194,6 +195,7 @@ def load_prompts(cfg: StyleEvalConfig, tok) -> Prompts:
 
 def style_eval(cfg: StyleEvalConfig, out: str) -> dict:
     run = RunDir(out)
+    check_files([posts_check("posts", cfg.posts, cfg.format)])  # step 0: before any model loads
     if (done := run.open("style-eval", cfg)) is not None:
         return done
     seed_everything(cfg.seed)

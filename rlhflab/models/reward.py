@@ -251,14 +251,26 @@ def new_reward_model(spec: str, *, max_query_tokens: int = 512, max_response_tok
 def normalise(rm: RewardModel, posts: Sequence[Post], batch_size: int = 16, bf16: bool = False,
               source: str = "") -> dict[str, Any]:
     """Set `rm.bias` so the human reference summaries of `posts` score 0 on average. Returns what was done."""
-    with_ref = [p for p in posts if p.reference]
+    with_ref, dropped = [], 0
+    for p in posts:
+        if p.reference:
+            try:
+                rm.encode_query(p)
+            except ValueError:  # cannot fit the query budget even cut (a title longer than it): left out
+                dropped += 1
+                continue
+            with_ref.append(p)
+    if dropped:
+        log.warning("normalise: %d of the posts do not fit max_query_tokens=%d even cut, left out", dropped,
+                    rm.max_query_tokens)
     if not with_ref:
-        raise ValueError("normalise: none of the posts has a reference summary")
+        raise ValueError(f"normalise: none of the {len(posts)} posts has a reference summary that fits the query "
+                         f"budget ({source or 'the posts'})")
     rm.bias.zero_()
     raw = rm.score(with_ref, [p.reference or "" for p in with_ref], eos=True, batch_size=batch_size, bf16=bf16)
     offset = -float(raw.mean())
     rm.bias.fill_(offset)
-    rm.normalisation = {"on": source, "n_references": len(with_ref), "raw_mean": -offset,
+    rm.normalisation = {"on": source, "n_references": len(with_ref), "n_dropped_unfit": dropped, "raw_mean": -offset,
                         "raw_std": float(raw.std()) if len(raw) > 1 else 0.0, "bias": offset}
     return rm.normalisation
 

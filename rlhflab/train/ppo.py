@@ -38,9 +38,10 @@ from tqdm import tqdm
 
 from rlhflab.core.config import require, setting
 from rlhflab.core.log import get_logger
-from rlhflab.core.rundir import RunDir
+from rlhflab.core.rundir import RunDir, RunError
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_queries
+from rlhflab.data.preflight import check_files, posts_check
 from rlhflab.data.loaders import load_posts
 from rlhflab.models.device import autocast
 from rlhflab.models.generation import Generation, StopRule, decode_responses, generate, pad_queries, stop_rule
@@ -126,6 +127,9 @@ class LoraOptions:
 
 @dataclass
 class PPOConfig:
+    # keys that only affect the steps still to come: a resumed run may change them (recorded in config.yaml)
+    RESUMABLE = ("log_every", "sample_every", "n_samples", "save_every", "snapshot_every", "score_batch_size")
+
     model: str = setting(
         "smollm2-135m",
         "the reference (and the policy's start): an SFT run directory (or any model spec)")
@@ -257,6 +261,20 @@ def load_policy_and_reference(cfg: PPOConfig, device: torch.device):
                                   allow_partial=cfg.allow_partial)
         reference.requires_grad_(False).to(device).eval()
     return policy.to(device), reference, tokenizer
+
+
+def preflight(cfg: PPOConfig, reward_fn: RewardFn | None) -> None:
+    """Step 0, before any model loads: the posts file parses, the reward names something that exists."""
+    check_files([posts_check("data.posts", cfg.data.posts, cfg.data.format)])
+    if reward_fn is not None or cfg.reward.startswith("python:"):
+        return
+    if cfg.reward.startswith("style:"):
+        from rlhflab.models.style import style_scorer
+
+        style_scorer(cfg.reward.removeprefix("style:"))  # an unknown name: a ValueError listing the known ones
+    elif not Path(cfg.reward).expanduser().exists():
+        raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory, python:module:"
+                       "function or style:sentiment|descriptiveness")
 
 
 def load_reward(cfg: PPOConfig, reward_fn: RewardFn | None, device: torch.device) -> RewardModel | RewardFn:
@@ -439,6 +457,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     `stop_after` simulates an interruption after that many updates."""
     run, procs = RunDir(out), processes(cfg.device)
     sizes = check_launch(cfg, procs)  # before the run directory exists: a refused launch leaves nothing behind
+    preflight(cfg, reward_fn)
     if (done := run.open("ppo", cfg, write=procs.is_main)) is not None:
         return done
     seed_everything(cfg.seed)  # the same seed on every process: they hold the same models

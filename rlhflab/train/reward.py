@@ -34,15 +34,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from rlhflab.core.log import get_logger
-from rlhflab.core.rundir import RunDir
+from rlhflab.core.rundir import RunDir, RunError
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.loaders import labels_kind, load_best_of_n, load_comparisons, load_posts
+from rlhflab.data.preflight import check_files, labels_check, posts_check
 from rlhflab.data.records import BestOfN, Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
@@ -121,6 +123,9 @@ class RewardData:
 
 @dataclass
 class RewardConfig:
+    # keys that only affect the steps still to come: a resumed run may change them (recorded in config.yaml)
+    RESUMABLE = ("log_every", "eval_every", "eval_batch_size", "save_every", "normalise_on", "normalise_limit")
+
     model: str = setting("smollm2-135m", "an SFT run directory, embedded name, model directory or hub id")
     allow_partial: bool = setting(False, "start from an unfinished SFT run's last saved model")
     init_from: str | None = setting(
@@ -207,12 +212,21 @@ Example = PairExample | GroupExample
 # ------------------------------------------------------------------------------------------------ data
 
 def build_pairs(comparisons: list[Comparison], rm: RewardModel) -> list[PairExample]:
-    """Tokenise each comparison: the query once, chosen and rejected with EOS (a finished summary)."""
-    out = []
+    """Tokenise each comparison: the query once, chosen and rejected with EOS (a finished summary). A comparison
+    whose post cannot fit the query budget even cut is dropped with a count."""
+    out, dropped = [], 0
     for c in comparisons:
         d = c.confidence_distance
-        out.append(PairExample(rm.encode_query(c.post), rm.encode_response(c.chosen.text),
+        try:
+            query_ids = rm.encode_query(c.post)
+        except ValueError:
+            dropped += 1
+            continue
+        out.append(PairExample(query_ids, rm.encode_response(c.chosen.text),
                                rm.encode_response(c.rejected.text), float("nan") if d is None else float(d)))
+    if dropped:
+        log.warning("rm: %d comparisons' posts do not fit data.max_query_tokens=%d even cut, left out", dropped,
+                    rm.max_query_tokens)
     return out
 
 
@@ -253,6 +267,16 @@ def load_data(cfg: RewardConfig) -> tuple[list, list, dict[str, int]]:
     counts["data/train_posts"] = len({c.post.id for c in train_rows})
     counts["data/dev_posts"] = len({c.post.id for c in dev_rows})
     return train_rows, dev_rows, counts
+
+
+def preflight(cfg: RewardConfig) -> None:
+    """The labels, the dev labels and the normalisation posts open and parse; `init_from` is an RM run."""
+    norm = None if cfg.normalise_on == "labels" else cfg.normalise_on
+    check_files([labels_check("data.comparisons", cfg.data.comparisons), labels_check("data.dev", cfg.data.dev),
+                 posts_check("normalise_on", norm)])
+    if cfg.init_from and not Path(cfg.init_from).expanduser().exists():
+        raise RunError(f"init_from={cfg.init_from}: not found — expected an `rlhflab rm` run directory")
+    cfg.resolved_loss()  # a loss that does not fit the labels file
 
 
 def load_best_of_n_data(cfg: RewardConfig) -> tuple[list[BestOfN], list[BestOfN], dict[str, int]]:
@@ -400,6 +424,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     """Run (or resume) RM training into the run directory `out`. `stop_after` simulates an interruption."""
     run, procs = RunDir(out), processes(cfg.device)
     cfg = fit_launch(cfg, procs)
+    preflight(cfg)  # step 0: every file the config names parses, before any model loads
     if (done := run.open("rm", cfg, write=procs.is_main)) is not None:
         return done
     seed_everything(cfg.seed)  # the same seed on every process: the same fresh head everywhere

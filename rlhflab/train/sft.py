@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.core.seed import seed_everything
-from rlhflab.data.format import format_query, format_reference
+from rlhflab.data.format import format_queries, format_reference
+from rlhflab.data.preflight import check_files, posts_check
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.records import Post
 from rlhflab.models.device import autocast
@@ -84,6 +85,9 @@ class SFTData:
 
 @dataclass
 class SFTConfig:
+    # keys that only affect the steps still to come: a resumed run may change them (recorded in config.yaml)
+    RESUMABLE = ("log_every", "eval_every", "save_every", "n_samples", "sample_max_tokens")
+
     model: str = setting("smollm2-135m", "embedded name, .gguf file, model directory, run directory or hub id")
     seed: int = setting(1, "random seed (the order of the training batches, torch's RNG)")
     data: SFTData = setting(default_factory=SFTData, help="the posts to train and evaluate on")
@@ -114,18 +118,22 @@ class Example:
     response_ids: list[int]  # the reference, with a leading space and EOS (unless cut)
 
 
-def build_examples(posts: list[Post], tokenizer, data: SFTData) -> list[Example]:
-    """Tokenise each post's query and its reference; the query fits `max_query_tokens` by construction."""
-    examples = []
+def build_examples(posts: list[Post], tokenizer, data: SFTData) -> tuple[list[Post], list[Example]]:
+    """(the posts whose query fits `max_query_tokens`, their tokenised query and reference). A post that cannot fit
+    even cut (a title longer than the budget) is dropped with a count, not an error halfway through training."""
     for post in posts:
         if not post.reference:
             raise ValueError(f"post {post.id} has no reference summary to train on")
-        query = format_query(post, tokenizer, data.max_query_tokens)
+    posts, queries, dropped = format_queries(posts, tokenizer, data.max_query_tokens)
+    if dropped:
+        log.warning("sft: %d posts do not fit max_query_tokens=%d even cut, left out", dropped, data.max_query_tokens)
+    examples = []
+    for post, query in zip(posts, queries):
         reference = format_reference(post.reference, tokenizer.eos_token)
         query_ids = tokenizer.encode(query, add_special_tokens=False)
         response_ids = tokenizer.encode(reference, add_special_tokens=False)[: data.max_response_tokens]
         examples.append(Example(query_ids, response_ids))
-    return examples
+    return posts, examples
 
 
 def collate(examples: list[Example], pad_id: int, loss_on: str) -> dict[str, torch.Tensor]:
@@ -202,13 +210,14 @@ def load_data(cfg: SFTConfig, tokenizer):
     eval_posts = (
         load_posts(cfg.data.eval, limit=cfg.data.limit_eval, skip_bad=cfg.data.skip_bad) if cfg.data.eval else []
     )
-    return (train_posts, build_examples(list(train_posts), tokenizer, cfg.data),
-            eval_posts, build_examples(list(eval_posts), tokenizer, cfg.data))
+    return (*build_examples(list(train_posts), tokenizer, cfg.data), *build_examples(list(eval_posts), tokenizer,
+                                                                                     cfg.data))
 
 
 def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     """Run (or resume) SFT into the run directory `out`. `stop_after` simulates an interruption (tests)."""
     run, procs = RunDir(out), processes(cfg.device)
+    check_files([posts_check("data.train", cfg.data.train), posts_check("data.eval", cfg.data.eval)])  # step 0
     if (done := run.open("sft", cfg, write=procs.is_main)) is not None:
         return done
     seed_everything(cfg.seed)  # the same seed on every process: they hold the same model

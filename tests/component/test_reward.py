@@ -373,3 +373,33 @@ def test_init_from_continues_the_previous_rms_weights(tmp_path):
         torch.testing.assert_close(dict(rm2.lm.named_parameters())[name], p, atol=1e-6, rtol=0)
     assert (fresh.head.weight - rm1.head.weight).abs().max() > 1e-3
     assert "init_from" in (tmp_path / "rm2" / "config.yaml").read_text()
+
+
+def test_normalisation_posts_that_cannot_fit_are_dropped_and_a_stopped_run_resumes_with_a_new_normalise_on(
+        tmp_path, capsys):
+    """The case of issue 20: a `normalise_on` post whose title alone is over the query budget used to crash step
+    (5) after the whole training; now it is left out with a count. And a run stopped before normalising resumes
+    with a corrected `normalise_on` (a key that only affects what is still to come), recorded in config.yaml."""
+    import yaml
+
+    long_title = synthetic_posts(1)[0] | {"id": "r_long", "title": "word " * 120}
+    unfit = write_jsonl(tmp_path / "unfit.jsonl", [long_title, *synthetic_posts()])
+    out = tmp_path / "rm"
+    cfg = tiny_cfg(tmp_path, **{"normalise_on": unfit, "data.max_query_tokens": 120})
+    train(cfg, str(out), stop_after=2)  # stopped after step 2, before (5) normalisation
+    other = write_jsonl(tmp_path / "other.jsonl", [long_title, *synthetic_posts(8)])
+    summary = train(tiny_cfg(tmp_path, **{"normalise_on": other, "data.max_query_tokens": 120}), str(out))
+    assert summary["normalisation"]["n_references"] == 8 and summary["normalisation"]["n_dropped_unfit"] == 1
+    doc = yaml.safe_load((out / "config.yaml").read_text())
+    assert doc["changes"] == [{"key": "normalise_on", "old": str(unfit), "new": str(other), "at_step": 2}]
+
+    # a key that changes what is already done is refused, with the diff, and nothing saved is touched
+    stopped = tmp_path / "rm2"
+    train(cfg, str(stopped), stop_after=2)
+    code = main(["rm", "--config", "configs/rm/tiny.yaml", "--out", str(stopped), f"data.comparisons={tmp_path / 'cmp.jsonl'}",
+                 "data.limit=null", "data.dev_fraction=0.25", "data.max_query_tokens=120", f"normalise_on={unfit}",
+                 "epochs=4", "optim.lr=0.5", "optim.warmup_ratio=0.0", "eval_every=0", "save_every=4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "optim.lr: 0.003 -> 0.5" in err and "normalise_on" in err, err
+    assert yaml.safe_load((stopped / "config.yaml").read_text())["config"]["optim"]["lr"] == 0.003
+    assert (stopped / "metrics.jsonl").exists() and not (stopped / "DONE.json").exists()

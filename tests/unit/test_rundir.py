@@ -60,3 +60,28 @@ def test_resume_with_changed_config_is_refused(tmp_path):
         run.start("sft", Cfg(lr=0.2))
     with pytest.raises(RunError, match="stage"):
         run.start("rm", Cfg())
+
+
+@dataclass
+class ResumableCfg:
+    RESUMABLE = ("log_every", "eval")
+    lr: float = 0.1
+    log_every: int = 1
+    eval: dict | None = None
+
+
+def test_resume_may_change_only_the_declared_keys_and_the_change_is_recorded(tmp_path):
+    import yaml
+
+    run = RunDir(tmp_path / "r")
+    run.start("rm", ResumableCfg())
+    run.log_metrics(7, {"loss": 1.0})
+    run.start("rm", ResumableCfg(log_every=5, eval={"every": 3}))  # only later steps change: taken
+    doc = yaml.safe_load(run.config_path.read_text())
+    assert doc["config"]["log_every"] == 5
+    assert {"key": "log_every", "old": 1, "new": 5, "at_step": 7} in doc["changes"]
+    assert [c["key"] for c in doc["changes"]] == ["eval", "log_every"]
+    with pytest.raises(RunError) as err:  # a training key: refused, with the diff and the keys that may change
+        run.start("rm", ResumableCfg(lr=0.3, log_every=5, eval={"every": 3}))
+    assert "lr: 0.1 -> 0.3" in str(err.value) and "log_every, eval" in str(err.value)
+    assert yaml.safe_load(run.config_path.read_text())["config"]["lr"] == 0.1  # nothing saved is lost
