@@ -147,12 +147,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from rlhflab.core.rundir import RunError
     from rlhflab.data.jsonl import DataError
+    from rlhflab.models.loading import ModelLoadError
+
+    if (problem := unwritable(args.out)) is not None:
+        print(f"rlhflab {args.command}: --out {args.out}: {problem}", file=sys.stderr)
+        return 2
 
     from rlhflab.train.distributed import leave_process_group
 
     try:
         getattr(module, fn_name)(cfg, args.out)
-    except (DataError, RunError) as err:  # bad input: say what and where, no traceback
+    except (DataError, RunError, ModelLoadError) as err:  # bad input: say what and where, no traceback
         print(f"rlhflab {args.command}: {err}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
@@ -171,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:  # under `accelerate launch`: leave the process group before exit, not during interpreter shutdown
         leave_process_group()
     return 0
+
+
+def unwritable(out: str) -> str | None:
+    """Why a run directory cannot be written at `out` (None: it can): checked before any work is done."""
+    path = os.path.abspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return "exists and is not a directory"
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return None if os.access(path, os.W_OK) else f"{path} is not writable"
 
 
 def run_pipeline(args: argparse.Namespace) -> int:

@@ -66,10 +66,18 @@ def check_files(checks: Iterable[Check]) -> None:
             raise DataError(f"{key}={err.file}", err.line, err.field, err.problem, err.unit) from None
 
 
+def check_paths(specs: Iterable[tuple[str, Any]]) -> None:
+    """Model and run specs that look like paths (not an embedded name or a hub id) must exist: a typo is reported
+    before the run directory is written (a corrected command would otherwise be refused as another config)."""
+    for key, spec in specs:
+        if spec and looks_local(str(spec)) and not Path(str(spec)).expanduser().exists():
+            raise DataError(f"{key}={spec}", problem="no such file or directory")
+
+
 def _first_row_is(source: str, test: Callable[[Any], bool]) -> bool:
     for _, row in scan_jsonl(source):
         return not isinstance(row, DataError) and test(row)
     return False
 
 
-__all__ = ["FIRST_ROWS", "check_files", "labels_check", "posts_check", "rows_check", "samples_check"]
+__all__ = ["FIRST_ROWS", "check_files", "check_paths", "labels_check", "posts_check", "rows_check", "samples_check"]

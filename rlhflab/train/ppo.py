@@ -41,7 +41,7 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, RunError
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_queries
-from rlhflab.data.preflight import check_files, posts_check
+from rlhflab.data.preflight import check_files, check_paths, posts_check
 from rlhflab.data.loaders import load_posts
 from rlhflab.models.device import autocast
 from rlhflab.models.generation import Generation, StopRule, decode_responses, generate, pad_queries, stop_rule
@@ -266,6 +266,7 @@ def load_policy_and_reference(cfg: PPOConfig, device: torch.device):
 def preflight(cfg: PPOConfig, reward_fn: RewardFn | None) -> None:
     """Step 0, before any model loads: the posts file parses, the reward names something that exists."""
     check_files([posts_check("data.posts", cfg.data.posts, cfg.data.format)])
+    check_paths([("model", cfg.model), ("policy_init", cfg.policy_init), ("value_model", cfg.value_model)])
     if reward_fn is not None or cfg.reward.startswith("python:"):
         return
     if cfg.reward.startswith("style:"):

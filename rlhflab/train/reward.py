@@ -44,7 +44,7 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, RunError
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.loaders import labels_kind, load_best_of_n, load_comparisons, load_posts
-from rlhflab.data.preflight import check_files, labels_check, posts_check
+from rlhflab.data.preflight import check_files, check_paths, labels_check, posts_check
 from rlhflab.data.records import BestOfN, Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
@@ -274,6 +274,7 @@ def preflight(cfg: RewardConfig) -> None:
     norm = None if cfg.normalise_on == "labels" else cfg.normalise_on
     check_files([labels_check("data.comparisons", cfg.data.comparisons), labels_check("data.dev", cfg.data.dev),
                  posts_check("normalise_on", norm)])
+    check_paths([("model", cfg.model)])
     if cfg.init_from and not Path(cfg.init_from).expanduser().exists():
         raise RunError(f"init_from={cfg.init_from}: not found — expected an `rlhflab rm` run directory")
     cfg.resolved_loss()  # a loss that does not fit the labels file

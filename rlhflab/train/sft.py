@@ -25,7 +25,7 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_queries, format_reference
-from rlhflab.data.preflight import check_files, posts_check
+from rlhflab.data.preflight import check_files, check_paths, posts_check
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.records import Post
 from rlhflab.models.device import autocast
@@ -218,6 +218,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     """Run (or resume) SFT into the run directory `out`. `stop_after` simulates an interruption (tests)."""
     run, procs = RunDir(out), processes(cfg.device)
     check_files([posts_check("data.train", cfg.data.train), posts_check("data.eval", cfg.data.eval)])  # step 0
+    check_paths([("model", cfg.model)])
     if (done := run.open("sft", cfg, write=procs.is_main)) is not None:
         return done
     seed_everything(cfg.seed)  # the same seed on every process: they hold the same model

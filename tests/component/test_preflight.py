@@ -90,3 +90,14 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys
     assert main(["sample", "--config", "configs/sample/tiny.yaml", "--out", str(tmp_path / "s")]) == code
     err = capsys.readouterr().err
     assert says in err and (("Traceback" in err) == (code == 1)), err
+
+
+def test_an_out_path_that_cannot_be_a_run_directory_is_refused_before_the_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["sample", "--config", "configs/sample/tiny.yaml", "--out", str(blocker)]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["sft", "--config", "configs/sft/tiny.yaml", "--out", str(tmp_path / "r"), "model=./no/such/model"]) == 2
+    err = capsys.readouterr().err
+    assert "model=./no/such/model" in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()  # the corrected command will start clean
