@@ -34,7 +34,11 @@ def labels_check(key: str, source: str | None) -> Check:
 
 
 def samples_check(key: str, source: str | None) -> Check:
-    return key, source, lambda s: load_samples(s, limit=FIRST_ROWS)
+    """A samples file, or a run directory holding one (`samples.jsonl`)."""
+    def load(s: str) -> Any:
+        path = Path(s).expanduser()
+        return load_samples(path / "samples.jsonl" if path.is_dir() else path, limit=FIRST_ROWS)
+    return key, source, load
 
 
 def rows_check(key: str, source: str | None, parse: Callable[[schema.Row], Any]) -> Check:

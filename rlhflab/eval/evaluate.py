@@ -35,6 +35,7 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, RunError, atomic_write_json
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.jsonl import DataError
+from rlhflab.data.format import format_queries
 from rlhflab.data.loaders import load_posts, load_samples
 from rlhflab.data.preflight import check_files, labels_check, posts_check, samples_check
 from rlhflab.data.records import Post, Sample
@@ -47,6 +48,7 @@ from rlhflab.eval.models import ModelCache, length_unit
 from rlhflab.eval.report import write_html, write_plots
 from rlhflab.eval.sampling import EvalRun, Interruption, KLEstimate, policy_kl, policy_samples
 from rlhflab.models.device import resolve_device
+from rlhflab.models.loading import load_tokenizer
 
 log = get_logger(__name__)
 
@@ -335,6 +337,20 @@ def load_eval_posts(source: str, fmt: str, limit: int | None, skip_bad: bool) ->
     return posts
 
 
+def fitting_posts(posts: list[Post], model_specs: Sequence[str | None], budget: int, source: str) -> list[Post]:
+    """The posts whose query fits `budget` under every model policy's tokenizer, formatted once up front: one that
+    cannot fit even cut is left out with a count, before any sampling (not an error halfway through)."""
+    kept = posts
+    for spec in dict.fromkeys(s for s in model_specs if s):
+        kept, _, _ = format_queries(kept, load_tokenizer(str(spec), allow_partial=True), budget)
+    if len(kept) < len(posts):
+        log.warning("%s: %d posts do not fit max_query_tokens=%d even cut, left out", source, len(posts) - len(kept),
+                    budget)
+    if not kept:
+        raise DataError(source, problem=f"no post fits max_query_tokens={budget}")
+    return kept
+
+
 def read_likert(path: str, policies: dict[str, PolicyTexts], posts: Sequence[Post]) -> dict[str, Any]:
     """Mean 1–7 ratings per policy and axis from a ratings export, matched on the post id and summary text."""
     from rlhflab.data.jsonl import read_jsonl
@@ -461,7 +477,9 @@ def evaluate(cfg: EvalConfig, out: str, stop_after: int | None = None) -> dict:
     if run.is_done():
         return run.read_done()
     preflight(cfg)
-    posts = load_eval_posts(cfg.posts, cfg.format, cfg.limit, cfg.skip_bad)
+    model_specs = [p.model for p in cfg.policies if p.model] + [cfg.kl_reference]
+    posts = fitting_posts(load_eval_posts(cfg.posts, cfg.format, cfg.limit, cfg.skip_bad), model_specs,
+                          cfg.max_query_tokens, cfg.posts)
     run.start("eval", cfg)
     seed_everything(cfg.seed)
     t_start = time.time()
@@ -477,7 +495,8 @@ def evaluate(cfg: EvalConfig, out: str, stop_after: int | None = None) -> dict:
     transfer = None
     if cfg.transfer.posts:
         tc = cfg.transfer
-        t_posts = load_eval_posts(tc.posts, tc.format, tc.limit, cfg.skip_bad)
+        t_posts = fitting_posts(load_eval_posts(tc.posts, tc.format, tc.limit, cfg.skip_bad), model_specs,
+                                tc.max_query_tokens, tc.posts)
         transfer = evaluate_set(ev, "transfer", t_posts, transfer_policies(cfg), tc.max_query_tokens, with_kl=tc.kl)
         if transfer is None:
             return stopped(ev)
