@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -204,37 +204,15 @@ def import_comparisons(s: Session, project: Project, rows: list[formats.Comparis
     """OpenAI-format comparisons into a project. mode "tasks": as tasks to label; "gold": as gold tasks with the
     row's choice as the researchers' answer; "answers": as tasks *and* answers by (external) workers, so that
     an import followed by an export gives the same comparisons back."""
-    if mode not in ("tasks", "gold", "answers"):
-        raise Problem(422, "mode must be tasks, gold or answers")
-    report = ImportReport(rows=len(rows))
-    posts = _post_rows(s, project, (r.post for r in rows))
-    task_by_key: dict[tuple, Task] = {}
-    users: dict[str, User] = {}
-    seen_answers: set[tuple[int, int]] = set()
-    for r in rows:
+    def task_of(r: formats.ComparisonRow, post_id: int, gold: bool) -> Task:
         (ta, pa, _), (tb, pb, _) = r.summaries
-        key = (r.post.id, ta, pa, tb, pb)
-        task = task_by_key.get(key)
-        if task is None or mode != "answers":
-            gold = mode == "gold"
-            task = Task(project_id=project.id, post_id=posts[r.post.id].id, kind="comparison", summary_a=ta,
-                        policy_a=pa, summary_b=tb, policy_b=pb, split=r.split, is_gold=gold,
-                        gold_choice=r.choice if gold else None, gold_confidence=r.confidence if gold else None)
-            s.add(task)
-            s.flush()
-            task_by_key[key] = task
-            report.tasks += 1
-        if mode != "answers":
-            continue
-        user = _external_user(s, users, r.worker)
-        if (task.id, user.id) in seen_answers:
-            report.skipped_duplicates += 1
-            continue
-        seen_answers.add((task.id, user.id))
-        _imported_answer(s, task, user, r.choice, r.confidence, r.extra)
-        report.answers += 1
-    s.flush()
-    return report
+        return Task(project_id=project.id, post_id=post_id, kind="comparison", summary_a=ta, policy_a=pa,
+                    summary_b=tb, policy_b=pb, split=r.split, is_gold=gold, gold_choice=r.choice if gold else None,
+                    gold_confidence=r.confidence if gold else None)
+
+    return _import_rows(s, project, rows, mode, task_of,
+                        key_of=lambda r: (r.post.id, *r.summaries[0][:2], *r.summaries[1][:2]),
+                        answer_of=lambda r: (r.choice, r.confidence))
 
 
 def import_labels(s: Session, project: Project, rows: list[formats.ComparisonRow] | list[BestOfN],
@@ -249,6 +227,21 @@ def import_best_of_n(s: Session, project: Project, rows: list[BestOfN], mode: st
     """Best-of-N labels into a project, like `import_comparisons`: as tasks, as gold tasks (`best` is the
     researchers' answer), or as tasks and the (external) workers' answers, one task per distinct query and
     continuations so that an import followed by an export gives the same labels back."""
+    def task_of(r: BestOfN, post_id: int, gold: bool) -> Task:
+        return Task(project_id=project.id, post_id=post_id, kind="best_of_n", summary_a="", policy_a="",
+                    choices=formats.choices_json(r.samples), split=r.split, is_gold=gold,
+                    gold_choice=r.best if gold else None)
+
+    return _import_rows(s, project, rows, mode, task_of,
+                        key_of=lambda r: (r.post.id, *((c.text, c.policy, c.eos) for c in r.samples)),
+                        answer_of=lambda r: (r.best, None))
+
+
+def _import_rows(s: Session, project: Project, rows: list, mode: str, task_of: Callable[[Any, int, bool], Task], *,
+                 key_of: Callable[[Any], tuple], answer_of: Callable[[Any], tuple[int, int | None]]) -> ImportReport:
+    """The import both label kinds share: one task per distinct key (`task_of` builds it; every row is its own
+    task unless mode is "answers"), and in mode "answers" each row's answer (`answer_of`: choice, confidence) by
+    its worker's external account, a worker's second answer to the same task skipped as a duplicate."""
     if mode not in ("tasks", "gold", "answers"):
         raise Problem(422, "mode must be tasks, gold or answers")
     report = ImportReport(rows=len(rows))
@@ -257,13 +250,10 @@ def import_best_of_n(s: Session, project: Project, rows: list[BestOfN], mode: st
     users: dict[str, User] = {}
     seen_answers: set[tuple[int, int]] = set()
     for r in rows:
-        choices = formats.choices_json(r.samples)
-        key = (r.post.id, tuple((c["text"], c["policy"], c["eos"]) for c in choices))
+        key = key_of(r)
         task = task_by_key.get(key)
         if task is None or mode != "answers":
-            gold = mode == "gold"
-            task = Task(project_id=project.id, post_id=posts[r.post.id].id, kind="best_of_n", summary_a="",
-                        policy_a="", choices=choices, split=r.split, is_gold=gold, gold_choice=r.best if gold else None)
+            task = task_of(r, posts[r.post.id].id, mode == "gold")
             s.add(task)
             s.flush()
             task_by_key[key] = task
@@ -275,7 +265,7 @@ def import_best_of_n(s: Session, project: Project, rows: list[BestOfN], mode: st
             report.skipped_duplicates += 1
             continue
         seen_answers.add((task.id, user.id))
-        _imported_answer(s, task, user, r.best, None, r.extra)
+        _imported_answer(s, task, user, *answer_of(r), r.extra)
         report.answers += 1
     s.flush()
     return report
