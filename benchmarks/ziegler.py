@@ -125,13 +125,12 @@ def run_arms(task: str, arms: list[str], out: Path) -> dict[str, str]:
 
 
 def style_eval(task: str, policies: dict[str, str], arms: list[str], out: Path) -> dict:
-    overrides = [f"judge={task}"]
     entries = [{"name": name, "model": model} for name, model in policies.items()]
     if "best_of_16" in arms:
         entries.append({"name": "best_of_16", "model": "smollm2-135m", "best_of": 16, "reward": str(out / "rm_5k")})
     cfg = out / f"style_eval_{task}.yaml"
     cfg.write_text(json.dumps({"policies": entries, "judge": task, "limit": 128, "samples": 2}))
-    rlhflab("style-eval", "--config", str(cfg), "--out", str(out / "eval"), *overrides[1:])
+    rlhflab("style-eval", "--config", str(cfg), "--out", str(out / "eval"))
     return json.loads((out / "eval" / "report.json").read_text())
 
 

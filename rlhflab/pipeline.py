@@ -435,8 +435,8 @@ def check_stage_files(cfg: PipelineConfig) -> None:
         if spec.skip or not isinstance(value, str) or value == "labels":
             continue
         fmt = stage_value(spec, key.rpartition(".")[0] + ".format" if "." in key else "format") or "auto"
-        check = posts_check if kind == "posts" else labels_check
-        checks.append(check(f"{stage}.{key}", value, fmt) if kind == "posts" else check(f"{stage}.{key}", value))
+        name = f"{stage}.{key}"
+        checks.append(posts_check(name, value, fmt) if kind == "posts" else labels_check(name, value))
     if cfg.labels.source == "import":
         checks += [labels_check(f"labels.files[{i}]", f) for i, f in enumerate(cfg.labels.files)]
     check_files(checks)

@@ -13,7 +13,7 @@ from typing import Any
 
 from rlhflab.data import schema
 from rlhflab.data.jsonl import DataError, scan_jsonl
-from rlhflab.data.loaders import load_best_of_n, load_comparisons, load_posts, load_samples, looks_local
+from rlhflab.data.loaders import labels_kind, load_best_of_n, load_comparisons, load_posts, load_samples, looks_local
 
 FIRST_ROWS = 50  # rows parsed of every file: enough to catch a wrong format or a broken export early
 
@@ -27,7 +27,7 @@ def posts_check(key: str, source: str | None, fmt: str = "auto") -> Check:
 def labels_check(key: str, source: str | None) -> Check:
     """Comparisons or best-of-N labels, whichever the file's first row is."""
     def load(s: str) -> Any:
-        if _first_row_is(s, schema.is_best_of_n_row):
+        if labels_kind(s) == "best_of_n":
             return load_best_of_n(s, limit=FIRST_ROWS)
         return load_comparisons(s, limit=FIRST_ROWS)
     return key, source, load
@@ -76,12 +76,6 @@ def check_paths(specs: Iterable[tuple[str, Any]]) -> None:
     for key, spec in specs:
         if spec and looks_local(str(spec)) and not Path(str(spec)).expanduser().exists():
             raise DataError(f"{key}={spec}", problem="no such file or directory")
-
-
-def _first_row_is(source: str, test: Callable[[Any], bool]) -> bool:
-    for _, row in scan_jsonl(source):
-        return not isinstance(row, DataError) and test(row)
-    return False
 
 
 __all__ = ["FIRST_ROWS", "check_files", "check_paths", "labels_check", "posts_check", "rows_check", "samples_check"]

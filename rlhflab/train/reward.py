@@ -508,7 +508,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     rm.eval()
     norm: dict[str, Any] = {}
     if cfg.normalise_on == "labels":  # the labels' own responses (policy samples: Ziegler et al.)
-        groups = [g for g in train_pairs[: cfg.normalise_limit]]
+        groups = train_pairs[: cfg.normalise_limit]
         k = len(responses_of(groups[0]))
         norm = normalise_groups(rm, [g.query_ids for g in groups], [r for g in groups for r in responses_of(g)], k,
                                 batch_size=cfg.eval_batch_size, bf16=cfg.bf16)
