@@ -83,11 +83,12 @@ def labels(out: Path, task: str, name: str, posts: Path, limit: int, n: int) -> 
     return run / "labels" / "best_of_n.jsonl"
 
 
-def label_prefixes(out: Path, all_labels: Path) -> dict[str, Path]:
+def label_prefixes(out: Path, all_labels: Path, keys: list[str]) -> dict[str, Path]:
     rows = [row for _, row in read_jsonl(all_labels)]
     random.Random(1).shuffle(rows)  # the prefixes are nested random subsets
     files = {}
-    for key, n in LABEL_COUNTS.items():
+    for key in keys:
+        n = LABEL_COUNTS[key]
         files[key] = out / "labels" / f"labels_{key}.jsonl"
         if not files[key].exists():
             if len(rows) < n:
@@ -96,7 +97,7 @@ def label_prefixes(out: Path, all_labels: Path) -> dict[str, Path]:
     return files
 
 
-def run_arms(task: str, arms: list[str], out: Path) -> dict[str, str]:
+def run_arms(task: str, arms: list[str], out: Path, label_posts: int) -> dict[str, str]:
     """Train what the arms need; return {arm: policy or best-of spec} for style-eval."""
     ppo_cfg = f"configs/ppo/{task}.yaml"
     policies = {"base": "smollm2-135m"}
@@ -106,15 +107,15 @@ def run_arms(task: str, arms: list[str], out: Path) -> dict[str, str]:
     rm_arms = [a for a in arms if a.startswith("ppo_rm_") or a == "best_of_16"]
     if rm_arms:
         train_posts, heldout_posts = prompts(out)
-        all_labels = labels(out, task, "labels", train_posts, 1850, 12)  # ~1700 fit: 5,000+ tasks
+        all_labels = labels(out, task, "labels", train_posts, label_posts, 12)  # 1850: ~1700 fit, 5,000+ tasks
         dev = labels(out, task, "dev_labels", heldout_posts, 100, 4)
-        prefixes = label_prefixes(out, all_labels)
-        for key in ("5k", "1k", "2k"):  # the goal's arm first
-            if f"ppo_rm_{key}" in arms or (key == "5k" and "best_of_16" in arms):
-                rlhflab("rm", "--config", "configs/rm/sentiment.yaml", "--out", str(out / f"rm_{key}"),
-                        f"data.comparisons={prefixes[key]}", f"data.dev={dev}")
-                rlhflab("rm-eval", "--out", str(out / f"rm_eval_{key}"), f"model={out / f'rm_{key}'}",
-                        f"comparisons={dev}", "batch_size=64")
+        keys = [k for k in ("5k", "1k", "2k") if f"ppo_rm_{k}" in arms or (k == "5k" and "best_of_16" in arms)]
+        prefixes = label_prefixes(out, all_labels, keys)
+        for key in keys:  # the goal's arm first
+            rlhflab("rm", "--config", "configs/rm/sentiment.yaml", "--out", str(out / f"rm_{key}"),
+                    f"data.comparisons={prefixes[key]}", f"data.dev={dev}")
+            rlhflab("rm-eval", "--out", str(out / f"rm_eval_{key}"), f"model={out / f'rm_{key}'}",
+                    f"comparisons={dev}", "batch_size=64")
             if f"ppo_rm_{key}" in arms:
                 rlhflab("ppo", "--config", ppo_cfg, "--out", str(out / f"ppo_rm_{key}"), f"reward={out / f'rm_{key}'}")
                 policies[f"ppo_rm_{key}"] = str(out / f"ppo_rm_{key}")
@@ -128,10 +129,13 @@ def style_eval(task: str, policies: dict[str, str], arms: list[str], out: Path) 
     entries = [{"name": name, "model": model} for name, model in policies.items()]
     if "best_of_16" in arms:
         entries.append({"name": "best_of_16", "model": "smollm2-135m", "best_of": 16, "reward": str(out / "rm_5k")})
-    cfg = out / f"style_eval_{task}.yaml"
+    # A run of some arms only gets its own eval directory (base is always re-measured beside them, so the
+    # merge below can check the two evaluations agree); the same prompts, samples and seed for every arm.
+    name = "eval" if arms == ALL_ARMS else "eval_" + "_".join(arms)
+    cfg = out / f"style_{name}_{task}.yaml"
     cfg.write_text(json.dumps({"policies": entries, "judge": task, "limit": 128, "samples": 2}))
-    rlhflab("style-eval", "--config", str(cfg), "--out", str(out / "eval"))
-    return json.loads((out / "eval" / "report.json").read_text())
+    rlhflab("style-eval", "--config", str(cfg), "--out", str(out / name))
+    return json.loads((out / name / "report.json").read_text()) | {"eval_dir": str(out / name)}  # absolute
 
 
 def result(task: str, report: dict, out: Path, wall_s: float) -> dict:
@@ -159,10 +163,51 @@ def result(task: str, report: dict, out: Path, wall_s: float) -> dict:
         "judge_score_definition": "mean judge score of 2 sampled continuations (T=0.7) of each of the held-out "
                                   "prompts; judge_score_greedy: of the greedy one; kl: nats per continuation from "
                                   "the base model on the policy's own samples (best-of-16: log 16 - 15/16)",
-        "commands": COMMANDS, "wall_s": wall_s,
+        "commands": COMMANDS, "wall_s": wall_s, "eval_dir": str(Path(report["eval_dir"]).relative_to(REPO)),
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "plot": f"benchmarks/results/ziegler_{task}.png",
     }
+
+
+def merge(old: dict, new: dict) -> dict:
+    """Add the arms of a partial run to an earlier result: the new arms replace their null placeholders, the
+    earlier arms stay (each keeps the eval that measured it), and base, measured by both, must agree."""
+    arms = dict(old["arms"])
+    fresh = {k: v | {"measured_in": new["eval_dir"]} for k, v in new["arms"].items() if k != "base"}
+    arms.update(fresh)
+    base_old, base_new = old["arms"]["base"]["judge_score"], new["arms"]["base"]["judge_score"]
+    merged = old | {"arms": arms, "missing_arms": [a for a in ALL_ARMS if arms.get(a, {}).get("judge_score") is None]}
+    merged["base_in_later_evals"] = old.get("base_in_later_evals", []) + [
+        {"eval_dir": new["eval_dir"], "judge_score": base_new, "kl": new["arms"]["base"]["kl"],
+         "agrees_with_first": abs(base_new - base_old) < 1e-9}]
+    merged["commands"] = old["commands"] + new["commands"]
+    merged["wall_s"] = old["wall_s"] + new["wall_s"]
+    merged["note"] = "; ".join(n for n in (old.get("note"), new.get("note")) if n)
+    for key in ("rm_heldout_accuracy",):
+        merged[key] = old.get(key, {}) | new.get(key, {})
+    return merged
+
+
+def plot_arms(res: dict, path: Path) -> None:
+    """Judge score (sampled, 95% CI) against KL from the base model, one point per measured arm."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, arm in res["arms"].items():
+        if arm.get("judge_score") is None:
+            continue
+        lo, hi = arm.get("judge_score_ci") or (arm["judge_score"], arm["judge_score"])
+        ax.errorbar(arm["kl"], arm["judge_score"], yerr=[[arm["judge_score"] - lo], [hi - arm["judge_score"]]],
+                    fmt="o", capsize=3)
+        ax.annotate(name, (arm["kl"], arm["judge_score"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("KL from the base model (nats per continuation)")
+    ax.set_ylabel(f"{res['judge']} judge score (sampled, 95% CI)")
+    ax.set_title(f"Ziegler et al.'s {res['task']} task on held-out books")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -170,17 +215,27 @@ def main() -> None:
     parser.add_argument("--task", choices=["sentiment", "descriptiveness"], default="sentiment")
     parser.add_argument("--arms", default=",".join(ALL_ARMS), help="comma-separated, from " + ", ".join(ALL_ARMS))
     parser.add_argument("--out", default="runs/ziegler")
+    parser.add_argument("--label-posts", type=int, default=1850,
+                        help="training passages whose continuations are labelled (12 each, 3 tasks each; 1850 gives "
+                             "the 5k arm's 5,000+ tasks, 740 enough for the 1k and 2k arms)")
     parser.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
     out = REPO / args.out / args.task
     t0 = time.time()
-    policies = run_arms(args.task, arms, out)
+    policies = run_arms(args.task, arms, out, args.label_posts)
     report = style_eval(args.task, policies, arms, out)
     res = result(args.task, report, out, time.time() - t0) | {"note": args.note}
     results = REPO / "benchmarks" / "results"
-    (results / f"ziegler_{args.task}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (results / f"ziegler_{args.task}.png").write_bytes((out / "eval" / "style.png").read_bytes())
+    path = results / f"ziegler_{args.task}.json"
+    if arms != ALL_ARMS and path.exists():
+        res = merge(json.loads(path.read_text()), res)
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    plot = results / f"ziegler_{args.task}.png"
+    if arms == ALL_ARMS:
+        plot.write_bytes((out / "eval" / "style.png").read_bytes())
+    else:
+        plot_arms(res, plot)
     print(json.dumps({k: res[k] for k in ("recovered_fraction_5k", "kl_ratio_5k_to_judge", "goal_met",
                                           "rm_top1_accuracy_5k")}, indent=2))
 
