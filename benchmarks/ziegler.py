@@ -182,7 +182,9 @@ def merge(old: dict, new: dict) -> dict:
          "agrees_with_first": abs(base_new - base_old) < 1e-9}]
     merged["commands"] = old["commands"] + new["commands"]
     merged["wall_s"] = old["wall_s"] + new["wall_s"]
-    merged["note"] = "; ".join(n for n in (old.get("note"), new.get("note")) if n)
+    notes = [n for n in (old.get("note") or "").split("; ") if n]
+    merged["note"] = "; ".join(notes + [n for n in (new.get("note") or "").split("; ") if n and n not in notes])
+    merged["not_run"] = {k: why for k, why in old.get("not_run", {}).items() if k not in fresh}
     for key in ("rm_heldout_accuracy",):
         merged[key] = old.get(key, {}) | new.get(key, {})
     return merged
