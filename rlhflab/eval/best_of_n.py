@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from rlhflab.core.config import setting
 from rlhflab.core.log import get_logger
+from rlhflab.core.progress import progress
 from rlhflab.core.rundir import RunDir, RunError, atomic_write_text, is_run_dir
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_queries, format_query
@@ -39,13 +39,22 @@ from rlhflab.models.device import autocast, resolve_device
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model
 from rlhflab.models.reward import RewardModel, load_reward_model
+from rlhflab.models.text_reward import (
+    TextReward,
+    call_text_reward,
+    check_references,
+    is_text_reward,
+    load_text_reward,
+    needs_reference,
+)
 
 log = get_logger(__name__)
 
 @dataclass
 class BestOfNConfig:
     model: str = setting("smollm2-135m", "the policy: run directory, embedded name, model directory, hub id or tiny")
-    reward: str = setting("runs/rm/cpu", "an `rlhflab rm` run directory (or a saved reward-model directory)")
+    reward: str = setting("runs/rm/cpu", "an `rlhflab rm` run directory (or a saved reward-model directory); or a "
+                                         "text reward: rouge, style:NAME, python:module:function")
     policy_name: str | None = setting(None, "the name written into each sample; default: \"bo{n}-\" + the model's name")
     posts: str = setting("../shared/data/tldr/eval.jsonl.gz", "TL;DR, CNN/DM or posts JSONL; local path or hub name")
     format: str = setting("auto", "format of the posts file: auto | tldr | cnndm | posts")
@@ -135,13 +144,12 @@ def best_of_n(cfg: BestOfNConfig, out: str, stop_after: int | None = None) -> di
     # Check the posts and load both models before the run directory exists: a wrong path is reported without
     # leaving a run behind that a corrected command would then refuse as "a different config".
     check_files([posts_check("posts", cfg.posts, cfg.format)])
-    if not Path(cfg.reward).expanduser().exists():
-        raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory")
-    rm = load_reward_model(cfg.reward, allow_partial=cfg.allow_partial)
+    rm = load_ranker(cfg)
     model, tokenizer = load_model(cfg.model, allow_partial=cfg.allow_partial)
     device = resolve_device(cfg.device)
     model.to(device).eval()
-    rm.to(device)
+    if isinstance(rm, RewardModel):
+        rm.to(device)
 
     run.start("best-of-n", cfg)
     seed_everything(cfg.seed)
@@ -160,8 +168,7 @@ def best_of_n(cfg: BestOfNConfig, out: str, stop_after: int | None = None) -> di
              len(posts), cfg.n, base, cfg.reward, len(written))
 
     n_generated, t_gen, batches = 0, 0.0, 0
-    bar = tqdm(total=len(posts), initial=sum(p.id in written for p in posts), desc="best-of-n", unit="post",
-               dynamic_ncols=True)
+    bar = progress(len(posts), "best-of-n", "post", sum(p.id in written for p in posts))
     for batch in pending_batches(posts, cfg.batch_size, lambda p: p.id in written):
         if stop_after is not None and batches >= stop_after:
             bar.close()
@@ -191,6 +198,20 @@ def best_of_n(cfg: BestOfNConfig, out: str, stop_after: int | None = None) -> di
     return summary
 
 
+def load_ranker(cfg: BestOfNConfig) -> RewardModel | TextReward:
+    """The reward that ranks the candidates: an RM, or a text reward (rouge, style:, python:; see
+    models/text_reward.py) — a reward that compares against the reference refuses posts without one here."""
+    if is_text_reward(cfg.reward):
+        fn = load_text_reward(cfg.reward)
+        if needs_reference(fn):
+            check_references(fn, list(load_posts(cfg.posts, format=cfg.format, limit=cfg.limit)), cfg.posts)
+        return fn
+    if not Path(cfg.reward).expanduser().exists():
+        raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory, rouge, "
+                       "style:NAME or python:module:function")
+    return load_reward_model(cfg.reward, allow_partial=cfg.allow_partial)
+
+
 def unique_posts(posts: list[Post]) -> list[Post]:
     """The posts in order, each id once (one written row per post id is what makes resuming exact)."""
     out = list({p.id: p for p in reversed(posts)}.values())[::-1]
@@ -200,7 +221,7 @@ def unique_posts(posts: list[Post]) -> list[Post]:
 
 
 @torch.no_grad()
-def sample_and_score(model, tokenizer, rm: RewardModel, chunk: list[Post], cfg: BestOfNConfig,
+def sample_and_score(model, tokenizer, rm: RewardModel | TextReward, chunk: list[Post], cfg: BestOfNConfig,
                      generator: torch.Generator, base: str = "") -> list[list[Sample]]:
     """cfg.n candidates per post: sampled by the policy, scored by the RM. Returns [post][i] candidate Samples
     (policy = the base policy's name, score = the ranking score, extra.rm_score = the RM's own)."""
@@ -214,10 +235,7 @@ def sample_and_score(model, tokenizer, rm: RewardModel, chunk: list[Post], cfg: 
     texts = decode_responses(tokenizer, gen)  # P*k, post b's candidates at b*k … b*k+k-1
     eos = gen.eos.tolist()
     n_tokens = (gen.response_mask.sum(-1) - gen.eos.long()).tolist()
-    # The RM reads the post and the summaries with its own tokenizer and budgets (as `rlhflab score` does).
-    rm_queries = [rm.encode_query(p) for p in chunk]
-    rm_responses = [rm.encode_response(t, eos=e) for t, e in zip(texts, eos)]
-    rm_scores = rm.score_groups(rm_queries, rm_responses, k, batch_size=cfg.score_batch_size, bf16=cfg.bf16)
+    rm_scores = score_candidates(rm, tokenizer, chunk, texts, eos, cfg)
     out = []
     for b, post in enumerate(chunk):
         rows = range(b * k, (b + 1) * k)
@@ -228,6 +246,20 @@ def sample_and_score(model, tokenizer, rm: RewardModel, chunk: list[Post], cfg: 
                            extra={"temperature": cfg.temperature, "rm_score": raw[i]})
                     for i, r in enumerate(rows)])
     return out
+
+
+def score_candidates(rm: RewardModel | TextReward, tokenizer, chunk: list[Post], texts: list[str],
+                     eos: list[bool], cfg: BestOfNConfig) -> torch.Tensor:
+    """(P, k) scores of the P posts' k candidates (texts[b*k + i] is post b's candidate i)."""
+    k = cfg.n
+    if not isinstance(rm, RewardModel):
+        query_texts = [format_query(p, tokenizer, cfg.max_query_tokens) for p in chunk for _ in range(k)]
+        scores = call_text_reward(rm, query_texts, texts, [p for p in chunk for _ in range(k)])
+        return torch.tensor(scores, dtype=torch.float32).view(len(chunk), k)
+    # The RM reads the post and the summaries with its own tokenizer and budgets (as `rlhflab score` does).
+    rm_queries = [rm.encode_query(p) for p in chunk]
+    rm_responses = [rm.encode_response(t, eos=e) for t, e in zip(texts, eos)]
+    return rm.score_groups(rm_queries, rm_responses, k, batch_size=cfg.score_batch_size, bf16=cfg.bf16)
 
 
 def pick_best(post: Post, candidates: list[Sample], name: str, cfg: BestOfNConfig) -> Sample:

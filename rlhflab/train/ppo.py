@@ -26,27 +26,34 @@ batches of the whole minibatch and the gradients are summed. Only the main proce
 from __future__ import annotations
 
 import copy
-import importlib
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm import tqdm
 
 from rlhflab.core.config import require, setting
 from rlhflab.core.log import get_logger
+from rlhflab.core.progress import progress
 from rlhflab.core.rundir import RunDir, RunError
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_queries
 from rlhflab.data.preflight import check_files, check_paths, posts_check
 from rlhflab.data.loaders import load_posts
+from rlhflab.data.records import Post
 from rlhflab.models.device import autocast
 from rlhflab.models.generation import Generation, StopRule, decode_responses, generate, pad_queries, stop_rule
 from rlhflab.models.loading import load_model, save_model
 from rlhflab.models.reward import NotARewardModelError, RewardModel, load_reward_model, new_reward_model
+from rlhflab.models.text_reward import (
+    TextReward,
+    call_text_reward,
+    check_references,
+    is_text_reward,
+    load_text_reward,
+    needs_reference,
+)
 from rlhflab.models.trunk import LayerReuse, RolloutStates, lower_layers_equal, split_matches_full
 from rlhflab.ops.ppo import (
     gae,
@@ -90,7 +97,7 @@ from rlhflab.train.distributed import (
 
 log = get_logger(__name__)
 
-RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+RewardFn = TextReward  # f(queries, responses) or f(queries, responses, posts=...): see models/text_reward.py
 
 
 
@@ -138,8 +145,9 @@ class PPOConfig:
         "start the policy here instead (e.g. the last round's PPO run); None = model")
     reward: str = setting(
         "runs/rm/cpu",
-        "an `rlhflab rm` run directory, \"python:module:function\" (f(queries, responses)) or \"style:sentiment\" "
-        "/ \"style:descriptiveness\" (a programmatic judge of the response)")
+        "an `rlhflab rm` run directory; \"rouge\" (ROUGE-L F1 against the post's reference); "
+        "\"python:module:function\" (f(queries, responses), or f(queries, responses, posts=...) when it declares "
+        "`posts`); or \"style:sentiment\" / \"style:descriptiveness\" (a programmatic judge of the response)")
     value_model: str | None = setting(
         None,
         "the value model's start; None: the reward RM (a callable reward: the policy's model + a fresh head)")
@@ -264,33 +272,26 @@ def load_policy_and_reference(cfg: PPOConfig, device: torch.device):
 
 
 def preflight(cfg: PPOConfig, reward_fn: RewardFn | None) -> None:
-    """Step 0, before any model loads: the posts file parses, the reward names something that exists."""
+    """Step 0, before any model loads: the posts file parses, the reward names something that exists, and a
+    reward that compares against the reference (rouge) gets posts that have one."""
     check_files([posts_check("data.posts", cfg.data.posts, cfg.data.format)])
     check_paths([("model", cfg.model), ("policy_init", cfg.policy_init), ("value_model", cfg.value_model)])
-    if reward_fn is not None or cfg.reward.startswith("python:"):
+    if reward_fn is None and not is_text_reward(cfg.reward):
+        if not Path(cfg.reward).expanduser().exists():
+            raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory, rouge, "
+                           "python:module:function or style:sentiment|descriptiveness")
         return
-    if cfg.reward.startswith("style:"):
-        from rlhflab.models.style import style_scorer
-
-        style_scorer(cfg.reward.removeprefix("style:"))  # an unknown name: a ValueError listing the known ones
-    elif not Path(cfg.reward).expanduser().exists():
-        raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory, python:module:"
-                       "function or style:sentiment|descriptiveness")
+    fn = reward_fn or load_text_reward(cfg.reward)  # an unknown style or function: a ValueError naming it
+    if needs_reference(fn):
+        check_references(fn, list(load_posts(cfg.data.posts, format=cfg.data.format, limit=cfg.data.limit)),
+                         cfg.data.posts)
 
 
 def load_reward(cfg: PPOConfig, reward_fn: RewardFn | None, device: torch.device) -> RewardModel | RewardFn:
     if reward_fn is not None:
         return reward_fn
-    if cfg.reward.startswith("python:"):
-        module_name, _, fn_name = cfg.reward.removeprefix("python:").partition(":")
-        if not fn_name:
-            raise ValueError(f"reward={cfg.reward!r}: expected python:module:function")
-        return getattr(importlib.import_module(module_name), fn_name)
-    if cfg.reward.startswith("style:"):
-        from rlhflab.models.style import style_scorer
-
-        judge = style_scorer(cfg.reward.removeprefix("style:"))
-        return lambda queries, responses: judge(responses)  # a style judges the continuation alone
+    if is_text_reward(cfg.reward):
+        return load_text_reward(cfg.reward)
     rm = load_reward_model(cfg.reward, dtype="bfloat16" if cfg.frozen_bf16 else "float32")
     return rm.requires_grad_(False).to(device).eval()
 
@@ -298,7 +299,7 @@ def load_reward(cfg: PPOConfig, reward_fn: RewardFn | None, device: torch.device
 def load_value_model(cfg: PPOConfig, device: torch.device) -> RewardModel:
     """The value model starts as the reward model (the paper), or — for a callable reward, or a `value_model`
     that is a plain language model — as that model with a fresh scalar head."""
-    spec = cfg.value_model or (cfg.model if cfg.reward.startswith(("python:", "style:")) else cfg.reward)
+    spec = cfg.value_model or (cfg.model if is_text_reward(cfg.reward) else cfg.reward)
     try:
         value = load_reward_model(spec, allow_partial=cfg.allow_partial)
     except NotARewardModelError:
@@ -336,16 +337,14 @@ def plan_reuse(cfg: PPOConfig, policy, reference, value_model: RewardModel, rewa
 # ------------------------------------------------------------------------------------------------ phases
 
 def score_responses(reward, tokenizer, queries: list[list[int]], gen: Generation, cfg: PPOConfig,
-                    texts: tuple[list[str], list[str]], states: RolloutStates | None = None) -> torch.Tensor:
-    """(R,) float32 scores of the responses (response tokens up to and including EOS). `states`: the value
-    model's frozen-layer states of these rows, when the RM has the same lower layers (it runs only its upper
-    ones on them, in the rollout's layout)."""
+                    texts: tuple[list[str], list[str]], posts: list[Post],
+                    states: RolloutStates | None = None) -> torch.Tensor:
+    """(R,) float32 scores of the responses (response tokens up to and including EOS). `texts`: (query texts,
+    response texts) and `posts` of the same rows, for a text reward. `states`: the value model's frozen-layer
+    states of these rows, when the RM has the same lower layers (it runs only its upper ones on them, in the
+    rollout's layout)."""
     if not isinstance(reward, RewardModel):
-        scores = torch.tensor([float(x) for x in reward(*texts)], dtype=torch.float32)
-        if scores.shape != (len(queries),):
-            raise ValueError(f"the reward callable returned {tuple(scores.shape)} scores for {len(queries)} "
-                             "responses")
-        return scores
+        return torch.tensor(call_text_reward(reward, *texts, posts), dtype=torch.float32)
     if states is not None:
         return states.in_chunks(lambda mb: mb.scores(reward, "value"), cfg.score_batch_size, cfg.bf16).cpu()
     responses = [gen.response[b, : int(gen.response_mask[b].sum())].tolist() for b in range(len(queries))]
@@ -479,8 +478,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
              n_updates, cfg.rollout_batch_size, len(posts), cfg.ppo_epochs, cfg.mini_batch_size,
              cfg.micro_batch_size, "callable" if reward_fn else cfg.reward)
 
-    bar = tqdm(total=n_updates, initial=update, desc="ppo", unit="update", dynamic_ncols=True,
-               disable=not procs.is_main)
+    bar = progress(n_updates, "ppo", "update", update, enabled=procs.is_main)
     while update < n_updates:
         t0 = time.time()
         batch = batch_indices(update, cfg.rollout_batch_size, len(posts), cfg.seed)
@@ -506,7 +504,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         local = frozen_states(rows_of(gen, local_rows), m, cfg)
         scores = score_responses(m.reward, tokenizer, [queries[i] for i in local_batch], rows_of(gen, local_rows),
                                  cfg, ([query_texts[i] for i in local_batch], texts[local_rows]),
-                                 local if m.reuse.reward_reads_value else None)
+                                 [posts[i] for i in local_batch], local if m.reuse.reward_reads_value else None)
         logprobs, ref_logprobs, values = (policy_logprobs(local, m, cfg), reference_logprobs(local, m, cfg),
                                           old_values(local, m, cfg))
         scores, logprobs, ref_logprobs, values = (gather_rows(t, procs) for t in (scores, logprobs, ref_logprobs,

@@ -137,7 +137,7 @@ def test_the_reward_model_scores_the_response_up_to_its_eos(tiny_rm):
     texts = decode_responses(tok, gen)
     assert texts == [" hey", " world!"]
     query_texts = [tok.decode(q) for q in queries]
-    got = ppo.score_responses(rm, tok, queries, gen, tiny_cfg(), (query_texts, texts))
+    got = ppo.score_responses(rm, tok, queries, gen, tiny_cfg(), (query_texts, texts), posts=[])
     want = rm.score(query_texts, ["hey", "world!"], eos=[True, False])
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(got, rm.score(query_texts, ["hey", "world!"], eos=[True, True]), atol=1e-5)
