@@ -14,7 +14,7 @@ import traceback
 import typing
 
 from rlhflab.core.config import ConfigError, load_config
-from rlhflab.core.log import setup_logging
+from rlhflab.core.log import LEVELS, setup_logging
 
 STAGES = {
     # command: (module, config class, entry function, one-line help)
@@ -86,7 +86,11 @@ def with_help(line: str, f: dataclasses.Field) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhflab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS,
+                        help="how much to log (default INFO: what each stage does and its progress; DEBUG adds "
+                             "detail, and is the only level that may log post or summary text; WARNING: only "
+                             "what goes wrong). Progress is a redrawn bar on a terminal and a line every 5%% or "
+                             "30 s elsewhere (RLHFLAB_PROGRESS=bar|lines|off to choose)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, _, _, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text,

@@ -25,7 +25,15 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def setup_logging(level: str | int = "INFO") -> None:
+    """One handler on stderr at `level`; off a terminal, the Hugging Face libraries' redrawn bars are turned off
+    (rlhflab's own progress is then plain lines: core/progress.py)."""
+    from rlhflab.core.progress import quiet_library_bars
+
+    quiet_library_bars()
     root = logging.getLogger()
     if not any(isinstance(h, _CurrentStderrHandler) for h in root.handlers):
         handler = _CurrentStderrHandler()

@@ -417,7 +417,6 @@ def build_judge(spec: JudgeSpec, cache_dir: Path, load_rm: Callable[[str], Any],
 
 
 def _bar(total: int, desc: str):
-    from tqdm import tqdm
+    from rlhflab.core.progress import progress
 
-    return tqdm(total=total, desc=desc, unit="pair" if desc.startswith("judge") else "summary", dynamic_ncols=True,
-                leave=False)
+    return progress(total, desc, "pair" if desc.startswith("judge") else "summary")

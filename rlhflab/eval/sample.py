@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from rlhflab.core.config import setting
 from rlhflab.core.log import get_logger
+from rlhflab.core.progress import progress
 from rlhflab.core.rundir import RunDir, is_run_dir
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import format_queries, format_query
@@ -96,7 +96,7 @@ def sample(cfg: SampleConfig, out: str) -> dict:
     log.info("sample: %d posts × %d = %d summaries by %s (%d already written)",
              len(posts), cfg.n, len(work), name, len(written))
 
-    bar = tqdm(total=len(work), initial=len(written), desc="sample", unit="summary", dynamic_ncols=True)
+    bar = progress(len(work), "sample", "summary", len(written))
     for batch in pending_batches(work, cfg.batch_size, lambda item: (item[0].id, item[1]) in written):
         # A partly written batch is sampled again whole, with the seed of its place in `work`: the same rows as
         # an uninterrupted run; only the missing ones are written.

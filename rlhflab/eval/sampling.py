@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm import tqdm
 
 from rlhflab.core.log import get_logger
+from rlhflab.core.progress import progress
 from rlhflab.data.format import format_query
 from rlhflab.data.records import Post, Sample
 from rlhflab.data.resumable import ResumableRows, pending_batches
@@ -86,7 +86,7 @@ def cached_batches(path: Path, posts: Sequence[Post], cfg: EvalConfig, stream: i
     make_rows = load()
     if make_rows is None:
         return CachedRows(None, computed=False)
-    bar = tqdm(total=sum(len(b.items) for b in todo), desc=desc, unit="post", dynamic_ncols=True)
+    bar = progress(sum(len(b.items) for b in todo), desc, "post")
     for batch in todo:
         generator = torch.Generator().manual_seed(batch.seed(cfg.seed, stream))
         store.add(make_rows(batch.items, generator))

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from rlhflab.core.config import require, setting
 from rlhflab.core.log import get_logger
+from rlhflab.core.progress import LineProgress, progress
 from rlhflab.core.rundir import RunDir, atomic_path
 from rlhflab.core.seed import rng_state, set_rng_state
 from rlhflab.train.distributed import (
@@ -129,12 +130,12 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, per_epoch: int
         yield epoch, position, order[position * batch_size : (position + 1) * batch_size]
 
 
-def progress_bar(stage: str, total_steps: int, step: int, procs: Processes) -> tqdm:
+def progress_bar(stage: str, total_steps: int, step: int, procs: Processes) -> tqdm | LineProgress:
     """The optimiser steps' progress bar, starting at `step` (a resumed run), shown by the main process only."""
-    return tqdm(total=total_steps, initial=step, desc=stage, unit="step", dynamic_ncols=True, disable=not procs.is_main)
+    return progress(total_steps, stage, "step", step, enabled=procs.is_main)
 
 
-def stopped_early(bar: tqdm, step: int, procs: Processes) -> dict[str, int]:
+def stopped_early(bar: tqdm | LineProgress, step: int, procs: Processes) -> dict[str, int]:
     """A simulated interruption after `step` (a stage's `stop_after`, for tests): what remains is the last
     checkpoint, as after a crash; every process gets here, so they wait for each other before returning."""
     bar.close()

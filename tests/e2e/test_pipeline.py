@@ -42,6 +42,8 @@ def test_a_pipeline_killed_during_ppo_resumes_to_the_same_report(tmp_path, share
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     out = finish(rlhflab(*ARGS, "--out", str(straight), log=tmp_path / "straight.log"), tmp_path / "straight.log")
     assert "[15/15] eval" in out and "pipeline done" in out and "report: " in out
+    assert "\r" not in out  # off a terminal, progress is plain lines (core/progress.py), not redrawn bars
+    assert "ppo: " in out and "updates (100%)" in out
 
     proc = rlhflab(*ARGS, "--out", str(killed), log=tmp_path / "killed.log")
     ppo = killed / "round_2" / "ppo"
