@@ -450,7 +450,7 @@ def build_report(cfg: EvalConfig, posts: list[Post], main: SetResult, transfer: 
         "definitions": definitions(cfg),
         "settings": {"max_query_tokens": cfg.max_query_tokens, "max_new_tokens": cfg.max_new_tokens,
                      "temperature": cfg.temperature, "kl_reference": cfg.kl_reference,
-                     "kl_samples": cfg.kl_samples, "kl_temperature": cfg.kl_temperature},
+                     "kl_samples": cfg.kl_samples, "kl_temperature": cfg.kl_temperature, "ci_level": cfg.ci_level},
         **main.report_json(with_fits=False),
         **sections,
         "transfer": ({"posts": {"file": cfg.transfer.posts, "n": len(transfer.posts),

@@ -222,6 +222,7 @@ th,td{border:1px solid #ccc;padding:4px 7px;vertical-align:top;text-align:left}
 th{background:#f3f3f3} td.num{text-align:right;white-space:nowrap}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 .note{color:#555;font-size:13px} details{font-size:12px;max-width:420px} .ref{background:#fafae8}
+.scroll{overflow-x:auto;max-width:100%} .verdict{font-size:16px;background:#eef4fb;padding:.6em .9em}
 """
 
 
@@ -321,7 +322,9 @@ def write_html(path: Path, report: dict[str, Any], out: Path, main: dict[str, An
     if transfer is not None:
         parts.append("<h3>CNN/DM</h3>" + examples_table(transfer, min(n_examples, 10), judges))
     parts.append("</body></html>\n")
-    atomic_write_text(path, "\n".join(parts))
+    # every table scrolls inside its own box: a wide one (many judges) never cuts off columns or widens the page
+    page = "\n".join(parts).replace("<table>", "<div class=scroll><table>").replace("</table>", "</table></div>")
+    atomic_write_text(path, page)
 
 
 # Each section below is a list of the page's parts, which write_html joins with newlines.
@@ -330,9 +333,33 @@ def _heading(report: dict[str, Any]) -> list[str]:
     return [f"<!doctype html><html><head><meta charset=utf-8><title>rlhflab eval report</title><style>{CSS}"
             "</style></head><body>",
             "<h1>Does the policy beat the humans' own TL;DRs?</h1>",
+            f"<p class=verdict>{e(verdict(report))}</p>",
             f"<p class=note>{e(report['posts']['n'])} posts from {e(report['posts']['file'])}; summaries "
             f"{e(report['definitions']['sampling'])}, at most {e(report['settings']['max_new_tokens'])} new tokens; "
             f"lengths in {e(report['definitions']['length_unit'])}.</p>"]
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """One sentence for the first screen: which policy the primary judge prefers to the reference most often,
+    whether that rate is beyond its CI from 0.5, and whether it is beyond the runner-up's."""
+    judge, level = report["primary_judge"], report["settings"].get("ci_level", 0.95)
+    rated = sorted(((r["by_judge"][judge]["win_rate"], name, r["by_judge"][judge]) for name, r in
+                    report["policies"].items() if r["by_judge"][judge]["win_rate"] is not None), reverse=True)
+    if not rated:
+        return f"No policy has a win rate on the primary judge ({judge})."
+    rate, name, best = rated[0]
+    lo, hi = best["win_rate_ci"]
+    side = ("above 0.5 beyond its" if lo > 0.5 else "below 0.5 beyond its" if hi < 0.5 else "within its")
+    text = (f"On the primary judge ({judge}), {name} is preferred to the reference most often: {rate:.3f} "
+            f"[{lo:.2f}, {hi:.2f}] of {best['n']} posts, {side} {level:.0%} CI")
+    if len(rated) == 1:
+        return text + "."
+    rate2, name2, second = rated[1]
+    apart = lo > second["win_rate_ci"][1]
+    return text + (f"; ahead of {name2} ({rate2:.3f} [{second['win_rate_ci'][0]:.2f}, "
+                   f"{second['win_rate_ci'][1]:.2f}]), " + ("the intervals do not overlap." if apart else
+                                                            "but the intervals overlap: the two are not shown to "
+                                                            "differ."))
 
 
 def _judges_table(report: dict[str, Any]) -> list[str]:

@@ -4,6 +4,7 @@ the HTML (images embedded, text escaped), resume after an interruption, judges, 
 from __future__ import annotations
 
 import gzip
+import html
 import json
 import math
 import sys
@@ -23,6 +24,7 @@ from rlhflab.eval import sampling as sampling_module  # noqa: E402
 from rlhflab.eval.evaluate import EvalConfig, evaluate  # noqa: E402
 from rlhflab.eval.judges import JudgeSpec, OpenAIJudge, Text, parse_choice  # noqa: E402
 from rlhflab.eval.metrics import lead_k, rouge  # noqa: E402
+from rlhflab.eval.report import verdict  # noqa: E402
 from rlhflab.models.loading import save_model, tiny_model_and_tokenizer  # noqa: E402
 from rlhflab.models.reward import load_reward_model, new_reward_model, save_reward_model  # noqa: E402
 
@@ -387,3 +389,52 @@ def test_openai_judge_maps_the_shown_order_back(tmp_path):
                                             ("I pick\nA", "A"), ("no idea", None), ('Preferred: "b"', "B")])
 def test_parse_choice(answer, choice):
     assert parse_choice(answer) == choice
+
+
+# ------------------------------------------------------------------------------------------------ the page
+
+
+def fake_report(*rates: tuple[str, float, float, float]) -> dict:
+    return {"primary_judge": "gold", "settings": {"ci_level": 0.95},
+            "policies": {name: {"by_judge": {"gold": {"win_rate": r, "win_rate_ci": [lo, hi], "n": 100}}}
+                         for name, r, lo, hi in rates}}
+
+
+def test_the_verdict_names_the_winner_and_says_whether_the_cis_separate():
+    apart = verdict(fake_report(("sft", 0.40, 0.31, 0.49), ("ppo", 0.62, 0.52, 0.71)))
+    assert apart.startswith("On the primary judge (gold), ppo is preferred to the reference most often: 0.620 "
+                            "[0.52, 0.71] of 100 posts, above 0.5 beyond its 95% CI; ahead of sft (0.400")
+    assert apart.endswith("the intervals do not overlap.")
+    close = verdict(fake_report(("sft", 0.45, 0.35, 0.55), ("ppo", 0.48, 0.38, 0.58)))
+    assert "ppo is preferred" in close and "within its 95% CI" in close and "not shown to differ" in close
+    assert "below 0.5 beyond its" in verdict(fake_report(("ppo", 0.2, 0.1, 0.3)))
+
+
+def test_the_first_screen_gives_the_verdict(full):
+    out, _, rep = full
+    page = (out / "report.html").read_text()
+    assert page.index("class=verdict") < page.index("<h2>")
+    assert html.escape(verdict(rep), quote=True) in page
+
+
+@pytest.mark.browser
+def test_at_1280_px_every_table_scrolls_in_its_box_and_no_cell_is_clipped(full, chromium):
+    from playwright.sync_api import sync_playwright
+
+    out, _, _ = full
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto((out / "report.html").as_uri())
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # the page itself never scrolls sideways
+        boxes = page.evaluate("""() => [...document.querySelectorAll('table')].map(t => {
+            const box = t.parentElement;
+            box.scrollLeft = box.scrollWidth;  // scrolled to the end, the last column must be inside the box
+            const last = t.rows[0].cells[t.rows[0].cells.length - 1].getBoundingClientRect();
+            const r = box.getBoundingClientRect();
+            return {cls: box.className, wide: t.scrollWidth > box.clientWidth, right: last.right, box: r.right};
+        })""")
+        browser.close()
+    assert boxes and all(b["cls"] == "scroll" for b in boxes)
+    assert any(b["wide"] for b in boxes)  # the policies table is wider than the page: it is what this checks
+    assert all(b["right"] <= b["box"] + 1 for b in boxes), boxes
