@@ -75,10 +75,11 @@ class LineProgress:
     def line(self) -> str:
         elapsed = time.monotonic() - self._t0
         rate = (self.n - self._start_n) / elapsed if elapsed > 0 else 0.0
-        parts = [f"{self.desc}: {self.n}/{self.total} {self.unit}s"
+        units = self.unit[:-1] + "ies" if self.unit.endswith("y") else self.unit + "s"
+        parts = [f"{self.desc}: {self.n}/{self.total} {units}"
                  + (f" ({100 * self.n / self.total:.0f}%)" if self.total else "")]
         if rate > 0:
-            parts.append(f"{rate:.3g} {self.unit}s/s")
+            parts.append(f"{rate:.3g} {units}/s")
             if self.total and self.n < self.total:
                 parts.append(f"{_duration((self.total - self.n) / rate)} left")
         parts += [f"{k}={v}" for k, v in self.postfix.items()]
