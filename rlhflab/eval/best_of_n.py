@@ -226,8 +226,8 @@ def sample_and_score(model, tokenizer, rm: RewardModel | TextReward, chunk: list
     """cfg.n candidates per post: sampled by the policy, scored by the RM. Returns [post][i] candidate Samples
     (policy = the base policy's name, score = the ranking score, extra.rm_score = the RM's own)."""
     k = cfg.n
-    queries = [tokenizer.encode(format_query(p, tokenizer, cfg.max_query_tokens), add_special_tokens=False)
-               for p in chunk]
+    query_texts = [format_query(p, tokenizer, cfg.max_query_tokens) for p in chunk]
+    queries = [tokenizer.encode(q, add_special_tokens=False) for q in query_texts]
     query_ids, query_mask = pad_queries(tokenizer, queries)  # (P, Tq)
     with autocast(model.device, cfg.bf16):
         gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.max_new_tokens,
@@ -235,7 +235,7 @@ def sample_and_score(model, tokenizer, rm: RewardModel | TextReward, chunk: list
     texts = decode_responses(tokenizer, gen)  # P*k, post b's candidates at b*k … b*k+k-1
     eos = gen.eos.tolist()
     n_tokens = (gen.response_mask.sum(-1) - gen.eos.long()).tolist()
-    rm_scores = score_candidates(rm, tokenizer, chunk, texts, eos, cfg)
+    rm_scores = score_candidates(rm, chunk, query_texts, texts, eos, cfg)
     out = []
     for b, post in enumerate(chunk):
         rows = range(b * k, (b + 1) * k)
@@ -248,13 +248,14 @@ def sample_and_score(model, tokenizer, rm: RewardModel | TextReward, chunk: list
     return out
 
 
-def score_candidates(rm: RewardModel | TextReward, tokenizer, chunk: list[Post], texts: list[str],
+def score_candidates(rm: RewardModel | TextReward, chunk: list[Post], query_texts: list[str], texts: list[str],
                      eos: list[bool], cfg: BestOfNConfig) -> torch.Tensor:
-    """(P, k) scores of the P posts' k candidates (texts[b*k + i] is post b's candidate i)."""
+    """(P, k) scores of the P posts' k candidates (texts[b*k + i] is post b's candidate i); `query_texts`: the
+    P formatted queries the policy read."""
     k = cfg.n
     if not isinstance(rm, RewardModel):
-        query_texts = [format_query(p, tokenizer, cfg.max_query_tokens) for p in chunk for _ in range(k)]
-        scores = call_text_reward(rm, query_texts, texts, [p for p in chunk for _ in range(k)])
+        scores = call_text_reward(rm, [q for q in query_texts for _ in range(k)], texts,
+                                  [p for p in chunk for _ in range(k)])
         return torch.tensor(scores, dtype=torch.float32).view(len(chunk), k)
     # The RM reads the post and the summaries with its own tokenizer and budgets (as `rlhflab score` does).
     rm_queries = [rm.encode_query(p) for p in chunk]
