@@ -251,8 +251,7 @@ def next_task(project_id: ProjectId, user: CurrentUser, request: Request) -> Any
         if not project.active and user.role != "admin":
             raise Problem(404, f"no project {project_id}")
         a = service.next_assignment(s, project, user, ctx.rng)
-        return {"assignment": service.task_view(a) if a else None,
-                "answered": service.progress(s, project, user)["answered"]}
+        return {"assignment": service.task_view(a) if a else None, **service.progress(s, project, user)}
 
 
 @router.post("/assignments/{assignment_id}/answer", response_model=schemas.AnswerOut, tags=["labelling"],

@@ -33,6 +33,11 @@ def pick_task(candidates: list[Candidate], k: int, gold_rate: float, rng: random
     return best.task_id
 
 
+def assignable(candidates: list[Candidate], k: int) -> int:
+    """How many tasks `pick_task` could still give this labeler (regular ones with a free slot, unseen gold)."""
+    return sum(1 for c in candidates if not c.seen and (c.is_gold or c.taken < k))
+
+
 def left_right(rng: random.Random) -> bool:
     """Whether to show summary B on the left (True) — a fair coin, recorded with the assignment."""
     return rng.random() < 0.5

@@ -84,9 +84,9 @@ def label_page(project_id: ProjectId, user: CurrentUser, request: Request) -> Re
             raise Problem(404, f"no project {project_id}")
         a = service.next_assignment(s, project, user, ctx.rng)
         view = service.task_view(a) if a else None
-        answered = service.progress(s, project, user)["answered"]
-    return render(request, "label_task.html", user=user, project=project, task=view, answered=answered,
-                  axes=RATING_AXES)
+        progress = service.progress(s, project, user)
+    return render(request, "label_task.html", user=user, project=project, task=view,
+                  answered=progress["answered"], progress=progress, axes=RATING_AXES)
 
 
 @router.post("/label/{project_id}/answer", dependencies=[CSRF])

@@ -238,6 +238,7 @@ class AssignmentOut(BaseModel):
 class NextOut(BaseModel):
     assignment: AssignmentOut | None
     answered: int
+    remaining: int  # tasks still for you, this one included
 
 
 class RatingsIn(Strict):

@@ -315,15 +315,7 @@ def next_assignment(s: Session, project: Project, user: User, rng: random.Random
         if a.expires_at > now:
             return a
         a.status = "expired"
-    live = or_(Assignment.status == "done", and_(Assignment.status == "open", Assignment.expires_at > now))
-    taken = (select(Assignment.task_id, func.count().label("n")).where(Assignment.project_id == project.id, live)
-             .group_by(Assignment.task_id).subquery())
-    seen = select(Assignment.task_id).where(Assignment.user_id == user.id,
-                                            Assignment.project_id == project.id).scalar_subquery()
-    q = (select(Task.id, Task.is_gold, func.coalesce(taken.c.n, 0), case((Task.id.in_(seen), True), else_=False))
-         .outerjoin(taken, taken.c.task_id == Task.id).where(Task.project_id == project.id))
-    candidates = [assign.Candidate(task_id=tid, is_gold=bool(g), taken=int(n), seen=bool(sn))
-                  for tid, g, n, sn in s.execute(q)]
+    candidates = _candidates(s, project, user, now)
     task_id = assign.pick_task(candidates, project.labels_per_task, project.gold_rate, rng)
     if task_id is None:
         return None
@@ -334,6 +326,19 @@ def next_assignment(s: Session, project: Project, user: User, rng: random.Random
     s.add(a)
     s.flush()
     return a
+
+
+def _candidates(s: Session, project: Project, user: User, now: datetime) -> list[assign.Candidate]:
+    """Every task of the project with how many live assignments it has and whether this labeler has seen it."""
+    live = or_(Assignment.status == "done", and_(Assignment.status == "open", Assignment.expires_at > now))
+    taken = (select(Assignment.task_id, func.count().label("n")).where(Assignment.project_id == project.id, live)
+             .group_by(Assignment.task_id).subquery())
+    seen = select(Assignment.task_id).where(Assignment.user_id == user.id,
+                                            Assignment.project_id == project.id).scalar_subquery()
+    q = (select(Task.id, Task.is_gold, func.coalesce(taken.c.n, 0), case((Task.id.in_(seen), True), else_=False))
+         .outerjoin(taken, taken.c.task_id == Task.id).where(Task.project_id == project.id))
+    return [assign.Candidate(task_id=tid, is_gold=bool(g), taken=int(n), seen=bool(sn))
+            for tid, g, n, sn in s.execute(q)]
 
 
 def get_own_assignment(s: Session, user: User, assignment_id: int) -> Assignment:
@@ -423,10 +428,17 @@ def task_view(a: Assignment) -> dict[str, Any]:
     return view
 
 
-def progress(s: Session, project: Project, user: User) -> dict[str, int]:
+def progress(s: Session, project: Project, user: User, now: datetime | None = None) -> dict[str, int]:
+    """`answered`: this labeler's answers in the project; `remaining`: the tasks they can still be given, their
+    open assignment included (others' open assignments hold slots, so it can shrink as others label)."""
+    now = now or utcnow()
     done = s.scalar(select(func.count()).select_from(Answer).where(Answer.project_id == project.id,
                                                                     Answer.user_id == user.id)) or 0
-    return {"answered": int(done)}
+    open_now = s.scalar(select(func.count()).select_from(Assignment).where(
+        Assignment.project_id == project.id, Assignment.user_id == user.id, Assignment.status == "open",
+        Assignment.expires_at > now)) or 0
+    free = assign.assignable(_candidates(s, project, user, now), project.labels_per_task)
+    return {"answered": int(done), "remaining": int(open_now) + free}
 
 
 # ---------------------------------------------------------------------------------------------- export
