@@ -11,7 +11,8 @@ from fastapi.responses import StreamingResponse
 from rlhflab.data.records import Post, Sample
 from rlhflab.label import db as dbm
 from rlhflab.label import formats, schemas, service
-from rlhflab.label.deps import CSRF, Admin, CurrentUser, ObjectId, ProjectId, csrf_token, ctx_of, start_session
+from rlhflab.label.deps import (CSRF, Admin, CurrentUser, ObjectId, ProjectId, csrf_token, ctx_of, end_session,
+                               start_session)
 from rlhflab.label.models import Task, User
 from rlhflab.label.service import Problem
 
@@ -44,7 +45,7 @@ def api_login(body: schemas.LoginIn, request: Request) -> Any:
 
 @router.post("/logout", tags=["auth"], dependencies=[CSRF])
 def api_logout(request: Request) -> dict[str, bool]:
-    request.session.clear()
+    end_session(request)
     return {"ok": True}
 
 
@@ -79,8 +80,11 @@ def patch_user(user_id: ObjectId, body: schemas.UserPatch, admin: Admin, request
             if user.id == admin.id and not body.active:
                 raise Problem(409, "you cannot deactivate yourself")
             user.active = body.active
+            if not body.active:
+                service.end_sessions(s, user.id)
         if body.password is not None:
             user.password_hash = ctx.passwords.hash(body.password)
+            service.end_sessions(s, user.id)  # whoever had the old password is logged out, this admin too if it is them
         return user
 
 

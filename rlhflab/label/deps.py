@@ -1,5 +1,6 @@
 """What the JSON API and the HTML pages share: the app's context, sessions, CSRF, and who is asking.
 
+Sessions live in the database (`sessions`); the signed cookie carries the session's token and the CSRF token.
 Every state-changing request (POST/PATCH/DELETE) must carry the session's CSRF token — in the `X-CSRF-Token`
 header (JSON) or a `csrf_token` form field (HTML forms) — or it gets 403. The app turns `LoginRequired` and
 `Forbidden` into 401 (or a redirect to the login page) and 403.
@@ -21,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from rlhflab.label import db as dbm
-from rlhflab.label import schemas
+from rlhflab.label import schemas, service
 from rlhflab.label.models import User
 from rlhflab.label.security import Passwords, new_csrf_token, tokens_match
 from rlhflab.label.settings import LabelSettings
@@ -97,14 +98,15 @@ async def check_csrf(request: Request) -> None:
 # ---------------------------------------------------------------------------------------------- who is asking
 
 def optional_user(request: Request) -> User | None:
-    uid = request.session.get("uid")
-    if not isinstance(uid, int):
+    """Who is asking: the user of the cookie's session *if the server still holds that session* (logout, a new
+    password or deactivation deleted it), else None. A cookie that names no live session is emptied."""
+    token = request.session.get("sid")
+    if not isinstance(token, str):
         return None
     with ctx_of(request).tx() as s:
-        user = s.get(User, uid)
-    if user is None or not user.active or user.role == "external":
-        request.session.pop("uid", None)
-        return None
+        user = service.session_user(s, token)
+    if user is None:
+        request.session.pop("sid", None)
     return user
 
 
@@ -124,11 +126,21 @@ def require_admin(request: Request) -> User:
 
 def start_session(request: Request, user: User) -> dict[str, Any]:
     """Log `user` in; returns the MeOut fields. The session starts empty, with a new CSRF token, so nothing from
-    before the login (a token someone else may have planted) carries over."""
-    request.session.clear()
-    request.session["uid"] = user.id
+    before the login (a token someone else may have planted) carries over; a session this browser had is ended."""
+    end_session(request)
+    with ctx_of(request).tx() as s:
+        request.session["sid"] = service.open_session(s, user, ctx_of(request).settings.session_max_age_s)
     token = csrf_token(request)
     return {"id": user.id, "username": user.username, "role": user.role, "csrf_token": token}
+
+
+def end_session(request: Request) -> None:
+    """Log out: the server forgets the session, so a copy of the cookie is worth nothing."""
+    token = request.session.get("sid")
+    if isinstance(token, str):
+        with ctx_of(request).tx() as s:
+            service.close_session(s, token)
+    request.session.clear()
 
 
 CurrentUser = Annotated[User, Depends(require_user)]

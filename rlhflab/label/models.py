@@ -16,6 +16,8 @@ from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integ
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from rlhflab.label import sizes
+
 ROLES = ("admin", "labeler", "external")  # external: authors of imported labels; cannot log in
 TASK_KINDS = ("comparison", "rating", "best_of_n")
 RATING_AXES = ("overall", "accuracy", "coverage", "coherence")
@@ -38,17 +40,29 @@ class Setting(Base):
 class User(Base):
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    username: Mapped[str] = mapped_column(String(64), unique=True)
+    username: Mapped[str] = mapped_column(String(sizes.USERNAME), unique=True)
     password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
     role: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class LoginSession(Base):
+    """A logged-in browser or client. The cookie carries a random token; only its SHA-256 is stored, so a copy of
+    the database opens no session. Logout deletes the row, a password change or deactivation deletes all of a
+    user's rows: the (signed) cookie alone no longer lets anyone in."""
+
+    __tablename__ = "sessions"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
 class Project(Base):
     __tablename__ = "projects"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(sizes.PROJECT_NAME), unique=True)
     instructions: Mapped[str] = mapped_column(Text, default="")
     labels_per_task: Mapped[int] = mapped_column(Integer, default=3)
     gold_rate: Mapped[float] = mapped_column(Float, default=0.1)
@@ -64,9 +78,9 @@ class Post(Base):
     __table_args__ = (UniqueConstraint("project_id", "post_key"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    post_key: Mapped[str] = mapped_column(String(200))  # the post's id in its source data
+    post_key: Mapped[str] = mapped_column(String(sizes.POST_KEY))  # the post's id in its source data
     title: Mapped[str] = mapped_column(Text, default="")
-    subreddit: Mapped[str] = mapped_column(String(200), default="")
+    subreddit: Mapped[str] = mapped_column(String(sizes.SUBREDDIT), default="")
     text: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16), default="tldr")
 
@@ -80,10 +94,10 @@ class Task(Base):
     # "" for best-of-N tasks: making the column nullable would mean recreating the table on SQLite, and that DROP
     # cascades into every assignment and answer
     summary_a: Mapped[str] = mapped_column(Text)
-    policy_a: Mapped[str] = mapped_column(String(200), default="")
+    policy_a: Mapped[str] = mapped_column(String(sizes.POLICY), default="")
     summary_b: Mapped[str | None] = mapped_column(Text, nullable=True)  # None for rating tasks
-    policy_b: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    split: Mapped[str] = mapped_column(String(64), default="")
+    policy_b: Mapped[str | None] = mapped_column(String(sizes.POLICY), nullable=True)
+    split: Mapped[str] = mapped_column(String(sizes.SPLIT), default="")
     # best-of-N tasks: [{"text", "policy", "eos"}, ...] (None for the other kinds)
     choices: Mapped[list | None] = mapped_column(JSON, nullable=True)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -122,6 +136,6 @@ class Answer(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     client_time_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)  # measured by the page
     server_time_ms: Mapped[int] = mapped_column(Integer, default=0)  # assigned -> answered
-    idempotency_key: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(sizes.IDEMPOTENCY_KEY), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     assignment: Mapped[Assignment] = relationship(lazy="joined")

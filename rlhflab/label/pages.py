@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from rlhflab.data.records import BestOfN
 from rlhflab.label import api, formats, schemas, service
-from rlhflab.label.deps import CSRF, Admin, CurrentUser, ProjectId, csrf_token, ctx_of, optional_user, start_session
+from rlhflab.label.deps import (CSRF, Admin, CurrentUser, ProjectId, csrf_token, ctx_of, end_session, optional_user,
+                               start_session)
 from rlhflab.label.models import RATING_AXES
 from rlhflab.label.service import Problem
 
@@ -60,7 +61,7 @@ def login_form(request: Request, username: Annotated[str, Form(max_length=schema
 
 @router.post("/logout", dependencies=[CSRF])
 def logout_form(request: Request) -> Response:
-    request.session.clear()
+    end_session(request)
     return RedirectResponse("/login", 303)
 
 

@@ -1,7 +1,11 @@
-"""Password hashing (argon2id), CSRF tokens. Sessions are Starlette's signed cookie (itsdangerous)."""
+"""Password hashing (argon2id), CSRF and session tokens.
+
+The session cookie is Starlette's signed cookie (itsdangerous); it carries a random session token whose SHA-256 is
+a row of `sessions` (models.LoginSession), so that logging out or changing a password ends a session for good."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 
@@ -38,3 +42,12 @@ def tokens_match(expected: str | None, given: str | None) -> bool:
     if not expected or not given:
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
+
+
+def new_session_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """What `sessions.token_sha256` stores: a stolen database holds no usable token."""
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,9 +20,9 @@ from rlhflab.data.pairs import policy_pairs, samples_by_post
 from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, BestOfN, Post, Sample
 from rlhflab.label import assignment as assign
 from rlhflab.label import formats, quality
-from rlhflab.label.models import (RATING_AXES, ROLES, Answer, Assignment, Project, Task, User, utcnow)
+from rlhflab.label.models import (RATING_AXES, ROLES, Answer, Assignment, LoginSession, Project, Task, User, utcnow)
 from rlhflab.label.models import Post as PostRow
-from rlhflab.label.security import Passwords
+from rlhflab.label.security import Passwords, new_session_token, token_digest
 from rlhflab.label.settings import ProjectDefaults
 
 
@@ -52,11 +52,47 @@ def create_user(s: Session, passwords: Passwords | None, username: str, password
 
 
 def set_password(s: Session, passwords: Passwords, username: str, password: str) -> User:
+    """A new password ends every session of the user (whoever knew the old one is logged out)."""
     user = s.scalar(select(User).where(User.username == username))
     if user is None:
         raise Problem(404, f"no user {username!r}")
     user.password_hash = passwords.hash(password)
+    end_sessions(s, user.id)
     return user
+
+
+# ---------------------------------------------------------------------------------------------- sessions
+
+def open_session(s: Session, user: User, max_age_s: int, now: datetime | None = None) -> str:
+    """A new login session for `user`; returns the token for the cookie (the table keeps its digest only).
+    Expired sessions of everyone are deleted on the way, so the table stays the size of the live ones."""
+    now = now or utcnow()
+    s.execute(delete(LoginSession).where(LoginSession.expires_at <= now))
+    token = new_session_token()
+    s.add(LoginSession(token_sha256=token_digest(token), user_id=user.id, created_at=now,
+                       expires_at=now + timedelta(seconds=max_age_s)))
+    return token
+
+
+def session_user(s: Session, token: str, now: datetime | None = None) -> User | None:
+    """The active, non-external user of a live session, or None (unknown, ended or expired token)."""
+    now = now or utcnow()
+    row = s.get(LoginSession, token_digest(token))
+    if row is None or row.expires_at <= now:
+        return None
+    user = s.get(User, row.user_id)
+    if user is None or not user.active or user.role == "external":
+        return None
+    return user
+
+
+def close_session(s: Session, token: str) -> None:
+    s.execute(delete(LoginSession).where(LoginSession.token_sha256 == token_digest(token)))
+
+
+def end_sessions(s: Session, user_id: int) -> int:
+    """Log a user out everywhere (password change, deactivation). Returns how many sessions ended."""
+    return s.execute(delete(LoginSession).where(LoginSession.user_id == user_id)).rowcount or 0
 
 
 def authenticate(s: Session, passwords: Passwords, username: str, password: str) -> User | None:

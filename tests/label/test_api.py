@@ -17,8 +17,8 @@ USERS = {"root": "admin", "ann": "labeler", "bob": "labeler", "cat": "labeler", 
 def test_health_and_migrations(db_url):
     app = make_app(db_url)
     r = Api(app).get("/api/health")
-    assert r.status_code == 200 and r.json() == {"ok": True, "revision": "0002"}
-    assert current_revision(app.state.ctx.engine) == "0002"
+    assert r.status_code == 200 and r.json() == {"ok": True, "revision": "0003"}
+    assert current_revision(app.state.ctx.engine) == "0003"
 
 
 def test_labelling_flow_k_and_no_repeats(db_url):

@@ -9,18 +9,22 @@ Skips without Chromium, unless RLHFLAB_REQUIRE_BROWSER=1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from rlhflab.label import service
-from rlhflab.label.models import User
+from rlhflab.label.models import Post, User
 from labelkit import PASSWORD, make_app, post_row
 
 pytestmark = pytest.mark.browser
@@ -30,22 +34,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 XSS = '<img src=x onerror="window.__xss=1">'
 
 
-def _chromium() -> str:
-    path = os.environ.get("RLHFLAB_CHROMIUM", "/usr/bin/chromium")
-    required = os.environ.get("RLHFLAB_REQUIRE_BROWSER") == "1"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        if required:
-            pytest.fail("RLHFLAB_REQUIRE_BROWSER=1 but playwright is not installed")
-        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
-    if not (Path(path).exists() or shutil.which(path)):
-        if required:
-            pytest.fail(f"RLHFLAB_REQUIRE_BROWSER=1 but Chromium is not at {path}")
-        pytest.skip(f"Chromium not found at {path} (apt-get install chromium, or set RLHFLAB_CHROMIUM)")
-    return path
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,11 +41,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, chromium):
     """The app with a seeded project, served by uvicorn in a thread on 127.0.0.1."""
     import uvicorn
 
-    chromium = _chromium()
     app = make_app(f"sqlite:///{tmp_path / 'b.db'}", {"root": "admin", "ann": "labeler", "bob": "labeler",
                                                       "cat": "labeler", "dan": "labeler"})
     ctx = app.state.ctx
@@ -244,7 +231,7 @@ def test_label_three_tasks_mouse_and_keyboard_then_dashboard_and_export(server, 
     assert any(XSS in (s["text"] for s in r["summaries"]) for r in rows)
 
 
-def test_best_of_4_keyboard_pick_then_export(tmp_path):
+def test_best_of_4_keyboard_pick_then_export(tmp_path, chromium):
     """A best-of-4 task (Ziegler et al.'s label): the query and four numbered continuations; key 3 picks the third,
     Enter submits, and the export (schema.best_of_n_to_row rows) says best = 2, counted from 0."""
     import uvicorn
@@ -253,7 +240,6 @@ def test_best_of_4_keyboard_pick_then_export(tmp_path):
     from rlhflab.data.records import Choice
     from rlhflab.label.formats import BestOfNTask
 
-    chromium = _chromium()
     app = make_app(f"sqlite:///{tmp_path / 'bon.db'}", {"root": "admin", "ann": "labeler"})
     ctx = app.state.ctx
     texts = [f" and then continuation {i + 1} went its own way." for i in range(4)]
@@ -313,3 +299,319 @@ def test_best_of_4_keyboard_pick_then_export(tmp_path):
     loaders = pytest.importorskip("rlhflab.data.loaders")
     [label] = loaders.load_best_of_n(out)
     assert label.best == 2 and label.chosen.text == texts[2]
+
+
+# ---------------------------------------------------------------------------------------------- the labelling page's
+# keyboard, lost sessions, progress and expiry, long posts and bidi controls: small projects, one browser per test
+
+LONG_POST = "\n".join(f"Line {i} of a very long post about what happened." for i in range(1, 201))
+BIDI = "\u202Eabc"
+
+
+@contextlib.contextmanager
+def _serve(app) -> Iterator[str]:
+    """Serve `app` with uvicorn in a thread on 127.0.0.1; yields the base URL."""
+    import uvicorn
+
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning",
+                                        access_log=False))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    assert srv.started
+    try:
+        yield f"http://127.0.0.1:{srv.config.port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def checks(tmp_path, chromium):
+    """Projects for the page checks, each with labels_per_task=1: "plain" (two short comparisons), "long" (one
+    200-line post) and "bidi" (bidi controls and the XSS payload in the post, its title and a summary)."""
+    from rlhflab.label.formats import PairRow
+
+    app = make_app(f"sqlite:///{tmp_path / 'checks.db'}", {"root": "admin", "ann": "labeler", "bob": "labeler"})
+    ctx = app.state.ctx
+    posts = {"p0": service.Post(id="p0", text="A short post.", title="Short one", subreddit="advice"),
+             "p1": service.Post(id="p1", text="Another short post.", title="Short two", subreddit="advice"),
+             "long": service.Post(id="long", text=LONG_POST, title="A long one", subreddit="advice"),
+             "bidi": service.Post(id="bidi", text=f"Post says {BIDI} and \u2066x\u2069 here.",
+                                  title=f"Title {BIDI} {XSS}", subreddit="advice")}
+
+    def pair(post_id: str, a: str, b: str) -> PairRow:
+        return PairRow(post=None, post_id=post_id, summary_a=a, policy_a="sft", summary_b=b, policy_b="ppo")
+
+    pids = {}
+    with ctx.tx() as s:
+        for name, pairs, expiry_s in (("plain", [pair("p0", " A0 short.", " B0 short."),
+                                                 pair("p1", " A1 short.", " B1 short.")], 600),
+                                      ("long", [pair("long", " Long A.", " Long B.")], 1800),
+                                      ("bidi", [pair("bidi", f" {BIDI} summary.", f" {XSS} \u200Fx")], 1800)):
+            project = service.create_project(s, name, labels_per_task=1, gold_rate=0.0, expiry_s=expiry_s,
+                                              instructions="Pick the better summary.")
+            service.add_tasks(s, project, pairs, posts)
+            pids[name] = project.id
+    with _serve(app) as base:
+        yield {"url": base, "pid": pids, "ctx": ctx, "chromium": chromium}
+
+
+@pytest.fixture
+def browser(checks):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=checks["chromium"], headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _labeling_page(browser, checks, project: str, user: str = "ann"):
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    _login(page, checks["url"], user)
+    page.goto(f"{checks['url']}/label/{checks['pid'][project]}")
+    return page
+
+
+def _answers(checks, project: str) -> list[dict]:
+    """The stored comparison answers of `project`, as the export rows (read from the database)."""
+    with checks["ctx"].tx() as s:
+        return list(service.export_comparisons(s, service.get_project(s, checks["pid"][project])))
+
+
+def _assignment_id(page) -> str:
+    return page.locator("input[name='assignment_id']").input_value()
+
+
+def test_enter_on_log_out_a_link_or_a_summary_does_not_submit(browser, checks):
+    """Enter submits only from the page itself or the answer's own controls; on a focused "Log out" it logs out,
+    on a link it follows the link, on the instructions' <summary> it opens them — and never stores the answer."""
+    from playwright.sync_api import expect
+
+    base = checks["url"]
+    page = _labeling_page(browser, checks, "plain")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("2")
+    expect(page.locator("#send")).to_be_enabled()
+
+    page.focus("details.instructions summary")
+    page.keyboard.press("Enter")
+    expect(page.locator("details.instructions")).to_have_attribute("open", "")
+    page.focus("header a[href='/label']")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{base}/label")
+    assert _answers(checks, "plain") == []
+
+    page.goto(f"{base}/label/{checks['pid']['plain']}")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("8")
+    expect(page.locator("#send")).to_be_enabled()
+    page.focus("header button:has-text('Log out')")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{base}/login")
+    page.wait_for_load_state()
+    assert _answers(checks, "plain") == []
+    page.goto(f"{base}/label/{checks['pid']['plain']}")
+    expect(page).to_have_url(f"{base}/login")  # really logged out
+
+
+@pytest.mark.parametrize("how", ["cookies_cleared", "logout_in_another_tab", "other_user_in_another_tab"])
+def test_lost_session_keeps_the_answer_and_relogin_sends_it_once(browser, checks, how):
+    """Submit after the session is gone: no error page — a re-login box; logging in again there sends the kept
+    answer by itself, it is stored once, as chosen, and the page moves on to the next task."""
+    from playwright.sync_api import expect
+
+    base = checks["url"]
+    page = _labeling_page(browser, checks, "plain")
+    first = _assignment_id(page)
+    side_text = page.inner_text("#summary-right .summary-text")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("7")
+    page.keyboard.press("n")
+    page.keyboard.type("kept through a re-login")
+    page.keyboard.press("Escape")
+    if how == "cookies_cleared":
+        page.context.clear_cookies()
+    else:
+        other = page.context.new_page()
+        if how == "logout_in_another_tab":
+            other.goto(f"{base}/label")
+            other.click("header button:has-text('Log out')")
+            expect(other).to_have_url(f"{base}/login")
+        else:
+            _login(other, base, "bob")
+            expect(other).to_have_url(f"{base}/label")
+        other.close()
+
+    page.click("#send")
+    box = page.get_by_role("dialog", name="Log in again")
+    expect(box).to_be_visible()
+    expect(page).to_have_url(f"{base}/label/{checks['pid']['plain']}")
+    expect(page.locator("#summary-right")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#conf-7")).to_be_checked()
+    expect(page.locator("#note")).to_have_value("kept through a re-login")
+    assert _answers(checks, "plain") == []
+
+    # typed into the box, "ann" must not trigger the page's shortcuts (N = note)
+    page.fill("#relogin-username", "")
+    page.locator("#relogin-username").press_sequentially("ann")
+    page.locator("#relogin-password").press_sequentially(PASSWORD)
+    expect(page.locator("#note")).to_have_value("kept through a re-login")
+    page.press("#relogin-password", "Enter")
+    expect(page.locator("#answered")).to_have_text("answered: 1")
+    assert _assignment_id(page) != first
+    [row] = _answers(checks, "plain")
+    assert row["worker"] == "ann" and row["choice"] == 1 and row["extra"]["confidence"] == 7
+    assert row["summaries"][1]["text"] == side_text and row["extra"]["note"] == "kept through a re-login"
+    assert row["extra"]["time_ms"] > 0
+
+
+def test_unsent_answer_survives_a_reload(browser, checks):
+    """The kept answer is also in sessionStorage: after a reload and a login, the same assignment shows it again."""
+    from playwright.sync_api import expect
+
+    base = checks["url"]
+    page = _labeling_page(browser, checks, "plain")
+    first = _assignment_id(page)
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("3")
+    page.context.clear_cookies()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("dialog", name="Log in again")).to_be_visible()
+    page.reload()
+    expect(page).to_have_url(f"{base}/login")
+    _login(page, base, "ann")
+    page.goto(f"{base}/label/{checks['pid']['plain']}")
+    assert _assignment_id(page) == first
+    expect(page.locator("#summary-left")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#conf-3")).to_be_checked()
+    page.keyboard.press("Enter")
+    expect(page.locator("#answered")).to_have_text("answered: 1")
+    [row] = _answers(checks, "plain")
+    assert row["choice"] == 0 and row["extra"]["confidence"] == 3
+
+
+def test_server_errors_are_shown_and_the_answer_is_kept(browser, checks):
+    """Other failures show the server's message (JSON detail or plain text) and keep the answer for a retry."""
+    from playwright.sync_api import expect
+
+    page = _labeling_page(browser, checks, "plain")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("1")
+    answer_url = "**/label/*/answer"
+    page.route(answer_url, lambda route: route.fulfill(status=429, json={"detail": "slow down, 3 s"}))
+    page.keyboard.press("Enter")
+    expect(page.locator("#status")).to_contain_text("slow down, 3 s")
+    page.unroute(answer_url)
+    page.route(answer_url, lambda route: route.fulfill(status=413, body="request too large",
+                                                      content_type="text/plain"))
+    page.click("#send")
+    expect(page.locator("#status")).to_contain_text("request too large")
+    page.unroute(answer_url)
+    page.evaluate("document.querySelector('input[name=assignment_id]').value = '999999'")
+    page.keyboard.press("Enter")
+    expect(page.locator("#status")).to_contain_text("no assignment 999999 of yours")
+    expect(page.locator("#summary-left")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#conf-1")).to_be_checked()
+    assert _answers(checks, "plain") == []
+    page.reload()  # the real assignment again (the kept answer comes back from sessionStorage)
+    expect(page.locator("#conf-1")).to_be_checked()
+    page.keyboard.press("Enter")
+    expect(page.locator("#answered")).to_have_text("answered: 1")
+    [row] = _answers(checks, "plain")
+    assert row["choice"] == 0 and row["extra"]["confidence"] == 1
+
+
+def test_no_preference_label_progress_and_expiry_countdown(browser, checks):
+    """5 reads "no preference"; "task N of M"; a live "expires in mm:ss" that says so when the time is up."""
+    from datetime import datetime, timezone
+
+    from playwright.sync_api import expect
+
+    base = checks["url"]
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.clock.install(time=datetime.now(timezone.utc))
+    _login(page, base, "ann")
+    page.goto(f"{base}/label/{checks['pid']['plain']}")
+    scale = page.locator("#confidence")
+    expect(scale.locator("label.conf:has(#conf-5)")).to_contain_text("no preference")
+    expect(scale.locator(".conf-note")).to_be_visible()
+    expect(scale.locator(".end").first).to_have_text("Left is much better")
+    expect(scale.locator(".end").last).to_have_text("Right is much better")
+    expect(page.locator("#progress")).to_have_text("task 1 of 2")
+    expect(page.locator("#answered")).to_have_text("answered: 0")
+
+    expiry = page.locator("#expiry")
+    expect(expiry).to_have_text(re.compile(r"^expires in (09:5\d|10:00)$"))
+    page.clock.run_for(65_000)
+    expect(expiry).to_have_text(re.compile(r"^expires in 0(8:5\d|9:00)$"))
+    page.clock.run_for(9 * 60_000)
+    expect(expiry).to_contain_text("expired")
+    expect(expiry).to_contain_text("submitting may fail")
+
+    page.keyboard.press("5")  # no preference: the side stays as picked
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("Enter")
+    expect(page.locator("#progress")).to_have_text("task 2 of 2")
+    expect(page.locator("#answered")).to_have_text("answered: 1")
+    [row] = _answers(checks, "plain")
+    assert row["choice"] == 0 and row["extra"]["confidence"] == 5
+
+
+def test_long_post_keeps_submit_in_view_and_both_summaries_reachable(browser, checks):
+    from playwright.sync_api import expect
+
+    page = _labeling_page(browser, checks, "long")
+    expect(page.locator("#post-text")).to_contain_text("Line 200 of a very long post")
+
+    def in_view(selector: str) -> bool:
+        box = page.locator(selector).bounding_box()
+        return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 900
+
+    assert in_view("#send") and in_view("#hint")
+    page.click("#summary-right")  # Playwright scrolls to it and fails if anything (the action bar) covers it
+    expect(page.locator("#summary-right")).to_have_attribute("aria-pressed", "true")
+    page.click("#summary-left")
+    expect(page.locator("#summary-left")).to_have_attribute("aria-pressed", "true")
+    page.click("label.conf:has(#conf-4)")
+    assert in_view("#send")
+    page.mouse.wheel(0, 5000)
+    assert in_view("#send")
+    page.click("#send")
+    expect(page.locator("#all-done")).to_be_visible()
+    [row] = _answers(checks, "long")
+    assert row["choice"] == 0 and row["extra"]["confidence"] == 4
+
+
+def test_bidi_controls_are_shown_as_markers_not_obeyed(browser, checks):
+    """U+202E and friends in the post, title or a summary show as a visible "⟨U+202E⟩" marker (text) and reorder
+    nothing; the stored text and the export keep the characters."""
+    from playwright.sync_api import expect
+
+    dialogs: list[str] = []
+    page = _labeling_page(browser, checks, "bidi")
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    expect(page.locator("#post-text")).to_have_text("Post says ⟨U+202E⟩abc and ⟨U+2066⟩x⟨U+2069⟩ here.")
+    expect(page.locator(".post-title")).to_have_text(f"Title ⟨U+202E⟩abc {XSS}")
+    texts = [page.inner_text(f"#summary-{side} .summary-text") for side in ("left", "right")]
+    assert sorted(t.strip() for t in texts) == sorted(["⟨U+202E⟩abc summary.", f"{XSS} ⟨U+200F⟩x"])
+    shown = page.evaluate("document.querySelector('main').innerText")
+    assert not re.search("[\u200e\u200f\u202a-\u202e\u2066-\u2069]", shown)
+    assert page.locator(".bidi-marker").count() == 5
+    assert page.evaluate("window.__xss") is None and not dialogs
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("2")
+    page.keyboard.press("Enter")
+    expect(page.locator("#all-done")).to_be_visible()
+    [row] = _answers(checks, "bidi")
+    assert sorted(s["text"] for s in row["summaries"]) == sorted([f" {BIDI} summary.", f" {XSS} \u200Fx"])
+    with checks["ctx"].tx() as s:
+        post = s.scalar(select(Post).where(Post.post_key == "bidi"))
+        assert post.text == f"Post says {BIDI} and \u2066x\u2069 here." and post.title == f"Title {BIDI} {XSS}"

@@ -23,7 +23,7 @@ def _write(path, rows):
 def test_cli_projects_users_stats(tmp_path, capsys, monkeypatch):
     db = f"sqlite:///{tmp_path / 'c.db'}"
     assert _cli("migrate", "--db", db) == 0
-    assert "revision 0002" in capsys.readouterr().out
+    assert "revision 0003" in capsys.readouterr().out
     monkeypatch.setenv("RLHFLAB_LABEL_PASSWORD", "long password")
     assert _cli("add-user", "--db", db, "--username", "root", "--role", "admin") == 0
     assert _cli("add-user", "--db", db, "--username", "root") == 2  # exists

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from rlhflab.label import db as dbm
 from rlhflab.label.models import Base
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 def test_migrations_match_models(db_url):
