@@ -17,6 +17,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from rlhflab.label import api, pages
 from rlhflab.label import db as dbm
 from rlhflab.label.deps import HERE, Context, Forbidden, LoginRequired, is_api
+from rlhflab.label.limits import BodyLimitMiddleware
 from rlhflab.label.service import Problem
 from rlhflab.label.settings import LabelSettings
 
@@ -32,6 +33,9 @@ def create_app(settings: LabelSettings | None = None) -> FastAPI:
     app = FastAPI(title="rlhflab labelling", version="1", description=__doc__,
                   docs_url="/api/docs", redoc_url=None, openapi_url="/openapi.json")
     app.state.ctx = ctx
+    # outermost first: the session cookie is decoded, security headers go on every answer (a 413 too), and the
+    # body limit applies before any route reads a byte
+    app.add_middleware(BodyLimitMiddleware, limits=settings.body_limits())
     app.middleware("http")(security_headers)
     app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie=SESSION_COOKIE,
                        max_age=settings.session_max_age_s, same_site="lax", https_only=settings.https_only_cookies)

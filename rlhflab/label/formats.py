@@ -24,12 +24,12 @@ Errors name the file, line and field, never the text (posts are unmoderated).
 from __future__ import annotations
 
 import gzip
-import io
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rlhflab.data import schema
 from rlhflab.data.records import CONFIDENCE_MAX, CONFIDENCE_MIN, CONFIDENCE_NO_PREFERENCE, BestOfN, Choice, Post, Sample
@@ -47,22 +47,18 @@ class FormatError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- JSONL
 
-def open_text(path: str | Path) -> IO[str]:
-    path = Path(path)
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+class TooLarge(FormatError):
+    """An upload that inflates past its limit (the app answers 413)."""
 
 
 def iter_jsonl_lines(lines: Iterable[str | bytes], where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows with their line numbers, counted from 1 like every editor (and every error message here)."""
     for n, raw in enumerate(lines, 1):
         if isinstance(raw, bytes):
             try:
                 raw = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise FormatError(where, n, None, "not UTF-8") from None
+            except UnicodeDecodeError as err:
+                raise FormatError(where, n, None, f"not UTF-8 (byte {err.start + 1} of the line)") from None
         if not raw.strip():
             continue
         try:
@@ -75,17 +71,63 @@ def iter_jsonl_lines(lines: Iterable[str | bytes], where: str) -> Iterator[tuple
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open_text(path) as f:
-        yield from iter_jsonl_lines(f, str(path))
+    """A JSONL file, gzip-compressed or not (told by its first bytes). A missing file, bytes that are not UTF-8
+    and a truncated or corrupt .gz are a FormatError naming the file (and the line), never a traceback."""
+    where = str(path)
+    yield from iter_jsonl_lines(_binary_lines(Path(path), where), where)
 
 
-def read_jsonl_bytes(data: bytes, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _binary_lines(path: Path, where: str) -> Iterator[bytes]:
+    try:
+        with open(path, "rb") as f:
+            compressed = f.read(2) == b"\x1f\x8b"
+        f = gzip.open(path, "rb") if compressed else open(path, "rb")
+    except FileNotFoundError:
+        raise FormatError(where, None, None, "no such file") from None
+    except OSError as err:
+        raise FormatError(where, None, None, f"cannot be read ({err.strerror or err})") from None
+    n = 0
+    with f:
+        while True:
+            try:
+                line = f.readline()
+            except (EOFError, OSError, zlib.error):
+                raise FormatError(where, n + 1, None, "truncated or corrupt gzip data") from None
+            if not line:
+                return
+            n += 1
+            yield line
+
+
+def read_jsonl_bytes(data: bytes, where: str, max_inflated: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """An uploaded file's rows. A .gz is inflated to at most `max_inflated` bytes (TooLarge past it)."""
     if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError):
-            raise FormatError(where, None, None, "not a valid gzip file") from None
+        data = inflate(data, where, max_inflated)
     return iter_jsonl_lines(data.splitlines(), where)
+
+
+def inflate(data: bytes, where: str, limit: int | None) -> bytes:
+    """gzip data (every member, like `gzip.decompress`), decompressed in bounded steps so that a small upload
+    cannot inflate the server's memory past `limit` bytes."""
+    out = bytearray()
+    rest = data
+    while rest:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            while rest:
+                room = -1 if limit is None else limit - len(out) + 1
+                out += d.decompress(rest, max(room, 1) if limit is not None else 0)
+                if limit is not None and len(out) > limit:
+                    raise TooLarge(where, None, None, f"inflates to more than {limit} bytes")
+                rest = d.unconsumed_tail
+                if d.eof:
+                    break
+            if not d.eof:
+                raise FormatError(where, None, None, "not a valid gzip file (truncated)")
+        except zlib.error:
+            raise FormatError(where, None, None, "not a valid gzip file") from None
+        rest = d.unused_data.lstrip(b"\x00")  # the next member (gzip pads with NULs between some)
+    return bytes(out)
 
 
 def dumps_jsonl(rows: Iterable[dict[str, Any]]) -> Iterator[str]:

@@ -166,9 +166,9 @@ async def admin_upload(project_id: ProjectId, user: Admin, request: Request,
                        pairs_per_post: Annotated[int, Form(**schemas.PAIRS_PER_POST)] = 1,
                        ratings: Annotated[bool, Form()] = False) -> Response:
     ctx = ctx_of(request)
-    limit = ctx.settings.max_upload_bytes
-    data = await read_upload(file, limit)
-    posts_data = await read_upload(posts, limit)
+    limit, max_inflated = ctx.settings.max_upload_bytes, ctx.settings.max_inflated_bytes
+    data = await read_upload(file, limit, max_inflated)
+    posts_data = await read_upload(posts, limit, max_inflated)
     if data is None:
         raise Problem(422, "choose a file to upload")
 
@@ -206,13 +206,22 @@ def admin_export(project_id: ProjectId, what: str, user: Admin, request: Request
 
 # ---------------------------------------------------------------------------------------------- uploaded files
 
-async def read_upload(upload: UploadFile | None, limit: int) -> bytes | None:
+async def read_upload(upload: UploadFile | None, limit: int, max_inflated: int) -> bytes | None:
+    """An uploaded file's bytes, a .gz inflated (to at most `max_inflated` bytes: a small upload must not be able
+    to fill the server's memory)."""
     if upload is None or not upload.filename:
         return None
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise Problem(413, f"{upload.filename}: larger than {limit} bytes")
-    return data
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return await run_in_threadpool(formats.inflate, data, upload.filename, max_inflated)
+    except formats.TooLarge as err:
+        raise Problem(413, str(err)) from None
+    except formats.FormatError as err:
+        raise Problem(422, str(err)) from None
 
 
 def tasks_from_files(kind: str, data: bytes, posts_data: bytes | None, *, name: str, posts_name: str,

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -110,3 +115,27 @@ def answer_next(api: Api, pid: int, side: str = "left", confidence: int = 2) -> 
     assert r.status_code == 201, r.text
     return a
 
+
+
+@contextlib.contextmanager
+def serve(app, **config: Any) -> Iterator[str]:
+    """Serve `app` with a real uvicorn in a thread on 127.0.0.1; yields the base URL."""
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                        **config))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(400):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -70,3 +70,101 @@ def test_the_database_keeps_no_usable_session_token(db_url):
         digests = list(s.scalars(select(LoginSession.token_sha256)))
     assert len(digests) == 1 and len(digests[0]) == 64
     assert digests[0] not in ann.client.cookies.get("rlhflab_session", "")
+
+
+# ---------------------------------------------------------------------------------------------- 1: body limits
+
+def _raw_post(base: str, path: str, headers: dict[str, str], chunks, cookie: str | None = None,
+              timeout: float = 10.0) -> tuple[int, int]:
+    """POST over a raw socket, sending `chunks` (bytes) one by one until the server answers or closes; returns
+    (status, bytes sent). A server that waited for the whole declared body would time out here."""
+    import socket
+    import select
+    from urllib.parse import urlparse
+
+    u = urlparse(base)
+    sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
+    head = f"POST {path} HTTP/1.1\r\nHost: {u.hostname}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    if cookie:
+        head += f"Cookie: {cookie}\r\n"
+    sock.sendall((head + "\r\n").encode())
+    sent = 0
+    reply = b""
+    try:
+        for chunk in chunks:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            try:
+                sock.sendall(chunk)
+            except OSError:  # the server answered and closed: stop sending
+                break
+            sent += len(chunk)
+        reply = sock.recv(65536)
+    finally:
+        sock.close()
+    assert reply.startswith(b"HTTP/1.1 "), reply[:100]
+    return int(reply.split()[1]), sent
+
+
+def _chunked(total: int, size: int = 64 * 1024):
+    piece = b"x" * size
+    for _ in range(total // size):
+        yield f"{size:x}\r\n".encode() + piece + b"\r\n"
+    yield b"0\r\n\r\n"
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(db_url):
+    from labelkit import serve
+
+    app = make_app(db_url, USERS)
+    with serve(app) as base:
+        # a 50 MB Content-Length, 4 KB actually sent: the 413 comes at once, not after 50 MB (or a timeout)
+        status, sent = _raw_post(base, "/api/login", {"Content-Type": "application/json",
+                                                      "Content-Length": str(50 * 1024 * 1024)},
+                                 [b"{" + b" " * 4095], timeout=5)
+        assert status == 413 and sent == 4096
+        # chunked, no length: the server stops it soon after the 256 KB limit, long before the 50 MB end
+        status, sent = _raw_post(base, "/api/login", {"Content-Type": "application/json",
+                                                      "Transfer-Encoding": "chunked"}, _chunked(50 * 1024 * 1024))
+        assert status == 413 and sent < 8 * 1024 * 1024, sent
+        # an HTML form too (its CSRF check reads the form first)
+        status, _ = _raw_post(base, "/login", {"Content-Type": "application/x-www-form-urlencoded",
+                                               "Content-Length": str(10 * 1024 * 1024)}, [b"username=a"])
+        assert status == 413
+
+
+def test_bulk_routes_take_large_bodies_only_with_a_session(db_url):
+    from labelkit import comparison_tasks
+
+    app = make_app(db_url, USERS)
+    admin = Api(app).login("root")
+    pid = setup_project(admin, n_tasks=1)
+    body = {"tasks": comparison_tasks(300)}
+    for t in body["tasks"][:3]:  # ~500 KB in all: over the small limit, under the bulk one
+        t["post"]["text"] = "long post. " * 15_000
+    r = admin.post(f"/api/projects/{pid}/tasks", body)
+    assert r.status_code == 201, r.text[:200]
+    anonymous = Api(app)
+    anonymous.token = admin.token
+    r = anonymous.post(f"/api/projects/{pid}/tasks", body)
+    assert r.status_code == 413  # not a 403 after reading and parsing 500 KB
+    ann = Api(app).login("ann")
+    r = ann.post("/api/login", {"username": "ann", "password": "x" * 300_000})
+    assert r.status_code == 413  # a session does not lift the small limit of the other routes
+
+
+def test_an_uploaded_gzip_bomb_is_refused(db_url):
+    import gzip
+
+    app = make_app(db_url, USERS, max_inflated_bytes=1024 * 1024)
+    admin = Api(app).login("root")
+    pid = setup_project(admin, n_tasks=1)
+    bomb = gzip.compress(b" " * (64 * 1024 * 1024))  # 64 KB that inflate to 64 MB
+    r = admin.client.post(f"/admin/projects/{pid}/upload", data={"csrf_token": admin.token, "kind": "pairs"},
+                          files={"file": ("pairs.jsonl.gz", bomb)}, headers={"Accept": "application/json"})
+    assert r.status_code == 413 and "inflates to more than 1048576 bytes" in r.json()["detail"]
+    truncated = gzip.compress(b'{"a": 1}\n' * 1000)[:-12]
+    r = admin.client.post(f"/admin/projects/{pid}/upload", data={"csrf_token": admin.token, "kind": "pairs"},
+                          files={"file": ("pairs.jsonl.gz", truncated)}, headers={"Accept": "application/json"})
+    assert r.status_code == 422 and "pairs.jsonl.gz" in r.json()["detail"]
