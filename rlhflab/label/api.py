@@ -12,7 +12,7 @@ from rlhflab.data.records import Post, Sample
 from rlhflab.label import db as dbm
 from rlhflab.label import formats, schemas, service
 from rlhflab.label.deps import (CSRF, Admin, CurrentUser, ObjectId, ProjectId, csrf_token, ctx_of, end_session,
-                               start_session)
+                               log_in, start_session)
 from rlhflab.label.models import Task, User
 from rlhflab.label.service import Problem
 
@@ -33,11 +33,10 @@ def get_csrf(request: Request) -> Any:
 
 
 @router.post("/login", response_model=schemas.MeOut, tags=["auth"], dependencies=[CSRF],
-             responses={401: {"description": "wrong username or password"}})
+             responses={401: {"description": "wrong username or password"},
+                        429: {"description": "too many failed logins for this username or address (Retry-After)"}})
 def api_login(body: schemas.LoginIn, request: Request) -> Any:
-    ctx = ctx_of(request)
-    with ctx.tx() as s:
-        user = service.authenticate(s, ctx.passwords, body.username, body.password)
+    user = log_in(request, body.username, body.password)
     if user is None:
         raise Problem(401, "wrong username or password")
     return start_session(request, user)

@@ -57,6 +57,8 @@ async def security_headers(request: Request, call_next):  # noqa: ANN001, ANN201
     if not request.url.path.startswith("/api/docs"):  # the Swagger page loads its script and styles from a CDN
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Frame-Options", "DENY")
+    if request.app.state.ctx.settings.https_only_cookies:  # served over TLS only: browsers remember that
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if request.url.path.startswith(("/api/", "/admin", "/label")):
         response.headers.setdefault("Cache-Control", "no-store")
     return response
@@ -65,7 +67,9 @@ async def security_headers(request: Request, call_next):  # noqa: ANN001, ANN201
 # ---------------------------------------------------------------------------------------------- errors
 
 async def on_problem(request: Request, exc: Problem) -> Response:
-    return error_response(request, exc.status, exc.message)
+    response = error_response(request, exc.status, exc.message)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def on_login_required(request: Request, exc: LoginRequired) -> Response:

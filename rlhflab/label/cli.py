@@ -1,6 +1,7 @@
 """`rlhflab label ...`: run the labelling server and manage projects from the command line.
 
-    rlhflab label serve --db sqlite:///label.db [--host 127.0.0.1 --port 8000]
+    rlhflab label serve --db sqlite:///label.db [--host 127.0.0.1 --port 8000] [--https-only]
+                        [--trust-proxy 127.0.0.1] [--max-body-bytes N] [--max-upload-bytes N] [--login-failures N]
     rlhflab label migrate --db URL
     rlhflab label add-user --db URL --username NAME [--role admin|labeler] [--password-stdin]
     rlhflab label set-password --db URL --username NAME [--password-stdin]
@@ -47,7 +48,21 @@ def add_label_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-migrate", action="store_true", help="do not run migrations on startup")
-    p.add_argument("--log-level", dest="server_log_level", default="info")
+    p.add_argument("--log-level", dest="server_log_level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--https-only", action="store_true", default=_env_flag("RLHFLAB_LABEL_HTTPS_ONLY"),
+                   help="behind a TLS proxy: the session cookie gets Secure and responses HSTS "
+                        "(or $RLHFLAB_LABEL_HTTPS_ONLY=1)")
+    p.add_argument("--trust-proxy", metavar="ADDRS", default=os.environ.get("RLHFLAB_LABEL_TRUST_PROXY"),
+                   help="comma-separated addresses of the reverse proxy whose X-Forwarded-For/-Proto to believe "
+                        "(or $RLHFLAB_LABEL_TRUST_PROXY); default: none, the peer is the client")
+    p.add_argument("--max-body-bytes", type=int, help="request body limit of every route but the bulk ones "
+                                                       "(default 262144)")
+    p.add_argument("--max-upload-bytes", type=int, help="limit of each uploaded file and of bulk JSON bodies "
+                                                         "(default 67108864)")
+    p.add_argument("--login-failures", type=int, metavar="N",
+                   help="failed logins per username within --login-window-s before 429 (default 10)")
+    p.add_argument("--login-window-s", type=int, help="the failed-login window in seconds (default 900)")
     _with_db(sub.add_parser("migrate", help="bring the database schema up to date (alembic upgrade head)"))
     _add_account_parsers(sub)
     _add_task_parsers(sub)
@@ -230,10 +245,28 @@ def _serve(args: argparse.Namespace) -> int:
 
     from rlhflab.label.app import create_app
 
-    app = create_app(_settings(args, migrate_on_startup=not args.no_migrate))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.server_log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+    settings, server = serve_config(args)
+    uvicorn.run(create_app(settings), **server)
     return 0
+
+
+def serve_config(args: argparse.Namespace):  # noqa: ANN201 - (LabelSettings, uvicorn.run keyword arguments)
+    """What `serve` runs: the app's settings and uvicorn's. Forwarded headers are believed only from the
+    proxies `--trust-proxy` names (uvicorn by default believes any from 127.0.0.1)."""
+    changes: dict[str, Any] = {"migrate_on_startup": not args.no_migrate, "https_only_cookies": args.https_only}
+    optional = {"max_body_bytes": args.max_body_bytes, "max_upload_bytes": args.max_upload_bytes,
+                "max_bulk_bytes": args.max_upload_bytes, "login_failures_per_user": args.login_failures,
+                "login_window_s": args.login_window_s}
+    changes.update({k: v for k, v in optional.items() if v is not None})
+    trusted = [a.strip() for a in (args.trust_proxy or "").split(",") if a.strip()]
+    server = {"host": args.host, "port": args.port, "log_level": args.server_log_level, "access_log": False,
+              "timeout_graceful_shutdown": 5, "proxy_headers": bool(trusted),
+              "forwarded_allow_ips": trusted or None}
+    return _settings(args, **changes), server
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _migrate(args: argparse.Namespace) -> int:

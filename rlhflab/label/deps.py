@@ -9,6 +9,7 @@ header (JSON) or a `csrf_token` form field (HTML forms) — or it gets 403. The 
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +27,10 @@ from rlhflab.label import schemas, service
 from rlhflab.label.models import User
 from rlhflab.label.security import Passwords, new_csrf_token, tokens_match
 from rlhflab.label.settings import LabelSettings
+from rlhflab.label.throttle import LoginThrottle
 
 HERE = Path(__file__).resolve().parent
+AUTH_LOG = logging.getLogger("rlhflab.label.auth")
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -52,6 +55,8 @@ class Context:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True)
         self.templates = Jinja2Templates(env=env)  # autoescape on: every {{ value }} is HTML-escaped
         self.rng = random.SystemRandom()
+        self.throttle = LoginThrottle(settings.login_failures_per_user, settings.login_failures_per_address,
+                                      settings.login_window_s)
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[Session]:
@@ -121,6 +126,31 @@ def require_admin(request: Request) -> User:
     user = require_user(request)
     if user.role != "admin":
         raise Forbidden("researchers (admin role) only")
+    return user
+
+
+def client_address(request: Request) -> str:
+    """The peer's address; behind a proxy it is the client's only when `serve --trust-proxy` names that proxy."""
+    return request.client.host if request.client else "unknown"
+
+
+def log_in(request: Request, username: str, password: str) -> User | None:
+    """Check a username and password, throttled per username and per client address (429 with Retry-After,
+    before any hashing), and log every failure with who and from where, never the password."""
+    ctx = ctx_of(request)
+    address = client_address(request)
+    wait = ctx.throttle.retry_after(username, address)
+    if wait is not None:
+        AUTH_LOG.warning("login refused (too many failures) for username %r from %s", username, address)
+        raise service.Problem(429, f"too many failed logins: try again in {wait} s",
+                              headers={"Retry-After": str(wait)})
+    with ctx.tx() as s:
+        user = service.authenticate(s, ctx.passwords, username, password)
+    if user is None:
+        ctx.throttle.failed(username, address)
+        AUTH_LOG.warning("failed login for username %r from %s", username, address)
+        return None
+    ctx.throttle.succeeded(username)
     return user
 
 

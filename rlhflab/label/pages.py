@@ -11,8 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from rlhflab.data.records import BestOfN
 from rlhflab.label import api, formats, schemas, service
-from rlhflab.label.deps import (CSRF, Admin, CurrentUser, ProjectId, csrf_token, ctx_of, end_session, optional_user,
-                               start_session)
+from rlhflab.label.deps import (CSRF, Admin, CurrentUser, ProjectId, csrf_token, ctx_of, end_session, log_in,
+                               optional_user, start_session)
 from rlhflab.label.models import RATING_AXES
 from rlhflab.label.service import Problem
 
@@ -50,9 +50,12 @@ def login_page(request: Request) -> Response:
 @router.post("/login", dependencies=[CSRF])
 def login_form(request: Request, username: Annotated[str, Form(max_length=schemas.USERNAME_MAX)],
                password: Annotated[str, Form(max_length=schemas.PASSWORD_MAX)]) -> Response:
-    ctx = ctx_of(request)
-    with ctx.tx() as s:
-        user = service.authenticate(s, ctx.passwords, username, password)
+    try:
+        user = log_in(request, username, password)
+    except Problem as err:  # throttled: the login page again, with the message and Retry-After
+        response = render(request, "login.html", status_code=err.status, user=None, error=err.message)
+        response.headers.update(err.headers)
+        return response
     if user is None:
         return render(request, "login.html", status_code=401, user=None, error="Wrong username or password.")
     start_session(request, user)

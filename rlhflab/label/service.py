@@ -29,9 +29,9 @@ from rlhflab.label.settings import ProjectDefaults
 class Problem(Exception):
     """An error the caller made: `status` is the HTTP status the app answers with."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers or {}
 
 
 # ---------------------------------------------------------------------------------------------- users

@@ -4,7 +4,10 @@ A labeler logs in and labels three tasks — the first with the mouse, two with 
 with the keyboard; the researcher then sees the answers on the dashboard and in the export. Screenshots of the
 labelling page and the dashboard are written to the test's temporary folder, and also to
 $RLHFLAB_SCREENSHOTS_DIR when it is set (benchmarks/results/ keeps the committed ones).
-Skips without Chromium, unless RLHFLAB_REQUIRE_BROWSER=1.
+The labelling page's own checks follow, each on a small project: Enter only submits from the page or the answer's
+controls; a lost session keeps the answer and sends it after a re-login; the "no preference" 5, "task N of M" and
+the expiry countdown; Submit in view beside a long post; bidi controls shown as markers.
+Skips without Chromium (the shared `chromium` fixture), unless RLHFLAB_REQUIRE_BROWSER=1.
 """
 
 from __future__ import annotations
@@ -40,11 +43,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _serve(app) -> Iterator[str]:
+    """Serve `app` with uvicorn in a thread on 127.0.0.1; yields the base URL."""
+    import uvicorn
+
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning",
+                                        access_log=False))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    assert srv.started
+    try:
+        yield f"http://127.0.0.1:{srv.config.port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture
 def server(tmp_path, chromium):
     """The app with a seeded project, served by uvicorn in a thread on 127.0.0.1."""
-    import uvicorn
-
     app = make_app(f"sqlite:///{tmp_path / 'b.db'}", {"root": "admin", "ann": "labeler", "bob": "labeler",
                                                       "cat": "labeler", "dan": "labeler"})
     ctx = app.state.ctx
@@ -77,20 +99,8 @@ def server(tmp_path, chromium):
                 side = "left" if a_on_left == side_for_a else "right"
                 service.submit_answer(s, user, a.id, side=side, confidence=2 if side == "left" else 8,
                                       client_time_ms=20000 + 3000 * ord(name[0]) % 17000)
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    assert srv.started
-    yield {"url": f"http://127.0.0.1:{port}", "pid": pid, "rid": rid, "chromium": chromium,
-           "task_ids": [t.id for t in tasks]}
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with _serve(app) as base:
+        yield {"url": base, "pid": pid, "rid": rid, "chromium": chromium, "task_ids": [t.id for t in tasks]}
 
 
 def _save(page, tmp_path: Path, name: str) -> None:
@@ -234,7 +244,6 @@ def test_label_three_tasks_mouse_and_keyboard_then_dashboard_and_export(server, 
 def test_best_of_4_keyboard_pick_then_export(tmp_path, chromium):
     """A best-of-4 task (Ziegler et al.'s label): the query and four numbered continuations; key 3 picks the third,
     Enter submits, and the export (schema.best_of_n_to_row rows) says best = 2, counted from 0."""
-    import uvicorn
     from playwright.sync_api import expect, sync_playwright
 
     from rlhflab.data.records import Choice
@@ -250,17 +259,7 @@ def test_best_of_4_keyboard_pick_then_export(tmp_path, chromium):
         service.add_best_of_n_tasks(s, project, [BestOfNTask(post=query, samples=tuple(
             Choice(text=t, policy=f"pi{i}") for i, t in enumerate(texts)))])
         pid = project.id
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    assert srv.started
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with _serve(app) as base:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             try:
@@ -284,9 +283,6 @@ def test_best_of_4_keyboard_pick_then_export(tmp_path, chromium):
                 expect(page.locator("#answered")).to_have_text("answered: 1")
             finally:
                 browser.close()
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
     from rlhflab.label.cli import main as label_main
 
     out = tmp_path / "best_of_n.jsonl"
@@ -306,27 +302,6 @@ def test_best_of_4_keyboard_pick_then_export(tmp_path, chromium):
 
 LONG_POST = "\n".join(f"Line {i} of a very long post about what happened." for i in range(1, 201))
 BIDI = "\u202Eabc"
-
-
-@contextlib.contextmanager
-def _serve(app) -> Iterator[str]:
-    """Serve `app` with uvicorn in a thread on 127.0.0.1; yields the base URL."""
-    import uvicorn
-
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning",
-                                        access_log=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    assert srv.started
-    try:
-        yield f"http://127.0.0.1:{srv.config.port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -604,7 +579,7 @@ def test_bidi_controls_are_shown_as_markers_not_obeyed(browser, checks):
     assert sorted(t.strip() for t in texts) == sorted(["⟨U+202E⟩abc summary.", f"{XSS} ⟨U+200F⟩x"])
     shown = page.evaluate("document.querySelector('main').innerText")
     assert not re.search("[\u200e\u200f\u202a-\u202e\u2066-\u2069]", shown)
-    assert page.locator(".bidi-marker").count() == 5
+    assert page.locator(".bidi-marker").count() == 6
     assert page.evaluate("window.__xss") is None and not dialogs
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("2")

@@ -168,3 +168,124 @@ def test_an_uploaded_gzip_bomb_is_refused(db_url):
     r = admin.client.post(f"/admin/projects/{pid}/upload", data={"csrf_token": admin.token, "kind": "pairs"},
                           files={"file": ("pairs.jsonl.gz", truncated)}, headers={"Accept": "application/json"})
     assert r.status_code == 422 and "pairs.jsonl.gz" in r.json()["detail"]
+
+
+# ---------------------------------------------------------------------------------------------- 3: TLS proxy
+
+def _serve_args(*argv: str, env: dict[str, str] | None = None, monkeypatch=None):
+    import argparse
+
+    from rlhflab.label.cli import add_label_parser
+
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    parser = argparse.ArgumentParser()
+    add_label_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["label", "serve", "--db", "sqlite:///x.db", *argv])
+
+
+def test_https_only_sets_secure_cookies_and_proxy_headers_are_believed_only_when_told(db_url, monkeypatch):
+    from rlhflab.label.cli import serve_config
+
+    monkeypatch.delenv("RLHFLAB_LABEL_HTTPS_ONLY", raising=False)
+    monkeypatch.delenv("RLHFLAB_LABEL_TRUST_PROXY", raising=False)
+    settings, server = serve_config(_serve_args())
+    assert not settings.https_only_cookies and server["proxy_headers"] is False
+    settings, server = serve_config(_serve_args("--https-only", "--trust-proxy", "10.0.0.2, 10.0.0.3"))
+    assert settings.https_only_cookies and server["proxy_headers"] is True
+    assert server["forwarded_allow_ips"] == ["10.0.0.2", "10.0.0.3"]
+    settings, server = serve_config(_serve_args(env={"RLHFLAB_LABEL_HTTPS_ONLY": "1",
+                                                     "RLHFLAB_LABEL_TRUST_PROXY": "127.0.0.1"},
+                                                monkeypatch=monkeypatch))
+    assert settings.https_only_cookies and server["forwarded_allow_ips"] == ["127.0.0.1"]
+
+    plain = Api(make_app(db_url, USERS))
+    plain.login("ann")
+    from fastapi.testclient import TestClient
+
+    tls = Api(make_app(db_url, https_only_cookies=True))
+    tls.client = TestClient(tls.app, base_url="https://testserver")  # a Secure cookie travels over https only
+    token = tls.client.get("/api/csrf")
+    assert "secure" in token.headers["set-cookie"].lower()
+    assert token.headers["strict-transport-security"].startswith("max-age=")
+    r = tls.client.post("/api/login", json={"username": "ann", "password": PASSWORD},
+                        headers={"X-CSRF-Token": token.json()["csrf_token"]})
+    assert "secure" in r.headers["set-cookie"].lower()
+    r = plain.client.get("/api/csrf")
+    assert "strict-transport-security" not in r.headers
+
+
+def test_x_forwarded_for_is_ignored_unless_the_proxy_is_trusted(db_url, monkeypatch):
+    """A client that forges X-Forwarded-For does not get a fresh throttle address (and cannot frame another)."""
+    import httpx
+    from labelkit import serve
+
+    from rlhflab.label.cli import serve_config
+
+    monkeypatch.delenv("RLHFLAB_LABEL_TRUST_PROXY", raising=False)
+    for trust, expect in (([], "127.0.0.1"), (["127.0.0.1"], "203.0.113.9")):
+        app = make_app(db_url, USERS if not trust else None, login_failures_per_address=1)
+        args = _serve_args(*(["--trust-proxy", ",".join(trust)] if trust else []))
+        _, server = serve_config(args)
+        with serve(app, proxy_headers=server["proxy_headers"], forwarded_allow_ips=server["forwarded_allow_ips"]) as base:
+            with httpx.Client(base_url=base) as c:
+                token = c.get("/api/csrf").json()["csrf_token"]
+                r = c.post("/api/login", json={"username": "nobody", "password": "wrong password"},
+                           headers={"X-CSRF-Token": token, "X-Forwarded-For": "203.0.113.9"})
+                assert r.status_code == 401
+        assert app.state.ctx.throttle.retry_after("someone-else", expect) is not None
+
+
+# ---------------------------------------------------------------------------------------------- 4: brute force
+
+def test_failed_logins_are_throttled_logged_and_cost_no_hashing(db_url, caplog):
+    import logging
+
+    app = make_app(db_url, USERS, login_failures_per_user=5, login_failures_per_address=8)
+    ctx = app.state.ctx
+    hashed = []
+    verify = ctx.passwords.verify
+    ctx.passwords.verify = lambda stored, pw: hashed.append(1) or verify(stored, pw)
+    api = Api(app)
+    token = api.client.get("/api/csrf").json()["csrf_token"]
+
+    def attempt(username: str, password: str = "wrong password!"):
+        return api.client.post("/api/login", json={"username": username, "password": password},
+                               headers={"X-CSRF-Token": token})
+
+    with caplog.at_level(logging.WARNING, logger="rlhflab.label.auth"):
+        codes = [attempt("root").status_code for _ in range(7)]
+    assert codes == [401] * 5 + [429] * 2
+    assert len(hashed) == 5  # the refused attempts were not hashed
+    r = attempt("root", PASSWORD)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0  # even the right password, while locked
+    failures = [rec.getMessage() for rec in caplog.records if rec.name == "rlhflab.label.auth"]
+    assert sum("failed login for username 'root' from testclient" in m for m in failures) == 5
+    assert all("wrong password" not in m for m in failures)
+    # unknown users are refused alike (no enumeration); the address limit (8) stops a spray over usernames
+    assert [attempt("ghost").status_code for _ in range(4)] == [401, 401, 401, 429]
+    assert attempt("ann").status_code == 429  # the address is now locked for everyone
+    # the HTML login form shares the throttle
+    r = api.client.post("/login", data={"username": "ann", "password": PASSWORD, "csrf_token": token},
+                        follow_redirects=False)
+    assert r.status_code == 429 and "try again in" in r.text and "retry-after" in r.headers
+
+
+def test_the_throttle_window_slides_and_a_success_clears_the_username():
+    from rlhflab.label.throttle import LoginThrottle
+
+    now = [1000.0]
+    t = LoginThrottle(per_user=3, per_address=100, window_s=60, clock=lambda: now[0])
+    for dt in (0, 10, 20):
+        now[0] = 1000 + dt
+        assert t.retry_after("u", "a") is None
+        t.failed("u", "a")
+    assert t.retry_after("u", "a") == 40  # the first failure (t=1000) leaves the window at t=1060
+    now[0] = 1060.0
+    assert t.retry_after("u", "a") is None
+    t.failed("u", "a")
+    t.succeeded("u")
+    assert t.retry_after("u", "a") is None
+    now[0] = 1061.0
+    t.failed("v", "b")
+    assert t.retry_after("u", "b") is None  # other usernames and addresses are unaffected

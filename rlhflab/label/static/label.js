@@ -297,7 +297,7 @@
   var reloginButton = document.getElementById("relogin-button");
 
   function askLogin() {
-    showStatus("Your session has ended: log in again below and your answer is sent.", true);
+    showStatus("Your session has ended: log in again and your answer is sent.", true);
     relogin.hidden = false;
     if (!reloginUser.value) { reloginUser.value = form.getAttribute("data-username") || ""; }
     (reloginUser.value ? reloginPassword : reloginUser).focus();
