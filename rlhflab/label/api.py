@@ -121,26 +121,27 @@ def patch_project(project_id: ProjectId, body: schemas.ProjectPatch, _: Admin, r
              dependencies=[CSRF])
 def add_tasks(project_id: ProjectId, body: schemas.TasksIn, _: Admin, request: Request) -> Any:
     posts = post_map(body.posts)
-    pairs = [pair_row(i, t) for i, t in enumerate(body.tasks)]
+    pairs = [pair_row(i, t) for i, t in enumerate(body.tasks, 1)]
     return store_tasks(request, project_id, pairs, posts)
 
 
-def pair_row(i: int, t: schemas.PairIn) -> formats.PairRow:
-    """tasks[i] of a TasksIn body as the row `service.add_tasks` stores; what the model cannot check is a 422."""
+def pair_row(n: int, t: schemas.PairIn) -> formats.PairRow:
+    """The n-th task (counted from 1, like the lines of a file) of a TasksIn body as the row `service.add_tasks`
+    stores; what the model cannot check is a 422."""
     if (t.post is None) == (t.post_id is None):
-        raise Problem(422, f"tasks[{i}]: give exactly one of `post` and `post_id`")
+        raise Problem(422, f"tasks:{n}: give exactly one of `post` and `post_id`")
     if t.gold is not None and t.summary_b is None:
-        raise Problem(422, f"tasks[{i}]: only comparison tasks (with summary_b) take a gold answer")
+        raise Problem(422, f"tasks:{n}: only comparison tasks (with summary_b) take a gold answer")
     if t.gold is not None:
         formats.check_confidence(t.gold.choice, t.gold.confidence,
-                                 lambda p: Problem(422, f"tasks[{i}].gold.confidence: {p}"))
+                                 lambda p: Problem(422, f"tasks:{n}: field 'gold.confidence': {p}"))
     post = formats.parse_post(t.post.model_dump()) if t.post else None
     return formats.PairRow(
         post=post, post_id=post.id if post else t.post_id, summary_a=t.summary_a.text,  # type: ignore[arg-type]
         policy_a=t.summary_a.policy, summary_b=t.summary_b.text if t.summary_b else None,
         policy_b=t.summary_b.policy if t.summary_b else None,
         gold_choice=t.gold.choice if t.gold else None, gold_confidence=t.gold.confidence if t.gold else None,
-        split=t.split)
+        split=t.split, where=f"tasks:{n}")
 
 
 @router.post("/projects/{project_id}/samples", response_model=schemas.TasksOut, status_code=201, tags=["admin"],
@@ -157,14 +158,18 @@ def add_samples(project_id: ProjectId, body: schemas.SamplesIn, _: Admin, reques
     return store_tasks(request, project_id, pairs, posts)
 
 
-def post_map(posts: list[schemas.PostIn]) -> dict[str, Post]:
-    return {p.id: formats.parse_post(p.model_dump()) for p in posts}
+def post_map(posts: list[schemas.PostIn]) -> tuple[dict[str, Post], dict[str, str]]:
+    """A body's `posts` by id, and where each was ("posts:N", from 1); one id with two different posts is a 422."""
+    try:
+        return formats.read_posts(((n, p.model_dump()) for n, p in enumerate(posts, 1)), "posts")
+    except formats.FormatError as err:
+        raise Problem(422, str(err)) from None
 
 
 def store_tasks(request: Request, project_id: int, pairs: list[formats.PairRow],
-                posts: dict[str, Post]) -> dict[str, Any]:
+                posts: tuple[dict[str, Post], dict[str, str]]) -> dict[str, Any]:
     with ctx_of(request).tx() as s:
-        tasks = service.add_tasks(s, service.get_project(s, project_id), pairs, posts)
+        tasks = service.add_tasks(s, service.get_project(s, project_id), pairs, *posts)
         return {"created": len(tasks), "task_ids": [t.id for t in tasks]}
 
 
@@ -173,7 +178,7 @@ def store_tasks(request: Request, project_id: int, pairs: list[formats.PairRow],
 def add_best_of_n_tasks(project_id: ProjectId, body: schemas.BestOfNTasksIn, _: Admin, request: Request) -> Any:
     """Best-of-N tasks: a query and its 2–16 continuations per row (no `best`: answers come from labelers)."""
     try:
-        rows = [formats.parse_best_of_n_task(r, "rows", i) for i, r in enumerate(body.rows)]
+        rows = [formats.parse_best_of_n_task(r, "rows", n) for n, r in enumerate(body.rows, 1)]
     except formats.FormatError as err:
         raise Problem(422, str(err)) from None
     with ctx_of(request).tx() as s:
@@ -187,7 +192,7 @@ def import_comparisons(project_id: ProjectId, body: schemas.ImportIn, _: Admin, 
     """Labels: OpenAI-schema comparisons, or best-of-N labels (rows with "samples" and "best"), told apart by the
     first row."""
     try:
-        rows = formats.parse_labels(enumerate(body.rows), "rows")
+        rows = formats.parse_labels(enumerate(body.rows, 1), "rows")
     except formats.FormatError as err:
         raise Problem(422, str(err)) from None
     with ctx_of(request).tx() as s:

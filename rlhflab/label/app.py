@@ -7,11 +7,13 @@ state-changing request (POST/PATCH/DELETE) must carry the session's CSRF token â
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.middleware.sessions import SessionMiddleware
 
 from rlhflab.label import api, pages
@@ -21,6 +23,7 @@ from rlhflab.label.limits import BodyLimitMiddleware
 from rlhflab.label.service import Problem
 from rlhflab.label.settings import LabelSettings
 
+LOG = logging.getLogger("rlhflab.label.app")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 SESSION_COOKIE = "rlhflab_session"
@@ -46,6 +49,7 @@ def create_app(settings: LabelSettings | None = None) -> FastAPI:
     app.add_exception_handler(LoginRequired, on_login_required)
     app.add_exception_handler(Forbidden, on_forbidden)
     app.add_exception_handler(IntegrityError, on_integrity)
+    app.add_exception_handler(SQLAlchemyError, on_database_error)
     app.add_exception_handler(RequestValidationError, on_invalid)
     return app
 
@@ -84,6 +88,16 @@ async def on_forbidden(request: Request, exc: Forbidden) -> Response:
 
 async def on_integrity(request: Request, exc: IntegrityError) -> Response:
     return error_response(request, 409, "conflicts with existing data")
+
+
+async def on_database_error(request: Request, exc: SQLAlchemyError) -> Response:
+    """The last net under validation: a database error is logged by kind and SQLSTATE only â€” its message may quote
+    the values (posts, summaries, instructions) and the app logs no text."""
+    orig = getattr(exc, "orig", None)
+    LOG.error("database error %s (%s, SQLSTATE %s) on %s %s", type(exc).__name__, type(orig).__name__ if orig else "-",
+              getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "-", request.method,
+              request.scope.get("route").path if request.scope.get("route") else "?")
+    return error_response(request, 500, "database error (logged without its data)")
 
 
 async def on_invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -170,16 +170,14 @@ def _find_project(s, ref: str):  # noqa: ANN001, ANN202
 
 
 def _read_pairs(args: argparse.Namespace):  # noqa: ANN202
-    """(pairs, posts) for comparison and rating tasks, or (best-of-N tasks, None)."""
+    """(pairs, posts, where each post was) for comparison and rating tasks, or (best-of-N tasks, None, None)."""
     from rlhflab.label import formats, service
 
     if (args.samples is None) == (args.pairs is None):
         raise CLIError("give exactly one of --samples and --pairs")
-    posts = {}
+    posts, where = {}, {}
     if args.posts is not None:
-        for n, row in formats.read_jsonl(args.posts):
-            post = formats.parse_post(row, str(args.posts), n)
-            posts[post.id] = post
+        posts, where = formats.read_posts(formats.read_jsonl(args.posts), str(args.posts))
     if args.samples is not None:
         if args.posts is None:
             raise CLIError("--samples needs --posts (the samples file holds post ids only)")
@@ -192,11 +190,11 @@ def _read_pairs(args: argparse.Namespace):  # noqa: ANN202
         if rows and formats.is_best_of_n_file_row(rows[0][1]):
             if args.posts is not None:
                 raise CLIError("best-of-N tasks carry their query: --posts is for pairs and samples")
-            return formats.parse_best_of_n_tasks(rows, str(args.pairs)), None
+            return formats.parse_best_of_n_tasks(rows, str(args.pairs)), None, None
         pairs = [formats.parse_pair(row, str(args.pairs), n) for n, row in rows]
     if not pairs:
         raise CLIError("no tasks: a samples file needs at least two policies for a post (or --ratings)")
-    return pairs, posts
+    return pairs, posts, where
 
 
 def run_label(args: argparse.Namespace) -> int:
@@ -302,10 +300,10 @@ def _account(args: argparse.Namespace, factory: Factory) -> int:  # add-user or 
 def _add_tasks(args: argparse.Namespace, factory: Factory) -> int:  # create-project or add-tasks
     from rlhflab.label import db, service
 
-    pairs, posts = _read_pairs(args)
+    pairs, posts, post_where = _read_pairs(args)
     with db.session_scope(factory) as s:
         if args.label_command == "create-project":
-            instructions = args.instructions_file.read_text() if args.instructions_file else ""
+            instructions = _read_text(args.instructions_file) if args.instructions_file else ""
             project = service.create_project(s, args.name, instructions=instructions, labels_per_task=args.k,
                                              gold_rate=args.gold_rate, expiry_s=args.expiry_s,
                                              flag_threshold=args.flag_threshold)
@@ -317,11 +315,24 @@ def _add_tasks(args: argparse.Namespace, factory: Factory) -> int:  # create-pro
             print(f"project {project.name!r} (id {project.id}): added {len(tasks)} best-of-N tasks "
                   f"(N = {', '.join(map(str, sizes))})")
             return 0
-        tasks = service.add_tasks(s, project, pairs, posts)
+        tasks = service.add_tasks(s, project, pairs, posts, post_where)
         kinds = {k: sum(t.kind == k for t in tasks) for k in ("comparison", "rating")}
         print(f"project {project.name!r} (id {project.id}): added {kinds['comparison']} comparison and "
               f"{kinds['rating']} rating tasks")
     return 0
+
+
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file, or a CLIError that names it (never a traceback)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise CLIError(f"{path}: no such file") from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise CLIError(f"{path}:{line}: not UTF-8") from None
+    except OSError as err:
+        raise CLIError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
 def _import(args: argparse.Namespace, factory: Factory) -> int:

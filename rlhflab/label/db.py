@@ -36,10 +36,12 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60}, hide_parameters=True)
         _sqlite_serialised_writes(engine)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+    # hide_parameters: a failed statement's error (and any traceback of it) never carries the posts, summaries or
+    # instructions it was storing: the app logs no text
+    return create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True, hide_parameters=True)
 
 
 def _sqlite_serialised_writes(engine: Engine) -> None:

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from rlhflab.data import schema
+from rlhflab.label import sizes
 from rlhflab.data.records import CONFIDENCE_MAX, CONFIDENCE_MIN, CONFIDENCE_NO_PREFERENCE, BestOfN, Choice, Post, Sample
 
-MAX_TEXT = 200_000  # characters in one post or summary
-MAX_ID = 200
+MAX_TEXT = sizes.TEXT  # characters in one post or summary
+MAX_ID = sizes.POST_KEY
 
 
 class FormatError(ValueError):
@@ -221,13 +222,13 @@ def parse_post(row: dict[str, Any], where: str = "<post>", line: int | None = No
     r = _Row(row, where, line, prefix)
     if "post" in row and "text" not in row:
         return Post(id=r.ident("id"), text=r.string("post", nonempty=True), title=r.string("title", required=False),
-                    subreddit=r.string("subreddit", required=False, max_len=200),
+                    subreddit=r.string("subreddit", required=False, max_len=sizes.SUBREDDIT),
                     reference=r.string("summary", required=False) or None, source="tldr")
     source = r.string("source", required=False) or "tldr"
     if source not in ("tldr", "cnndm", "query"):
         raise r.fail("source", "must be tldr, cnndm or query")
     return Post(id=r.ident("id"), text=r.string("text", nonempty=True), title=r.string("title", required=False),
-                subreddit=r.string("subreddit", required=False, max_len=200),
+                subreddit=r.string("subreddit", required=False, max_len=sizes.SUBREDDIT),
                 reference=r.string("reference", required=False) or None, source=source)
 
 
@@ -239,7 +240,7 @@ def parse_sample(row: dict[str, Any], where: str = "<sample>", line: int | None 
     extra = row.get("extra") or {}
     if not isinstance(extra, dict):
         raise r.fail("extra", f"expected an object, got {_json_type(extra)}")
-    return Sample(post_id=r.ident("post_id"), policy=r.string("policy", max_len=200),
+    return Sample(post_id=r.ident("post_id"), policy=r.string("policy", max_len=sizes.POLICY),
                   text=r.string("text", nonempty=True), n_tokens=r.integer("n_tokens", 0, 2**31) or 0,
                   index=r.integer("index", 0, 2**31, required=False) or 0, eos=eos, extra=extra)
 
@@ -257,6 +258,7 @@ class PairRow:
     gold_choice: int | None = None
     gold_confidence: int | None = None
     split: str = ""
+    where: str = ""  # "file:line" or "tasks:N", for errors about this row
 
 
 def parse_gold(r: _Row) -> tuple[int | None, int | None]:
@@ -294,11 +296,11 @@ def parse_pair(row: dict[str, Any], where: str = "<pair>", line: int | None = No
     if b is None and choice is not None:
         raise r.fail("gold", "only comparison tasks (with summary_b) take a gold answer")
     return PairRow(post=post, post_id=post_id, summary_a=a.string("text", nonempty=True),  # type: ignore[union-attr]
-                   policy_a=a.string("policy", required=False, max_len=200),  # type: ignore[union-attr]
+                   policy_a=a.string("policy", required=False, max_len=sizes.POLICY),  # type: ignore[union-attr]
                    summary_b=b.string("text", nonempty=True) if b else None,
-                   policy_b=b.string("policy", required=False, max_len=200) if b else None,
+                   policy_b=b.string("policy", required=False, max_len=sizes.POLICY) if b else None,
                    gold_choice=choice, gold_confidence=confidence,
-                   split=r.string("split", required=False, max_len=64))
+                   split=r.string("split", required=False, max_len=sizes.SPLIT), where=location(where, line))
 
 
 @dataclass
@@ -313,6 +315,7 @@ class ComparisonRow:
     batch: str
     split: str
     extra: dict[str, Any] = field(default_factory=dict)
+    where: str = ""
 
 
 def parse_openai_comparison(row: dict[str, Any], where: str = "<comparison>",
@@ -323,11 +326,11 @@ def parse_openai_comparison(row: dict[str, Any], where: str = "<comparison>",
     if info.row.get("post") is None and info.row.get("article") is not None:
         post = Post(id=info.ident("id"), text=info.string("article", nonempty=True),
                     title=info.string("title", required=False),
-                    subreddit=info.string("site", required=False, max_len=200), source="cnndm")
+                    subreddit=info.string("site", required=False, max_len=sizes.SUBREDDIT), source="cnndm")
     else:
         post = Post(id=info.ident("id"), text=info.string("post", nonempty=True),
                     title=info.string("title", required=False),
-                    subreddit=info.string("subreddit", required=False, max_len=200), source="tldr")
+                    subreddit=info.string("subreddit", required=False, max_len=sizes.SUBREDDIT), source="tldr")
     summaries = row.get("summaries")
     if not isinstance(summaries, list) or len(summaries) != 2:
         raise r.fail("summaries", "expected an array of exactly 2 summaries")
@@ -336,17 +339,19 @@ def parse_openai_comparison(row: dict[str, Any], where: str = "<comparison>",
         if not isinstance(s, dict):
             raise r.fail(f"summaries[{i}]", f"expected an object, got {_json_type(s)}")
         sr = _Row(s, where, line, f"summaries[{i}].")
-        parsed.append((sr.string("text", nonempty=True), sr.string("policy", required=False, max_len=200),
+        parsed.append((sr.string("text", nonempty=True), sr.string("policy", required=False, max_len=sizes.POLICY),
                        sr.string("note", required=False)))
     extra_r = r.obj("extra", required=False)
     extra = dict(extra_r.row) if extra_r else {}
     confidence = extra_r.integer("confidence", CONFIDENCE_MIN, CONFIDENCE_MAX, required=False) if extra_r else None
     extra.pop("confidence", None)
     choice = r.integer("choice", 0, 1)
+    check_confidence(choice, confidence, lambda p: r.fail("extra.confidence", p))  # type: ignore[arg-type]
     return ComparisonRow(post=post, summaries=(parsed[0], parsed[1]), choice=choice,  # type: ignore[arg-type]
-                         confidence=confidence, worker=r.string("worker", required=False, max_len=64),
-                         batch=r.string("batch", required=False, max_len=64),
-                         split=r.string("split", required=False, max_len=64), extra=extra)
+                         confidence=confidence, worker=r.string("worker", required=False, max_len=sizes.WORKER),
+                         batch=r.string("batch", required=False, max_len=sizes.BATCH),
+                         split=r.string("split", required=False, max_len=sizes.SPLIT), extra=extra,
+                         where=location(where, line))
 
 
 def is_best_of_n_file_row(row: dict[str, Any]) -> bool:
@@ -362,6 +367,7 @@ class BestOfNTask:
     post: Post
     samples: tuple[Choice, ...]
     split: str = ""
+    where: str = ""
 
 
 def parse_best_of_n(row: dict[str, Any], where: str = "<best-of-n>", line: int | None = None) -> BestOfN:
@@ -385,7 +391,7 @@ def parse_best_of_n_task(row: dict[str, Any], where: str = "<best-of-n>", line: 
     except schema.FieldError as err:
         raise FormatError(where, line, err.field, err.problem) from None
     _check_best_of_n_limits(r, b)
-    return BestOfNTask(post=b.post, samples=b.samples, split=b.split)
+    return BestOfNTask(post=b.post, samples=b.samples, split=b.split, where=location(where, line))
 
 
 def _check_best_of_n_limits(r: _Row, b: BestOfN) -> None:
@@ -393,24 +399,56 @@ def _check_best_of_n_limits(r: _Row, b: BestOfN) -> None:
     if r.row.get("id") is not None:
         r.ident("id")
     r.string("query", nonempty=True)
-    for key in ("worker", "batch", "split"):
-        r.string(key, required=False, max_len=64)
+    for key, limit in (("worker", sizes.WORKER), ("batch", sizes.BATCH), ("split", sizes.SPLIT)):
+        r.string(key, required=False, max_len=limit)
     for i, c in enumerate(b.samples):
         cr = _Row({"text": c.text, "policy": c.policy}, r.where, r.line, f"samples[{i}].")
         cr.string("text", nonempty=True)
-        cr.string("policy", required=False, max_len=200)
+        cr.string("policy", required=False, max_len=sizes.POLICY)
 
 
 def parse_best_of_n_tasks(rows: Iterable[tuple[int, dict[str, Any]]], where: str) -> list[BestOfNTask]:
     return [parse_best_of_n_task(row, where, n) for n, row in rows]
 
 
-def parse_labels(rows: Iterable[tuple[int, dict[str, Any]]], where: str) -> list[ComparisonRow] | list[BestOfN]:
+@dataclass
+class Labels:
+    """A labels file's rows (one kind: comparisons or best-of-N labels) and where each came from."""
+
+    rows: list[ComparisonRow] | list[BestOfN]
+    where: list[str]
+
+
+def parse_labels(rows: Iterable[tuple[int, dict[str, Any]]], where: str) -> Labels:
     """A labels file: OpenAI-schema comparisons, or best-of-N labels when the first row has "samples"."""
     numbered = list(rows)
+    places = [location(where, n) for n, _ in numbered]
     if numbered and is_best_of_n_file_row(numbered[0][1]):
-        return [parse_best_of_n(row, where, n) for n, row in numbered]
-    return [parse_openai_comparison(row, where, n) for n, row in numbered]
+        return Labels([parse_best_of_n(row, where, n) for n, row in numbered], places)
+    return Labels([parse_openai_comparison(row, where, n) for n, row in numbered], places)
+
+
+def read_posts(rows: Iterable[tuple[int, dict[str, Any]]], where: str) -> tuple[dict[str, Post], dict[str, str]]:
+    """A posts file: the posts by id and where each was. An id given twice must name the same post: two different
+    posts under one id are refused, naming both lines (one of them would silently win)."""
+    posts: dict[str, Post] = {}
+    places: dict[str, str] = {}
+    for n, row in rows:
+        post = parse_post(row, where, n)
+        if post.id in posts and not same_post(posts[post.id], post):
+            raise FormatError(where, n, "id", f"{post.id!r} is also the id of another post at {places[post.id]}")
+        posts.setdefault(post.id, post)
+        places.setdefault(post.id, location(where, n))
+    return posts, places
+
+
+def same_post(a: Post, b: Post) -> bool:
+    """Whether two posts are the same as far as a labeler sees them (text, title, subreddit)."""
+    return (a.text, a.title, a.subreddit) == (b.text, b.title, b.subreddit)
+
+
+def location(where: str, line: int | None) -> str:
+    return where + (f":{line}" if line is not None else "")
 
 
 def choices_json(samples: Iterable[Choice]) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """The HTML pages: login, the labelling pages and the researchers' admin pages (server-rendered Jinja2, forms
-posted with the session's CSRF token). Form fields take the limits of the JSON API's models (`schemas`)."""
+posted with the session's CSRF token). Form fields take the annotated types of the JSON API's models (`schemas`):
+the same limits, NUL refused the same way."""
 
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ def login_page(request: Request) -> Response:
 
 
 @router.post("/login", dependencies=[CSRF])
-def login_form(request: Request, username: Annotated[str, Form(max_length=schemas.USERNAME_MAX)],
-               password: Annotated[str, Form(max_length=schemas.PASSWORD_MAX)]) -> Response:
+def login_form(request: Request, username: Annotated[schemas.LoginName, Form()],
+               password: Annotated[schemas.LoginPassword, Form()]) -> Response:
     try:
         user = log_in(request, username, password)
     except Problem as err:  # throttled: the login page again, with the message and Retry-After
@@ -98,7 +99,7 @@ def label_answer(project_id: ProjectId, user: CurrentUser, request: Request,
                  assignment_id: Annotated[int, Form(**schemas.DB_ID)],
                  side: Annotated[str | None, Form(pattern=schemas.SIDE_PATTERN)] = None,
                  confidence: Annotated[int | None, Form(**schemas.CONFIDENCE)] = None,
-                 note: Annotated[str, Form(max_length=schemas.NOTE_MAX)] = "",
+                 note: Annotated[schemas.Note, Form()] = "",
                  time_ms: Annotated[int | None, Form(**schemas.TIME_MS)] = None,
                  best: Annotated[int | None, Form(**schemas.BEST)] = None,
                  overall: Rating = None, accuracy: Rating = None, coverage: Rating = None,
@@ -107,7 +108,7 @@ def label_answer(project_id: ProjectId, user: CurrentUser, request: Request,
     ratings = {k: v for k, v in values.items() if v is not None} or None
     with ctx_of(request).tx() as s:
         service.submit_answer(s, user, assignment_id, side=side, confidence=confidence, ratings=ratings, best=best,
-                              note=note.replace("\x00", ""), client_time_ms=time_ms)
+                              note=note, client_time_ms=time_ms)
     return RedirectResponse(f"/label/{project_id}", 303)
 
 
@@ -123,8 +124,8 @@ def admin_page(user: Admin, request: Request) -> Response:
 
 @router.post("/admin/users", dependencies=[CSRF])
 def admin_create_user(
-        user: Admin, request: Request, username: Annotated[str, Form(pattern=schemas.USERNAME_PATTERN)],
-        password: Annotated[str, Form(min_length=schemas.PASSWORD_MIN, max_length=schemas.PASSWORD_MAX)],
+        user: Admin, request: Request, username: Annotated[schemas.Username, Form()],
+        password: Annotated[schemas.Password, Form()],
         role: Annotated[str, Form(pattern=schemas.ROLE_PATTERN)] = "labeler") -> Response:
     ctx = ctx_of(request)
     with ctx.tx() as s:
@@ -134,12 +135,12 @@ def admin_create_user(
 
 @router.post("/admin/projects", dependencies=[CSRF])
 async def admin_create_project(
-        user: Admin, request: Request, name: Annotated[str, Form(min_length=1, max_length=schemas.PROJECT_NAME_MAX)],
+        user: Admin, request: Request, name: Annotated[schemas.ProjectName, Form()],
         labels_per_task: Annotated[int, Form(**schemas.LABELS_PER_TASK)] = 3,
         gold_rate: Annotated[float, Form(**schemas.FRACTION)] = 0.1,
         expiry_s: Annotated[int, Form(**schemas.EXPIRY_S)] = 1800,
         flag_threshold: Annotated[float, Form(**schemas.FRACTION)] = 0.7,
-        instructions: Annotated[str, Form(max_length=schemas.INSTRUCTIONS_MAX)] = "") -> Response:
+        instructions: Annotated[schemas.Instructions, Form()] = "") -> Response:
     ctx = ctx_of(request)
 
     def create() -> int:
@@ -165,7 +166,7 @@ async def admin_upload(project_id: ProjectId, user: Admin, request: Request,
                        kind: Annotated[str, Form(pattern="^(samples|pairs|comparisons)$")],
                        file: UploadFile, posts: UploadFile | None = None,
                        mode: Annotated[str, Form(pattern="^(tasks|gold|answers)$")] = "tasks",
-                       policies: Annotated[str, Form(max_length=2000)] = "",
+                       policies: Annotated[schemas.PolicyList, Form()] = "",
                        pairs_per_post: Annotated[int, Form(**schemas.PAIRS_PER_POST)] = 1,
                        ratings: Annotated[bool, Form()] = False) -> Response:
     ctx = ctx_of(request)
@@ -185,12 +186,12 @@ async def admin_upload(project_id: ProjectId, user: Admin, request: Request,
             if bon is not None:
                 service.add_best_of_n_tasks(s, project, bon)
                 return
-            pairs, post_map = tasks_from_files(
+            pairs, post_map, post_where = tasks_from_files(
                 kind, data, posts_data, name=file.filename or "upload",
                 posts_name=(posts.filename if posts else None) or "posts",
                 policies=[p.strip() for p in policies.split(",") if p.strip()] or None,
                 pairs_per_post=pairs_per_post, ratings=ratings)
-            service.add_tasks(s, project, pairs, post_map)
+            service.add_tasks(s, project, pairs, post_map, post_where)
 
     await run_in_threadpool(store)
     return RedirectResponse(f"/admin/projects/{project_id}", 303)
@@ -229,14 +230,14 @@ async def read_upload(upload: UploadFile | None, limit: int, max_inflated: int) 
 
 def tasks_from_files(kind: str, data: bytes, posts_data: bytes | None, *, name: str, posts_name: str,
                      policies: list[str] | None = None, pairs_per_post: int = 1, ratings: bool = False,
-                     seed: int = 0) -> tuple[list[formats.PairRow], dict[str, Any]]:
-    """Parse an uploaded samples or pairs file (+ posts file) into tasks. FormatError -> 422."""
+                     seed: int = 0) -> tuple[list[formats.PairRow], dict[str, Any], dict[str, str]]:
+    """Parse an uploaded samples or pairs file (+ posts file) into tasks, the posts and where each post was.
+    FormatError -> 422."""
     posts: dict[str, Any] = {}
+    where: dict[str, str] = {}
     try:
         if posts_data is not None:
-            for n, row in formats.read_jsonl_bytes(posts_data, posts_name):
-                p = formats.parse_post(row, posts_name, n)
-                posts[p.id] = p
+            posts, where = formats.read_posts(formats.read_jsonl_bytes(posts_data, posts_name), posts_name)
         if kind == "samples":
             samples = [formats.parse_sample(row, name, n) for n, row in formats.read_jsonl_bytes(data, name)]
             pairs = service.pairs_from_samples(samples, policies=policies, pairs_per_post=pairs_per_post,
@@ -249,10 +250,10 @@ def tasks_from_files(kind: str, data: bytes, posts_data: bytes | None, *, name: 
         raise Problem(422, str(err)) from None
     if not pairs:
         raise Problem(422, f"{name}: no tasks (a samples file needs two policies per post, or --ratings)")
-    return pairs, posts
+    return pairs, posts, where
 
 
-def labels_from_bytes(data: bytes, name: str) -> list[formats.ComparisonRow] | list[BestOfN]:
+def labels_from_bytes(data: bytes, name: str) -> formats.Labels:
     try:
         return formats.parse_labels(formats.read_jsonl_bytes(data, name), name)
     except formats.FormatError as err:

@@ -10,17 +10,18 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from rlhflab.data.schema import MAX_BEST_OF
-from rlhflab.label.formats import MAX_TEXT
+from rlhflab.label import sizes
 
-# The limits, shared with the HTML form routes (label/pages.py) so that a form and its JSON route accept the same
-# values. Bounds are Field/Form/Path keyword arguments.
+# The limits, shared with the HTML form routes (label/pages.py takes the same annotated types, so that a form and
+# its JSON route accept the same values) and, through `sizes`, with the database columns and the file parsers.
+# Bounds are Field/Form/Path keyword arguments.
 DB_ID = {"ge": 1, "le": 2**31 - 1}
-USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
-USERNAME_MAX = 64
+USERNAME_PATTERN = rf"^[A-Za-z0-9_.@-]{{1,{sizes.USERNAME}}}$"
+USERNAME_MAX = sizes.USERNAME
 PASSWORD_MIN, PASSWORD_MAX = 8, 256
 ROLE_PATTERN = "^(admin|labeler)$"
-PROJECT_NAME_MAX = 200
-INSTRUCTIONS_MAX = 20000
+PROJECT_NAME_MAX = sizes.PROJECT_NAME
+INSTRUCTIONS_MAX = sizes.INSTRUCTIONS
 LABELS_PER_TASK = {"ge": 1, "le": 50}
 FRACTION = {"ge": 0.0, "le": 1.0}  # gold_rate, flag_threshold, the dashboard's threshold
 EXPIRY_S = {"ge": 10, "le": 7 * 24 * 3600}
@@ -29,7 +30,7 @@ CONFIDENCE = {"ge": 1, "le": 9}
 RATING = {"ge": 1, "le": 7}
 SIDE_PATTERN = "^(left|right)$"
 BEST = {"ge": 0, "le": MAX_BEST_OF - 1}  # an index; the task's own N is checked by the service (a clear 422)
-NOTE_MAX = 5000
+NOTE_MAX = sizes.NOTE
 TIME_MS = {"ge": 0, "le": 24 * 3600 * 1000}
 
 
@@ -39,13 +40,28 @@ def _no_nul(v: str) -> str:
     return v
 
 
-Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_no_nul)]
-NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT, pattern=r"\S"),
-                         AfterValidator(_no_nul)]
-Short = Annotated[str, StringConstraints(max_length=200), AfterValidator(_no_nul)]
-Ident = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S"), AfterValidator(_no_nul)]
+def bounded(max_length: int, min_length: int = 0, pattern: str | None = None) -> Any:
+    """A NUL-free string of at most `max_length` characters (PostgreSQL refuses NUL in text: a 500 otherwise)."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length, pattern=pattern),
+                     AfterValidator(_no_nul)]
+
+
+Text = bounded(sizes.TEXT)
+NonEmptyText = bounded(sizes.TEXT, 1, r"\S")
+Title = bounded(sizes.TEXT)
+Subreddit = bounded(sizes.SUBREDDIT)
+Policy = bounded(sizes.POLICY)
+Split = bounded(sizes.SPLIT)
+Ident = bounded(sizes.POST_KEY, 1, r"\S")
 Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)]
-Password = Annotated[str, StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX), AfterValidator(_no_nul)]
+LoginName = bounded(sizes.USERNAME, 1)  # anything may be typed at login: it just matches no account
+LoginPassword = bounded(PASSWORD_MAX, 1)
+Password = bounded(PASSWORD_MAX, PASSWORD_MIN)
+ProjectName = bounded(sizes.PROJECT_NAME, 1, r"\S")
+Instructions = bounded(sizes.INSTRUCTIONS)
+Note = bounded(sizes.NOTE)
+PolicyList = bounded(2000)  # the upload form's comma-separated policies
+IdempotencyKey = bounded(sizes.IDEMPOTENCY_KEY, 1)
 Confidence = Annotated[int, Field(**CONFIDENCE)]
 Rating = Annotated[int, Field(**RATING)]
 DbId = Annotated[int, Field(**DB_ID)]
@@ -63,8 +79,8 @@ class CsrfOut(BaseModel):
 
 
 class LoginIn(Strict):
-    username: Annotated[str, StringConstraints(min_length=1, max_length=USERNAME_MAX), AfterValidator(_no_nul)]
-    password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX), AfterValidator(_no_nul)]
+    username: LoginName
+    password: LoginPassword
 
 
 class MeOut(BaseModel):
@@ -93,9 +109,8 @@ class UserOut(BaseModel):
 
 
 class ProjectIn(Strict):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=PROJECT_NAME_MAX, pattern=r"\S"),
-                    AfterValidator(_no_nul)]
-    instructions: Annotated[str, StringConstraints(max_length=INSTRUCTIONS_MAX), AfterValidator(_no_nul)] = ""
+    name: ProjectName
+    instructions: Instructions = ""
     labels_per_task: LabelsPerTask = 3
     gold_rate: Fraction = 0.1
     expiry_s: ExpiryS = 1800
@@ -126,14 +141,14 @@ class ProjectOut(BaseModel):
 class PostIn(Strict):
     id: Ident
     text: NonEmptyText
-    title: Text = ""
-    subreddit: Short = ""
+    title: Title = ""
+    subreddit: Subreddit = ""
     source: Literal["tldr", "cnndm", "query"] = "tldr"
 
 
 class SummaryIn(Strict):
     text: NonEmptyText
-    policy: Short = ""
+    policy: Policy = ""
 
 
 class GoldIn(Strict):
@@ -154,7 +169,7 @@ class PairIn(Strict):
     summary_a: SummaryIn
     summary_b: SummaryIn | None = None
     gold: GoldIn | None = None
-    split: Short = ""
+    split: Split = ""
 
 
 class TasksIn(Strict):
@@ -164,7 +179,7 @@ class TasksIn(Strict):
 
 class SampleIn(Strict):
     post_id: Ident
-    policy: Short
+    policy: Policy
     text: NonEmptyText
     n_tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     index: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
@@ -178,7 +193,7 @@ class SamplesIn(Strict):
 
     posts: Annotated[list[PostIn], Field(min_length=1, max_length=10000)]
     samples: Annotated[list[SampleIn], Field(min_length=1, max_length=100000)]
-    policies: Annotated[list[Short], Field(max_length=100)] | None = None
+    policies: Annotated[list[Policy], Field(max_length=100)] | None = None
     pairs_per_post: Annotated[int, Field(**PAIRS_PER_POST)] = 1
     ratings: bool = False
     comparisons: bool = True
@@ -253,9 +268,9 @@ class AnswerIn(Strict):
     confidence: Confidence | None = None
     ratings: RatingsIn | None = None
     best: Annotated[int, Field(**BEST)] | None = None  # best-of-N: the best continuation's index, 0-based
-    note: Annotated[str, StringConstraints(max_length=NOTE_MAX), AfterValidator(_no_nul)] = ""
+    note: Note = ""
     time_ms: Annotated[int, Field(**TIME_MS)] | None = None
-    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_nul)] | None = None
+    idempotency_key: IdempotencyKey | None = None
 
 
 class AnswerOut(BaseModel):

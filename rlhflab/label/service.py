@@ -137,31 +137,47 @@ def list_projects(s: Session, active_only: bool = False) -> list[Project]:
     return list(s.scalars(q))
 
 
-def _post_rows(s: Session, project: Project, posts: Iterable[Post]) -> dict[str, PostRow]:
-    """Store the posts a project needs (once each) and return them by their source id."""
-    wanted = {p.id: p for p in posts}
+def _post_rows(s: Session, project: Project, posts: Iterable[tuple[Post, str]]) -> dict[str, PostRow]:
+    """Store the posts a project needs (once each) and return them by their source id. `posts` pairs each post
+    with where it came from ("file:line"). An id names one post: an id given with another post — earlier in the
+    same input, or already in the project — is refused naming the place (keeping the old text silently would
+    pair the new summaries with a post they were not written for)."""
     existing = {r.post_key: r for r in s.scalars(select(PostRow).where(PostRow.project_id == project.id))}
-    for key, p in wanted.items():
-        if key not in existing:
-            row = PostRow(project_id=project.id, post_key=key, title=p.title, subreddit=p.subreddit, text=p.text,
-                          source=p.source)
+    first: dict[str, tuple[Post, str]] = {}
+    for post, where in posts:
+        if post.id in first:
+            if not formats.same_post(first[post.id][0], post):
+                raise Problem(422, f"{where}: post id {post.id!r} is also the id of another post at "
+                                   f"{first[post.id][1]}")
+            continue
+        first[post.id] = (post, where)
+        row = existing.get(post.id)
+        if row is None:
+            row = PostRow(project_id=project.id, post_key=post.id, title=post.title, subreddit=post.subreddit,
+                          text=post.text, source=post.source)
             s.add(row)
-            existing[key] = row
+            existing[post.id] = row
+        elif not formats.same_post(Post(id=row.post_key, text=row.text, title=row.title, subreddit=row.subreddit),
+                                   post):
+            raise Problem(409, f"{where}: post id {post.id!r} is already in project {project.name!r} with another "
+                               "text: give this post its own id")
     s.flush()
     return existing
 
 
-def add_tasks(s: Session, project: Project, pairs: list[formats.PairRow], posts: dict[str, Post] | None = None
-              ) -> list[Task]:
-    """Comparison tasks (pairs with summary_b) and rating tasks (without) for a project."""
-    posts = dict(posts or {})
-    for pair in pairs:
-        if pair.post is not None:
-            posts.setdefault(pair.post.id, pair.post)
-    missing = sorted({p.post_id for p in pairs} - set(posts))
+def add_tasks(s: Session, project: Project, pairs: list[formats.PairRow], posts: dict[str, Post] | None = None,
+              post_where: dict[str, str] | None = None) -> list[Task]:
+    """Comparison tasks (pairs with summary_b) and rating tasks (without) for a project. `posts` are the posts
+    the pairs refer to by id (a posts file; `post_where` says where each was), besides the ones they carry."""
+    posts, post_where = dict(posts or {}), dict(post_where or {})
+    needed = {p.post_id for p in pairs}
+    located = [(pair.post, pair.where or "tasks") for pair in pairs if pair.post is not None]
+    located += [(post, post_where.get(key, f"post {key!r}")) for key, post in posts.items() if key in needed]
+    known = {post.id for post, _ in located}
+    missing = sorted(needed - known)
     if missing:
         raise Problem(422, f"{len(missing)} post id(s) not in the posts file, e.g. {missing[0]!r}")
-    rows = _post_rows(s, project, (posts[k] for k in {p.post_id for p in pairs}))
+    rows = _post_rows(s, project, located)
     tasks = []
     for pair in pairs:
         if pair.summary_b is not None and pair.gold_choice is None and pair.gold_confidence is not None:
@@ -179,7 +195,7 @@ def add_tasks(s: Session, project: Project, pairs: list[formats.PairRow], posts:
 
 def add_best_of_n_tasks(s: Session, project: Project, rows: list[formats.BestOfNTask]) -> list[Task]:
     """Best-of-N tasks: each query is stored as a post (source "query") and its continuations in task order."""
-    posts = _post_rows(s, project, (r.post for r in rows))
+    posts = _post_rows(s, project, ((r.post, r.where or "rows") for r in rows))
     tasks = [Task(project_id=project.id, post_id=posts[r.post.id].id, kind="best_of_n", summary_a="", policy_a="",
                   choices=formats.choices_json(r.samples), split=r.split) for r in rows]
     s.add_all(tasks)
@@ -235,8 +251,8 @@ class ImportReport:
     skipped_duplicates: int = 0
 
 
-def import_comparisons(s: Session, project: Project, rows: list[formats.ComparisonRow], mode: str = "answers"
-                       ) -> ImportReport:
+def import_comparisons(s: Session, project: Project, rows: list[formats.ComparisonRow], mode: str = "answers",
+                       where: list[str] | None = None) -> ImportReport:
     """OpenAI-format comparisons into a project. mode "tasks": as tasks to label; "gold": as gold tasks with the
     row's choice as the researchers' answer; "answers": as tasks *and* answers by (external) workers, so that
     an import followed by an export gives the same comparisons back."""
@@ -246,20 +262,20 @@ def import_comparisons(s: Session, project: Project, rows: list[formats.Comparis
                     summary_b=tb, policy_b=pb, split=r.split, is_gold=gold, gold_choice=r.choice if gold else None,
                     gold_confidence=r.confidence if gold else None)
 
-    return _import_rows(s, project, rows, mode, task_of,
+    return _import_rows(s, project, rows, mode, task_of, where or [r.where for r in rows],
                         key_of=lambda r: (r.post.id, *r.summaries[0][:2], *r.summaries[1][:2]),
                         answer_of=lambda r: (r.choice, r.confidence))
 
 
-def import_labels(s: Session, project: Project, rows: list[formats.ComparisonRow] | list[BestOfN],
-                  mode: str = "answers") -> ImportReport:
-    """Rows of `formats.parse_labels`: comparisons or best-of-N labels (a file holds one kind)."""
-    if rows and isinstance(rows[0], BestOfN):
-        return import_best_of_n(s, project, rows, mode)  # type: ignore[arg-type]
-    return import_comparisons(s, project, rows, mode)  # type: ignore[arg-type]
+def import_labels(s: Session, project: Project, labels: formats.Labels, mode: str = "answers") -> ImportReport:
+    """The rows of `formats.parse_labels`: comparisons or best-of-N labels (a file holds one kind)."""
+    if labels.rows and isinstance(labels.rows[0], BestOfN):
+        return import_best_of_n(s, project, labels.rows, mode, labels.where)  # type: ignore[arg-type]
+    return import_comparisons(s, project, labels.rows, mode, labels.where)  # type: ignore[arg-type]
 
 
-def import_best_of_n(s: Session, project: Project, rows: list[BestOfN], mode: str = "answers") -> ImportReport:
+def import_best_of_n(s: Session, project: Project, rows: list[BestOfN], mode: str = "answers",
+                     where: list[str] | None = None) -> ImportReport:
     """Best-of-N labels into a project, like `import_comparisons`: as tasks, as gold tasks (`best` is the
     researchers' answer), or as tasks and the (external) workers' answers, one task per distinct query and
     continuations so that an import followed by an export gives the same labels back."""
@@ -268,20 +284,22 @@ def import_best_of_n(s: Session, project: Project, rows: list[BestOfN], mode: st
                     choices=formats.choices_json(r.samples), split=r.split, is_gold=gold,
                     gold_choice=r.best if gold else None)
 
-    return _import_rows(s, project, rows, mode, task_of,
+    return _import_rows(s, project, rows, mode, task_of, where or [f"rows:{i}" for i in range(1, len(rows) + 1)],
                         key_of=lambda r: (r.post.id, *((c.text, c.policy, c.eos) for c in r.samples)),
                         answer_of=lambda r: (r.best, None))
 
 
-def _import_rows(s: Session, project: Project, rows: list, mode: str, task_of: Callable[[Any, int, bool], Task], *,
-                 key_of: Callable[[Any], tuple], answer_of: Callable[[Any], tuple[int, int | None]]) -> ImportReport:
+def _import_rows(s: Session, project: Project, rows: list, mode: str, task_of: Callable[[Any, int, bool], Task],
+                 where: list[str], *, key_of: Callable[[Any], tuple],
+                 answer_of: Callable[[Any], tuple[int, int | None]]) -> ImportReport:
     """The import both label kinds share: one task per distinct key (`task_of` builds it; every row is its own
     task unless mode is "answers"), and in mode "answers" each row's answer (`answer_of`: choice, confidence) by
-    its worker's external account, a worker's second answer to the same task skipped as a duplicate."""
+    its worker's external account, a worker's second answer to the same task skipped as a duplicate. `where`
+    names each row's place for errors."""
     if mode not in ("tasks", "gold", "answers"):
         raise Problem(422, "mode must be tasks, gold or answers")
     report = ImportReport(rows=len(rows))
-    posts = _post_rows(s, project, (r.post for r in rows))
+    posts = _post_rows(s, project, ((r.post, w) for r, w in zip(rows, where, strict=True)))
     task_by_key: dict[tuple, Task] = {}
     users: dict[str, User] = {}
     seen_answers: set[tuple[int, int]] = set()

@@ -96,7 +96,7 @@ def test_best_of_n_json_endpoint_and_html_form(db_url):
     r = admin.post(f"/api/projects/{pid}/best-of-n", {"rows": task_rows(2, n=3)})
     assert r.status_code == 201 and r.json()["created"] == 2
     r = admin.post(f"/api/projects/{pid}/best-of-n", {"rows": [{"query": "q", "samples": [" only one"]}]})
-    assert r.status_code == 422 and "rows:0" in r.json()["detail"] and "samples" in r.json()["detail"]
+    assert r.status_code == 422 and "rows:1" in r.json()["detail"] and "samples" in r.json()["detail"]
     r = admin.post(f"/api/projects/{pid}/best-of-n", {"rows": [dict(task_rows()[0], best=1)]})
     assert r.status_code == 422 and "field 'best'" in r.json()["detail"]
 
@@ -135,7 +135,7 @@ def test_best_of_n_labels_import_round_trip_and_errors(db_url):
     # a label whose best is out of range is refused with its line and field; nothing of that file is stored
     bad = [labels[0], dict(labels[1], best=4)]
     r = admin.post(f"/api/projects/{pid}/import", {"mode": "answers", "rows": bad})
-    assert r.status_code == 422 and r.json()["detail"] == "rows:1: field 'best': must be 0–3, got 4"
+    assert r.status_code == 422 and r.json()["detail"] == "rows:2: field 'best': must be 0–3, got 4"
     # as gold: the best is the researchers' answer, and a labeler who agrees shows it on the dashboard
     pid2 = _project(admin, "gold", gold_rate=1.0, labels_per_task=1)
     r = admin.post(f"/api/projects/{pid2}/import", {"mode": "gold", "rows": labels[:1]})
