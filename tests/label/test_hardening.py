@@ -461,7 +461,7 @@ def test_a_post_id_reused_with_another_text_is_refused_naming_the_line(db_url, t
         from sqlalchemy import func, select
 
         from rlhflab.label.models import Post
-        assert s.scalar(select(func.count()).select_from(Post)) == 2
+        assert s.scalar(select(func.count()).select_from(Post)) == 1  # t3_1, once: nothing of the refused inputs
 
 
 def test_cli_errors_name_the_file_and_line_from_1(db_url, tmp_path, capsys):
