@@ -82,16 +82,30 @@ def label_index(user: CurrentUser, request: Request) -> Response:
 
 @router.get("/label/{project_id}")
 def label_page(project_id: ProjectId, user: CurrentUser, request: Request) -> Response:
-    ctx = ctx_of(request)
-    with ctx.tx() as s:
-        project = service.get_project(s, project_id)
-        if not project.active:
-            raise Problem(404, f"no project {project_id}")
-        a = service.next_assignment(s, project, user, ctx.rng)
+    """The labeler's open assignment, or a button that asks for the next one: a GET never assigns (a link on
+    another site must not be able to take tasks in a labeler's name)."""
+    with ctx_of(request).tx() as s:
+        project = _open_project(s, project_id)
+        a = service.open_assignment(s, project, user)
         view = service.task_view(a) if a else None
         progress = service.progress(s, project, user)
     return render(request, "label_task.html", user=user, project=project, task=view,
                   answered=progress["answered"], progress=progress, axes=RATING_AXES)
+
+
+@router.post("/label/{project_id}/next", dependencies=[CSRF])
+def label_next(project_id: ProjectId, user: CurrentUser, request: Request) -> Response:
+    ctx = ctx_of(request)
+    with ctx.tx() as s:
+        service.next_assignment(s, _open_project(s, project_id), user, ctx.rng)
+    return RedirectResponse(f"/label/{project_id}", 303)
+
+
+def _open_project(s, project_id: int):  # noqa: ANN001, ANN202
+    project = service.get_project(s, project_id)
+    if not project.active:
+        raise Problem(404, f"no project {project_id}")
+    return project
 
 
 @router.post("/label/{project_id}/answer", dependencies=[CSRF])
@@ -104,11 +118,14 @@ def label_answer(project_id: ProjectId, user: CurrentUser, request: Request,
                  best: Annotated[int | None, Form(**schemas.BEST)] = None,
                  overall: Rating = None, accuracy: Rating = None, coverage: Rating = None,
                  coherence: Rating = None) -> Response:
+    """Store the answer, then (this is a POST) assign the next task, so the page it redirects to shows it."""
+    ctx = ctx_of(request)
     values = {"overall": overall, "accuracy": accuracy, "coverage": coverage, "coherence": coherence}
     ratings = {k: v for k, v in values.items() if v is not None} or None
-    with ctx_of(request).tx() as s:
+    with ctx.tx() as s:
         service.submit_answer(s, user, assignment_id, side=side, confidence=confidence, ratings=ratings, best=best,
-                              note=note, client_time_ms=time_ms)
+                              note=note, client_time_ms=time_ms, project_id=project_id)
+        service.next_assignment(s, service.get_project(s, project_id), user, ctx.rng)
     return RedirectResponse(f"/label/{project_id}", 303)
 
 

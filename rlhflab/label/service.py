@@ -395,6 +395,15 @@ def _candidates(s: Session, project: Project, user: User, now: datetime) -> list
             for tid, g, n, sn in s.execute(q)]
 
 
+def open_assignment(s: Session, project: Project, user: User, now: datetime | None = None) -> Assignment | None:
+    """This labeler's unexpired open assignment in the project, if any. Reads only: a GET shows it, and only a
+    POST (with its CSRF token) makes a new one (`next_assignment`)."""
+    now = now or utcnow()
+    return s.scalar(select(Assignment).where(Assignment.user_id == user.id, Assignment.project_id == project.id,
+                                             Assignment.status == "open", Assignment.expires_at > now)
+                    .order_by(Assignment.id).limit(1))
+
+
 def get_own_assignment(s: Session, user: User, assignment_id: int) -> Assignment:
     a = s.get(Assignment, assignment_id)
     if a is None or a.user_id != user.id:  # another labeler's assignment looks exactly like a missing one
@@ -406,14 +415,19 @@ def submit_answer(s: Session, user: User, assignment_id: int, *, side: str | Non
                   confidence: int | None = None, ratings: dict[str, int] | None = None, best: int | None = None,
                   note: str = "",
                   client_time_ms: int | None = None, idempotency_key: str | None = None,
-                  now: datetime | None = None) -> tuple[Answer, bool]:
-    """Store the answer to one of this labeler's assignments. Idempotent: a second submission for the same
-    assignment (a retry) returns the stored answer and `False`, and stores nothing."""
+                  project_id: int | None = None, now: datetime | None = None) -> tuple[Answer, bool]:
+    """Store the answer to one of this labeler's assignments (in `project_id`, when given). Idempotent: a second
+    submission for the same assignment (a retry) returns the stored answer and `False`, and stores nothing.
+    The page's own time is kept only up to the server's assigned→answered time (a client cannot claim more)."""
     now = now or utcnow()
     a = get_own_assignment(s, user, assignment_id)
+    if project_id is not None and a.project_id != project_id:  # /label/2/answer must not answer project 1's task
+        raise Problem(404, f"no assignment {assignment_id} of yours in project {project_id}")
     existing = s.scalar(select(Answer).where(Answer.assignment_id == a.id))
     if existing is not None:
         return existing, False
+    if not get_project(s, a.project_id).active:
+        raise Problem(409, "the project is closed: it takes no more answers")
     task = a.task
     choice = conf = None
     if best is not None and task.kind != "best_of_n":
@@ -434,10 +448,11 @@ def submit_answer(s: Session, user: User, assignment_id: int, *, side: str | Non
             raise Problem(422, "a rating task takes `ratings`, not side/confidence")
         if not ratings or set(ratings) != set(RATING_AXES):
             raise Problem(422, f"ratings needs all of {', '.join(RATING_AXES)} (1-7)")
-    elapsed = int(max(0.0, (now - a.created_at).total_seconds()) * 1000)
+    elapsed = min(int(max(0.0, (now - a.created_at).total_seconds()) * 1000), 2**31 - 1)
     answer = Answer(assignment_id=a.id, task_id=task.id, user_id=user.id, project_id=a.project_id, choice=choice,
                     confidence=conf, ratings=dict(ratings) if ratings else None, note=note,
-                    client_time_ms=client_time_ms, server_time_ms=min(elapsed, 2**31 - 1),
+                    client_time_ms=None if client_time_ms is None else min(client_time_ms, elapsed),
+                    server_time_ms=elapsed,
                     idempotency_key=idempotency_key, created_at=now)
     try:
         with s.begin_nested():

@@ -139,3 +139,11 @@ def serve(app, **config: Any) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def start_labelling(client: TestClient, pid: int, token: str) -> str:
+    """What the labeler's "Start labelling" button does (a GET never assigns): POST /label/{pid}/next with the
+    session's CSRF token, then the labelling page it redirects to. Returns the page's HTML."""
+    r = client.post(f"/label/{pid}/next", data={"csrf_token": token})
+    assert r.status_code == 200 and r.url.path == f"/label/{pid}", (r.status_code, r.url)
+    return r.text

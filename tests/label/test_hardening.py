@@ -491,3 +491,89 @@ def test_cli_errors_name_the_file_and_line_from_1(db_url, tmp_path, capsys):
     code = main(["label", "create-project", "--db", db_url, "--name", "q", "--pairs", str(tmp_path / "bad.jsonl"),
                  "--instructions-file", str(instructions)])
     assert code == 2
+
+
+# ---------------------------------------------------------------------------------------------- 9: integrity
+
+def _answer_form(api: Api, aid: int, **extra: str) -> dict:
+    return {"csrf_token": api.token, "assignment_id": str(aid), "side": "left", "confidence": "2", **extra}
+
+
+def test_answers_are_refused_in_closed_projects_and_through_another_projects_url(db_url):
+    from labelkit import comparison_tasks
+
+    app = make_app(db_url, USERS)
+    admin = Api(app).login("root")
+    one = setup_project(admin, "one", gold_rate=0.0)
+    two = admin.post("/api/projects", {"name": "two"}).json()["id"]
+    assert admin.post(f"/api/projects/{two}/tasks", {"tasks": comparison_tasks(1, start=9)}).status_code == 201
+    ann = Api(app).login("ann")
+    a = ann.post(f"/api/projects/{one}/next").json()["assignment"]
+    r = ann.client.post(f"/label/{two}/answer", data=_answer_form(ann, a["assignment_id"]),
+                        headers={"Accept": "application/json"})
+    assert r.status_code == 404  # project two's URL does not answer project one's assignment
+    assert admin.patch(f"/api/projects/{one}", {"active": False}).status_code == 200
+    r = ann.post(f"/api/assignments/{a['assignment_id']}/answer", {"side": "left", "confidence": 2})
+    assert r.status_code == 409 and "closed" in r.json()["detail"]
+    r = ann.client.post(f"/label/{one}/answer", data=_answer_form(ann, a["assignment_id"]),
+                        headers={"Accept": "application/json"})
+    assert r.status_code == 409
+    assert admin.get(f"/api/projects/{one}/dashboard").json()["answers"] == 0
+
+
+def test_a_get_never_assigns_a_task(db_url):
+    from sqlalchemy import func, select
+
+    from rlhflab.label.models import Assignment
+
+    app = make_app(db_url, USERS)
+    admin = Api(app).login("root")
+    pid = setup_project(admin, gold_rate=0.0)
+    ann = Api(app).login("ann")
+
+    def assignments() -> int:
+        with app.state.ctx.tx() as s:
+            return s.scalar(select(func.count()).select_from(Assignment))
+
+    for _ in range(3):  # e.g. an <img src="/label/1"> on another site, with the labeler's cookie
+        page = ann.get(f"/label/{pid}")
+        assert page.status_code == 200 and 'id="start"' in page.text and "3 tasks left" in page.text
+    assert ann.get("/label").status_code == 200
+    assert assignments() == 0
+    assert ann.client.post(f"/label/{pid}/next", data={}).status_code == 403  # the POST needs the CSRF token
+    assert assignments() == 0
+    r = ann.client.post(f"/label/{pid}/next", data={"csrf_token": ann.token}, follow_redirects=False)
+    assert r.status_code == 303 and assignments() == 1
+    page = ann.get(f"/label/{pid}").text
+    assert 'id="answer-form"' in page and "task 1 of 3" in page
+    aid = int(page.split('name="assignment_id" value="')[1].split('"')[0])
+    r = ann.client.post(f"/label/{pid}/answer", data=_answer_form(ann, aid), follow_redirects=False)
+    assert r.status_code == 303 and assignments() == 2  # answering (a POST) assigns the next one
+    assert "task 2 of 3" in ann.get(f"/label/{pid}").text
+
+
+def test_the_pages_time_is_bounded_by_the_servers(db_url):
+    from datetime import timedelta
+
+    from rlhflab.label import service
+    from rlhflab.label.models import Assignment
+
+    app = make_app(db_url, USERS)
+    admin = Api(app).login("root")
+    pid = setup_project(admin, gold_rate=0.0)
+    ann = Api(app).login("ann")
+    first = ann.post(f"/api/projects/{pid}/next").json()["assignment"]["assignment_id"]
+    with app.state.ctx.tx() as s:  # assigned 30 s ago
+        a = s.get(Assignment, first)
+        a.created_at -= timedelta(seconds=30)
+    assert ann.post(f"/api/assignments/{first}/answer", {"side": "left", "confidence": 2,
+                                                         "time_ms": 86_400_000}).status_code == 201
+    second = ann.post(f"/api/projects/{pid}/next").json()["assignment"]["assignment_id"]
+    assert ann.post(f"/api/assignments/{second}/answer", {"side": "left", "confidence": 2,
+                                                          "time_ms": 5}).status_code == 201
+    with app.state.ctx.tx() as s:
+        answers = {a.assignment_id: a for a in s.scalars(service.select(service.Answer))}
+    assert 30_000 <= answers[first].client_time_ms == answers[first].server_time_ms < 40_000
+    assert answers[second].client_time_ms == 5  # a shorter page time is kept as measured
+    labelers = admin.get(f"/api/projects/{pid}/dashboard").json()["labelers"]
+    assert [lab["median_time_s"] < 60 for lab in labelers] == [True]  # not the claimed 24 h

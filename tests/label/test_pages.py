@@ -6,7 +6,7 @@ import gzip
 import json
 import re
 
-from labelkit import PASSWORD, make_app
+from labelkit import PASSWORD, make_app, start_labelling
 
 
 def _token(html: str) -> str:
@@ -63,8 +63,10 @@ def test_admin_forms_upload_and_labelling_form(sqlite_url, shared_data):
 
     ann = TestClient(app)
     assert _login(ann, "ann") == "/label"
-    assert "Uploads" in ann.get("/label").text
-    page = ann.get(f"/label/{pid}").text
+    index = ann.get("/label").text
+    assert "Uploads" in index
+    assert 'id="answer-form"' not in ann.get(f"/label/{pid}").text  # a GET shows, it does not assign
+    page = start_labelling(ann, pid, _token(index))
     aid = re.search(r'name="assignment_id" value="(\d+)"', page).group(1)
     token = _token(page)
     kind = re.search(r'data-kind="(\w+)"', page).group(1)

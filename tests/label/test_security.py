@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import inspect, select
 
 from rlhflab.label.models import User
-from labelkit import PASSWORD, Api, make_app, post_row
+from labelkit import PASSWORD, Api, make_app, post_row, start_labelling
 
 USERS = {"root": "admin", "ann": "labeler", "bob": "labeler"}
 XSS = '<script>alert("xss")</script><img src=x onerror="alert(1)">'
@@ -33,9 +33,9 @@ def test_xss_in_summaries_and_posts_is_shown_as_text(app):
     admin = Api(app).login("root")
     pid = _project(admin, XSS, XSS, " fine", post_text=XSS)
     ann = Api(app).login("ann")
+    html = start_labelling(ann.client, pid, ann.token)
     page = ann.get(f"/label/{pid}")
-    assert page.status_code == 200
-    html = page.text
+    assert page.status_code == 200 and page.text == html
     assert "<script>alert" not in html and "onerror=\"alert" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(&#34;xss&#34;)&lt;/script&gt;&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in html
     # the only scripts on the page are our own file
