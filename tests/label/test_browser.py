@@ -113,6 +113,15 @@ def _save(page, tmp_path: Path, name: str) -> None:
         shutil.copy(path, Path(target) / name)
 
 
+def _goto_label(page, url: str) -> None:
+    """Open a project's labelling page. A GET assigns nothing: press its Start/Continue button when it shows one."""
+    page.goto(url)
+    start = page.locator("#start-button")
+    if start.count():
+        with page.expect_navigation():
+            start.click()
+
+
 def _login(page, base: str, user: str) -> None:
     page.goto(f"{base}/login")
     page.fill("#username", user)
@@ -133,7 +142,7 @@ def test_label_three_tasks_mouse_and_keyboard_then_dashboard_and_export(server, 
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             _login(page, base, "ann")
             expect(page).to_have_url(f"{base}/label")
-            page.click(f"a[href='/label/{pid}']")
+            page.click(f"form[action='/label/{pid}/next'] button")
             chosen: list[str] = []
             shown_xss = False
 
@@ -205,7 +214,7 @@ def test_label_three_tasks_mouse_and_keyboard_then_dashboard_and_export(server, 
             assert shown_xss, "the task with the payload in a summary was never shown"
 
             # a rating task, keyboard only: 1-7 per axis (moves down by itself), Enter submits
-            page.goto(f"{base}/label/{server['rid']}")
+            _goto_label(page, f"{base}/label/{server['rid']}")
             for key in "5647":
                 page.keyboard.press(key)
             expect(page.locator("#overall-5")).to_be_checked()
@@ -265,7 +274,7 @@ def test_best_of_4_keyboard_pick_then_export(tmp_path, chromium):
             try:
                 page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
                 _login(page, base, "ann")
-                page.goto(f"{base}/label/{pid}")
+                _goto_label(page, f"{base}/label/{pid}")
                 expect(page.locator("#post-text")).to_have_text("The rain had not stopped for three days, and the river")
                 for i, t in enumerate(texts, 1):
                     expect(page.locator(f"#choice-{i} .summary-text")).to_have_text(t)
@@ -350,7 +359,7 @@ def browser(checks):
 def _labeling_page(browser, checks, project: str, user: str = "ann"):
     page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
     _login(page, checks["url"], user)
-    page.goto(f"{checks['url']}/label/{checks['pid'][project]}")
+    _goto_label(page, f"{checks['url']}/label/{checks['pid'][project]}")
     return page
 
 
@@ -383,7 +392,7 @@ def test_enter_on_log_out_a_link_or_a_summary_does_not_submit(browser, checks):
     expect(page).to_have_url(f"{base}/label")
     assert _answers(checks, "plain") == []
 
-    page.goto(f"{base}/label/{checks['pid']['plain']}")
+    _goto_label(page, f"{base}/label/{checks['pid']['plain']}")
     page.keyboard.press("ArrowRight")
     page.keyboard.press("8")
     expect(page.locator("#send")).to_be_enabled()
@@ -462,7 +471,7 @@ def test_unsent_answer_survives_a_reload(browser, checks):
     page.reload()
     expect(page).to_have_url(f"{base}/login")
     _login(page, base, "ann")
-    page.goto(f"{base}/label/{checks['pid']['plain']}")
+    _goto_label(page, f"{base}/label/{checks['pid']['plain']}")
     assert _assignment_id(page) == first
     expect(page.locator("#summary-left")).to_have_attribute("aria-pressed", "true")
     expect(page.locator("#conf-3")).to_be_checked()
@@ -514,7 +523,7 @@ def test_no_preference_label_progress_and_expiry_countdown(browser, checks):
     page = context.new_page()
     page.clock.install(time=datetime.now(timezone.utc))
     _login(page, base, "ann")
-    page.goto(f"{base}/label/{checks['pid']['plain']}")
+    _goto_label(page, f"{base}/label/{checks['pid']['plain']}")
     scale = page.locator("#confidence")
     expect(scale.locator("label.conf:has(#conf-5)")).to_contain_text("no preference")
     expect(scale.locator(".conf-note")).to_be_visible()
