@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.middleware.sessions import SessionMiddleware
 
-from rlhflab.label import api, pages
+from rlhflab.label import api, api_docs, pages
 from rlhflab.label import db as dbm
 from rlhflab.label.deps import HERE, Context, Forbidden, LoginRequired, is_api
 from rlhflab.label.limits import BodyLimitMiddleware
@@ -34,7 +34,7 @@ def create_app(settings: LabelSettings | None = None) -> FastAPI:
     ctx = Context(settings)
     secret = settings.secret_key or dbm.get_or_create_secret(ctx.factory)
     app = FastAPI(title="rlhflab labelling", version="1", description=__doc__,
-                  docs_url="/api/docs", redoc_url=None, openapi_url="/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # /api/docs: api_docs.py, no CDN
     app.state.ctx = ctx
     # outermost first: the session cookie is decoded, security headers go on every answer (a 413 too), and the
     # body limit applies before any route reads a byte
@@ -43,6 +43,7 @@ def create_app(settings: LabelSettings | None = None) -> FastAPI:
     app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie=SESSION_COOKIE,
                        max_age=settings.session_max_age_s, same_site="lax", https_only=settings.https_only_cookies)
     app.include_router(api.router)
+    app.include_router(api_docs.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_exception_handler(Problem, on_problem)
@@ -58,9 +59,8 @@ async def security_headers(request: Request, call_next):  # noqa: ANN001, ANN201
     response = await call_next(request)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
-    if not request.url.path.startswith("/api/docs"):  # the Swagger page loads its script and styles from a CDN
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Content-Security-Policy", CSP)  # the API docs too: their assets are ours
+    response.headers.setdefault("X-Frame-Options", "DENY")
     if request.app.state.ctx.settings.https_only_cookies:  # served over TLS only: browsers remember that
         response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if request.url.path.startswith(("/api/", "/admin", "/label")):

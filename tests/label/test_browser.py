@@ -12,15 +12,10 @@ Skips without Chromium (the shared `chromium` fixture), unless RLHFLAB_REQUIRE_B
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,40 +23,13 @@ from sqlalchemy import select
 
 from rlhflab.label import service
 from rlhflab.label.models import Post, User
-from labelkit import PASSWORD, make_app, post_row
+from labelkit import PASSWORD, make_app, post_row, serve
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
 XSS = '<img src=x onerror="window.__xss=1">'
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _serve(app) -> Iterator[str]:
-    """Serve `app` with uvicorn in a thread on 127.0.0.1; yields the base URL."""
-    import uvicorn
-
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning",
-                                        access_log=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    assert srv.started
-    try:
-        yield f"http://127.0.0.1:{srv.config.port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -99,7 +67,7 @@ def server(tmp_path, chromium):
                 side = "left" if a_on_left == side_for_a else "right"
                 service.submit_answer(s, user, a.id, side=side, confidence=2 if side == "left" else 8,
                                       client_time_ms=20000 + 3000 * ord(name[0]) % 17000)
-    with _serve(app) as base:
+    with serve(app) as base:
         yield {"url": base, "pid": pid, "rid": rid, "chromium": chromium, "task_ids": [t.id for t in tasks]}
 
 
@@ -268,7 +236,7 @@ def test_best_of_4_keyboard_pick_then_export(tmp_path, chromium):
         service.add_best_of_n_tasks(s, project, [BestOfNTask(post=query, samples=tuple(
             Choice(text=t, policy=f"pi{i}") for i, t in enumerate(texts)))])
         pid = project.id
-    with _serve(app) as base:
+    with serve(app) as base:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             try:
@@ -340,7 +308,7 @@ def checks(tmp_path, chromium):
                                               instructions="Pick the better summary.")
             service.add_tasks(s, project, pairs, posts)
             pids[name] = project.id
-    with _serve(app) as base:
+    with serve(app) as base:
         yield {"url": base, "pid": pids, "ctx": ctx, "chromium": chromium}
 
 
@@ -599,3 +567,26 @@ def test_bidi_controls_are_shown_as_markers_not_obeyed(browser, checks):
     with checks["ctx"].tx() as s:
         post = s.scalar(select(Post).where(Post.post_key == "bidi"))
         assert post.text == f"Post says {BIDI} and \u2066x\u2069 here." and post.title == f"Title {BIDI} {XSS}"
+
+
+def test_api_docs_load_only_local_assets_under_the_csp(tmp_path, chromium):
+    """/api/docs renders Swagger UI with nothing from another origin (it works offline) and no CSP violation."""
+    from playwright.sync_api import expect, sync_playwright
+
+    app = make_app(f"sqlite:///{tmp_path / 'docs.db'}", {"root": "admin"})
+    with serve(app) as base, sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = b.new_page()
+            requested, console = [], []
+            page.on("request", lambda r: requested.append(r.url))
+            page.on("console", lambda m: console.append(m.text))
+            response = page.goto(f"{base}/api/docs")
+            assert "script-src 'self'" in response.headers["content-security-policy"]
+            expect(page.locator(".opblock-summary-path", has_text="/api/login").first).to_be_visible()
+            page.wait_for_load_state("networkidle")
+            foreign = [u for u in requested if not u.startswith((base, "data:"))]
+            assert foreign == [], foreign
+            assert [m for m in console if "Content Security Policy" in m] == []
+        finally:
+            b.close()

@@ -577,3 +577,22 @@ def test_the_pages_time_is_bounded_by_the_servers(db_url):
     assert answers[second].client_time_ms == 5  # a shorter page time is kept as measured
     labelers = admin.get(f"/api/projects/{pid}/dashboard").json()["labelers"]
     assert [lab["median_time_s"] < 60 for lab in labelers] == [True]  # not the claimed 24 h
+
+
+# ---------------------------------------------------------------------------------------------- 11: API docs
+
+def test_api_docs_are_served_locally_under_the_apps_csp(db_url):
+    import re
+
+    api = Api(make_app(db_url, USERS))
+    r = api.get("/api/docs")
+    assert r.status_code == 200 and "script-src 'self'" in r.headers["content-security-policy"]
+    urls = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert urls and all(u.startswith(("/api/docs/assets/", "/static/")) for u in urls), urls
+    for u in urls:
+        assert api.get(u).status_code == 200, u
+    bundle = api.get("/api/docs/assets/swagger-ui-bundle.js")
+    assert bundle.headers["content-type"].startswith("text/javascript") and len(bundle.content) > 500_000
+    for bad in ("index.html", "..%2F__init__.py", "swagger-initializer.js"):
+        assert api.get(f"/api/docs/assets/{bad}").status_code == 404
+    assert api.get("/openapi.json").json()["openapi"].startswith("3.1")
