@@ -111,8 +111,8 @@ def prepare(db_url: str, labelers: int, answers: int, k: int, gold: int, cheap_h
 
 
 class Server:
-    def __init__(self, db_url: str, port: int, log: Path):
-        self.db_url, self.port, self.log = db_url, port, log
+    def __init__(self, db_url: str, port: int, log: Path, extra_args: tuple[str, ...] = ()):
+        self.db_url, self.port, self.log, self.extra_args = db_url, port, log, extra_args
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -120,7 +120,8 @@ class Server:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rlhflab.label.cli", "serve", "--db", self.db_url, "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "warning"], stdout=log, stderr=log, env=env)
+                 "--port", str(self.port), "--log-level", "warning", *self.extra_args], stdout=log, stderr=log,
+                env=env)
 
     async def wait_ready(self, timeout: float = 60.0) -> float:
         t0 = time.monotonic()
