@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rlhflab.label.assignment import Candidate, pick_task, to_canonical, to_display
+from rlhflab.label.assignment import Candidate, assignable, pick_task, to_canonical, to_display
 
 
 def test_fills_started_tasks_first_and_respects_k():
@@ -67,3 +67,18 @@ def test_pairs_from_samples_draws_distinct_policy_pairs_deterministically():
     assert pairs_from_samples(samples, policies=["a"], seed=0) == []
     ratings = pairs_from_samples(samples, ratings=True, comparisons=False)
     assert len(ratings) == 120 and all(p.summary_b is None for p in ratings)
+
+
+def test_assignable_counts_what_pick_task_could_still_give():
+    c = [Candidate(1, False, 0, False), Candidate(2, False, 3, False),  # free; full at k=3
+         Candidate(3, False, 1, True), Candidate(4, True, 9, False),  # seen; gold (k does not apply)
+         Candidate(5, True, 0, True)]  # seen gold
+    assert assignable(c, k=3) == 2
+    assert assignable(c, k=4) == 3
+    rng = random.Random(0)
+    given = set()
+    left = list(c)
+    while (t := pick_task(left, 3, 0.5, rng)) is not None:  # draining agrees with the count
+        given.add(t)
+        left = [Candidate(x.task_id, x.is_gold, x.taken, x.seen or x.task_id == t) for x in left]
+    assert len(given) == assignable(c, k=3)

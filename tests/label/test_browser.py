@@ -282,12 +282,12 @@ BIDI = "\u202Eabc"
 
 
 @pytest.fixture
-def checks(tmp_path, chromium):
+def checks(db_url, chromium):
     """Projects for the page checks, each with labels_per_task=1: "plain" (two short comparisons), "long" (one
     200-line post) and "bidi" (bidi controls and the XSS payload in the post, its title and a summary)."""
     from rlhflab.label.formats import PairRow
 
-    app = make_app(f"sqlite:///{tmp_path / 'checks.db'}", {"root": "admin", "ann": "labeler", "bob": "labeler"})
+    app = make_app(db_url, {"root": "admin", "ann": "labeler", "bob": "labeler"})  # SQLite and PostgreSQL
     ctx = app.state.ctx
     posts = {"p0": service.Post(id="p0", text="A short post.", title="Short one", subreddit="advice"),
              "p1": service.Post(id="p1", text="Another short post.", title="Short two", subreddit="advice"),
