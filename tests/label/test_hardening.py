@@ -596,3 +596,29 @@ def test_api_docs_are_served_locally_under_the_apps_csp(db_url):
     for bad in ("index.html", "..%2F__init__.py", "swagger-initializer.js"):
         assert api.get(f"/api/docs/assets/{bad}").status_code == 404
     assert api.get("/openapi.json").json()["openapi"].startswith("3.1")
+
+
+def test_real_and_unknown_usernames_cost_one_argon2_verification_each(db_url):
+    """Login timing stays equal for real and unknown users: both verify one argon2 hash (a dummy one for
+    unknown users), and the throttle refuses both before any hashing."""
+    app = make_app(db_url, USERS, login_failures_per_user=2)
+    passwords = app.state.ctx.passwords
+    calls = []
+
+    class Counting:  # argon2's PasswordHasher, counting verifications
+        def __init__(self, hasher):
+            self.hasher = hasher
+
+        def verify(self, stored, password):
+            calls.append(stored)
+            return self.hasher.verify(stored, password)
+
+    passwords.hasher = Counting(passwords.hasher)
+    api = Api(app)
+    token = api.client.get("/api/csrf").json()["csrf_token"]
+    for name in ("root", "ghost", "root", "ghost", "root", "ghost"):
+        r = api.client.post("/api/login", json={"username": name, "password": "wrong password"},
+                            headers={"X-CSRF-Token": token})
+        assert r.status_code in (401, 429)
+    assert len(calls) == 4  # two each, then refused unhashed
+    assert len(set(calls)) == 2 and len({h.split("$")[3] for h in calls}) == 1  # real and dummy, same cost
