@@ -187,7 +187,7 @@ def run_database(db_url: str, name: str, work: Path) -> dict:
 
 def load_test(db_url: str | None) -> dict:
     out_file = REPO / "benchmarks" / "results" / ("label_load_postgres.json" if db_url else "label_load.json")
-    cmd = [sys.executable, str(REPO / "benchmarks" / "label_load.py"), "--out", str(out_file)]
+    cmd = [sys.executable, "benchmarks/label_load.py", "--out", str(out_file.relative_to(REPO))]
     if db_url:
         cmd += ["--db", db_url]
     code = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True).returncode
