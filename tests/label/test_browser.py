@@ -88,6 +88,7 @@ def _goto_label(page, url: str) -> None:
     if start.count():
         with page.expect_navigation():
             start.click()
+    page.wait_for_load_state("load")  # label.js has run: its keys and its fetch() are in place
 
 
 def _login(page, base: str, user: str) -> None:
@@ -453,11 +454,12 @@ def test_server_errors_are_shown_and_the_answer_is_kept(browser, checks):
     """Other failures show the server's message (JSON detail or plain text) and keep the answer for a retry."""
     from playwright.sync_api import expect
 
+    answer_url = "**/label/*/answer"
     page = _labeling_page(browser, checks, "plain")
+    page.route(answer_url, lambda route: route.fulfill(status=429, json={"detail": "slow down, 3 s"}))
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("1")
-    answer_url = "**/label/*/answer"
-    page.route(answer_url, lambda route: route.fulfill(status=429, json={"detail": "slow down, 3 s"}))
+    expect(page.locator("#send")).to_be_enabled()
     page.keyboard.press("Enter")
     expect(page.locator("#status")).to_contain_text("slow down, 3 s")
     page.unroute(answer_url)
