@@ -21,6 +21,10 @@ from rlhflab.data.records import Post
 
 TLDR_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 CNNDM_TEMPLATE = "{article}\n\nTL;DR:"
+# The query of a comparison whose post was lost (data.postless): the TL;DR template with every field empty, so the
+# summary still follows the "TL;DR:" cue at the end of a query laid out like every other (an empty query would
+# put it at position 0, where the RM never reads a summary when it scores).
+POSTLESS_QUERY = TLDR_TEMPLATE.format(subreddit="", title="", post="")
 
 _WHITESPACE = re.compile(r"\s")
 # A sentence ends at . ! or ? (closing quotes or brackets after it belong to it) followed by whitespace or the end.

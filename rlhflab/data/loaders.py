@@ -96,6 +96,16 @@ def load_comparisons(source: str | Path, split: str | None = None, *, config: st
                  skip_bad=skip_bad)
 
 
+def load_postless_pairs(source: str | Path, *, limit: int | None = None, skip_bad: bool = False
+                        ) -> LoadResult[Comparison]:
+    """Comparisons without their posts ({"id", "chosen", "rejected", ...}): their query is `POSTLESS_QUERY`
+    (the TL;DR template left empty) and their post id "postless" (see `schema.postless_pair`)."""
+    from rlhflab.data.format import POSTLESS_QUERY
+
+    return _load(source, lambda row: schema.postless_pair(row, POSTLESS_QUERY), split="train", config=None,
+                 limit=limit, skip_bad=skip_bad)
+
+
 def load_best_of_n(source: str | Path, *, limit: int | None = None, skip_bad: bool = False) -> LoadResult[BestOfN]:
     """Best-of-N labels {"query", "samples": [...], "best"} (see `schema.best_of_n`)."""
     return _load(source, schema.best_of_n, split="train", config=None, limit=limit, skip_bad=skip_bad)

@@ -238,6 +238,26 @@ def pair(row: Row) -> Comparison:
                       choice=0, confidence=confidence)
 
 
+POSTLESS_ID = "postless"  # the one post id every post-less pair shares: never a real post's id
+
+
+def postless_pair(row: Row, query: str) -> Comparison:
+    """A human comparison whose post was lost: {"id", "chosen", "rejected", "chosen_policy", "rejected_policy",
+    "batch"} (e.g. comparisons/train_no_posts.jsonl.gz). The chosen summary is summary 0; the query is `query`,
+    the caller's placeholder, as an already formatted query. All such pairs share the post id "postless", so
+    the same two summaries labelled twice are found as repeats, and no dev split by post can take one (the
+    caller keeps them out of dev). A row that has its post belongs with the comparisons, and is refused here."""
+    for key in ("post", "query", "info"):
+        if row.get(key) is not None:
+            raise FieldError(key, "this pair has its post: give its file as data.comparisons, not data.postless")
+    chosen, rejected = text(row, "chosen"), text(row, "rejected")
+    extra = {"id": identifier(row, "id")} if row.get("id") is not None else {}
+    return Comparison(post=Post(id=POSTLESS_ID, text=query, source="query"),
+                      summaries=(Summary(chosen, policy=optional_string(row, "chosen_policy")),
+                                 Summary(rejected, policy=optional_string(row, "rejected_policy"))),
+                      choice=0, batch=optional_string(row, "batch"), extra=extra)
+
+
 def comparison_to_row(c: Comparison) -> dict[str, Any]:
     """A Comparison in OpenAI's schema (the inverse of `comparison`)."""
     p = c.post

@@ -32,3 +32,17 @@ def split_by_post(comparisons: Sequence[Comparison], dev_fraction: float,
     for c in comparisons:
         (dev if post_bucket(c.post.id, seed) < dev_fraction else train).append(c)
     return train, dev
+
+
+def fold_by_post(comparisons: Sequence[Comparison], folds: int, fold: int,
+                 seed: int = 0) -> tuple[list[Comparison], list[Comparison]]:
+    """(train, dev) of k-fold cross-validation by post: a post is in fold ⌊bucket·k⌋ (the bucket `split_by_post`
+    uses), and fold `fold` is dev. The k dev sets are disjoint and cover every post; all the comparisons of one
+    post are always on one side. Order is kept."""
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"k-fold needs folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}")
+    train: list[Comparison] = []
+    dev: list[Comparison] = []
+    for c in comparisons:
+        (dev if min(int(post_bucket(c.post.id, seed) * folds), folds - 1) == fold else train).append(c)
+    return train, dev

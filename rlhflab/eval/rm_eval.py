@@ -29,13 +29,13 @@ from typing import Any, Literal
 
 import torch
 
-from rlhflab.core.config import setting
+from rlhflab.core.config import require, setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, atomic_write_text
 from rlhflab.data.loaders import labels_kind, load_best_of_n, load_comparisons
 from rlhflab.data.records import BestOfN, Comparison
 from rlhflab.data.repeats import resolve_repeats
-from rlhflab.data.splits import split_by_post
+from rlhflab.data.splits import fold_by_post, split_by_post
 from rlhflab.eval.models import load_scorer
 
 log = get_logger(__name__)
@@ -51,6 +51,8 @@ class RMEvalConfig:
     split: Literal["all", "dev", "train"] = setting("all", "which pairs: all, or the RM stage's split (dev: held out, train: trained on)")
     dev_fraction: float = setting(0.15, "share of posts in the dev split (must match the RM run's data.dev_fraction)")
     split_seed: int = setting(0, "seed of the split by post (must match the RM run's data.split_seed for split=dev)")
+    folds: int = setting(0, "k-fold by post, as the RM run's data.folds (0: dev_fraction decides the split)")
+    fold: int = setting(0, "the dev fold, as the RM run's data.fold")
     # repeated labels of one pair: every row counts by default; set both as in the RM run to match its dev set
     duplicates: Literal["drop", "keep"] = setting("keep", "a pair labelled twice the same way: score every copy "
                                                   "(keep) or one (drop)")
@@ -66,6 +68,10 @@ class RMEvalConfig:
     calibration_bins: int = setting(5, "bins of the calibration table (predicted vs observed P(chosen))")
     n_worst: int = setting(20, "how many of the most confidently wrong pairs to list")
     plot: bool = setting(True, "write the PNG plots beside report.json")
+
+    def __post_init__(self) -> None:
+        require(self.folds == 0 or (self.folds >= 2 and 0 <= self.fold < self.folds), "fold",
+                f"k-fold needs folds >= 2 and 0 <= fold < folds, got folds={self.folds}, fold={self.fold}")
 
 
 PAIR_KEYS = ("index", "post_id", "r_chosen", "r_rejected", "margin", "correct", "length_correct", "similar_length",
@@ -156,7 +162,8 @@ def reliability_plot(cal: dict[str, Any], path, title: str) -> bool:
 def select_split(rows: list[Comparison], cfg: RMEvalConfig) -> tuple[list[Comparison], dict[str, int]]:
     """The split's rows, with the repeat policies applied (and their counts)."""
     if cfg.split != "all":
-        train, dev = split_by_post(rows, cfg.dev_fraction, seed=cfg.split_seed)
+        train, dev = (fold_by_post(rows, cfg.folds, cfg.fold, seed=cfg.split_seed) if cfg.folds else
+                      split_by_post(rows, cfg.dev_fraction, seed=cfg.split_seed))
         rows = dev if cfg.split == "dev" else train
     return resolve_repeats(rows, cfg.duplicates, cfg.contradictions)
 

@@ -26,7 +26,12 @@ MAX_CONFIDENCE_DISTANCE = 4
 
 def preference_loss(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
     """Bradley–Terry negative log-likelihood: −log σ(r_chosen − r_rejected), averaged. (B,), (B,) -> ()."""
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
+    return preference_losses(r_chosen, r_rejected).mean()
+
+
+def preference_losses(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
+    """The Bradley–Terry loss of each pair: (B,), (B,) -> (B,)."""
+    return -F.logsigmoid(r_chosen - r_rejected)
 
 
 def confidence_target(distance: Tensor) -> Tensor:
@@ -42,9 +47,20 @@ def confidence_preference_loss(r_chosen: Tensor, r_rejected: Tensor, distance: T
 
     (B,), (B,), (B,) -> (). Equals `preference_loss` when every distance is 4 (or unknown).
     """
+    return confidence_preference_losses(r_chosen, r_rejected, distance).mean()
+
+
+def confidence_preference_losses(r_chosen: Tensor, r_rejected: Tensor, distance: Tensor) -> Tensor:
+    """The soft-target loss of each pair: (B,), (B,), (B,) -> (B,)."""
     margin = r_chosen - r_rejected  # (B,)
     p = confidence_target(distance).to(margin.dtype)  # (B,)
-    return -(p * F.logsigmoid(margin) + (1 - p) * F.logsigmoid(-margin)).mean()
+    return -(p * F.logsigmoid(margin) + (1 - p) * F.logsigmoid(-margin))
+
+
+def weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
+    """(B,) losses, (B,) weights -> () the mean of weight × loss: a weight of 1 everywhere is the plain mean,
+    and a pair of weight w pulls w times as hard as one of weight 1 (the batch's size still divides)."""
+    return (losses * weights.to(losses.dtype)).mean()
 
 
 def best_of_n_loss(scores: Tensor, best: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -128,6 +128,36 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, per_epoch: int
         if epoch != order_epoch:
             order, order_epoch = length_grouped_order(lengths, batch_size, seed + epoch), epoch
         yield epoch, position, order[position * batch_size : (position + 1) * batch_size]
+
+
+Phase = tuple[Sequence[int], int]  # (the examples' indices, epochs over them)
+
+
+def plan_phases(phases: Sequence[Phase], batch_size: int, max_steps: int | None) -> tuple[list[int], int]:
+    """(steps per epoch of each phase, total steps) of phases trained one after another."""
+    per_epoch = [plan_steps(len(members), batch_size, epochs, None)[0] for members, epochs in phases]
+    total = sum(n * epochs for n, (_, epochs) in zip(per_epoch, phases))
+    return per_epoch, min(total, max_steps) if max_steps else total
+
+
+def phased_batches(lengths: list[int], phases: Sequence[Phase], batch_size: int, seed: int, start: int,
+                   total: int) -> Iterator[tuple[float, list[int]]]:
+    """(epochs done, example indices) of each step from `start` to `total`, the phases one after another (e.g.
+    a pass over extra data, then the main data's epochs). Within a phase, epoch e's order is
+    `length_grouped_order` of its members with seed `seed + e` for the last phase — so a single phase gives
+    `epoch_batches`' batches exactly — and a seed of its own for each earlier phase. Depends only on the step:
+    a resumed run recomputes it."""
+    per_epoch, _ = plan_phases(phases, batch_size, None)
+    offset, epochs_before = 0, 0
+    for k, ((members, epochs), n) in enumerate(zip(phases, per_epoch)):
+        steps = n * epochs
+        phase_seed = seed if k == len(phases) - 1 else seed + 100_003 * (len(phases) - 1 - k)
+        first, last = max(start, offset) - offset, min(total, offset + steps) - offset
+        if first < last:
+            sub = [lengths[i] for i in members]
+            for epoch, position, idx in epoch_batches(sub, batch_size, phase_seed, n, first, last):
+                yield epochs_before + epoch + (position + 1) / n, [members[i] for i in idx]
+        offset, epochs_before = offset + steps, epochs_before + epochs
 
 
 def progress_bar(stage: str, total_steps: int, step: int, procs: Processes) -> tqdm | LineProgress:

@@ -43,11 +43,11 @@ import torch
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, RunError
 from rlhflab.core.seed import seed_everything
-from rlhflab.data.loaders import labels_kind, load_best_of_n, load_comparisons, load_posts
+from rlhflab.data.loaders import labels_kind, load_best_of_n, load_comparisons, load_postless_pairs, load_posts
 from rlhflab.data.preflight import check_files, check_paths, labels_check, posts_check
 from rlhflab.data.records import BestOfN, Comparison
 from rlhflab.data.repeats import resolve_repeats
-from rlhflab.data.splits import split_by_post
+from rlhflab.data.splits import fold_by_post, split_by_post
 from rlhflab.models.device import autocast
 from rlhflab.models.reward import (
     RewardModel,
@@ -60,23 +60,24 @@ from rlhflab.models.reward import (
 )
 from rlhflab.ops.losses import (
     best_of_n_loss,
-    confidence_preference_loss,
+    confidence_preference_losses,
     preference_accuracy,
-    preference_loss,
+    preference_losses,
     top1_accuracy,
+    weighted_mean,
 )
 from rlhflab.core.config import require, setting
 from rlhflab.train.common import (
     OptimConfig,
     check_batch_fields,
     check_launch,
-    epoch_batches,
     freeze_lower_layers,
     last_logged,
     make_optimizer,
     on_period,
     optimizer_step,
-    plan_steps,
+    plan_phases,
+    phased_batches,
     progress_bar,
     resume,
     save_checkpoint,
@@ -115,10 +116,30 @@ class RewardData:
     contradictions: Literal["majority", "drop", "keep"] = setting(
         "majority",
         "a pair labelled both ways: the majority answer, drop the pair, or keep every label")
+    folds: int = setting(0, "k-fold cross-validation by post: dev is fold `fold` of `folds` (0: dev_fraction)")
+    fold: int = setting(0, "which of the `folds` folds is dev (0-based)")
+    postless: str | None = setting(
+        None,
+        "human comparisons that lost their posts ({id, chosen, rejected, ...}, e.g. "
+        "../shared/data/comparisons/train_no_posts.jsonl.gz), trained on besides `comparisons` with the query "
+        "`format.POSTLESS_QUERY` (the TL;DR template left empty); never in dev")
+    postless_schedule: Literal["first", "mixed"] = setting(
+        "first",
+        "first: `postless_epochs` passes over them, then the comparisons' `epochs`; mixed: shuffled into every "
+        "epoch of the comparisons, each pair's loss weighted by `postless_weight`")
+    postless_epochs: int = setting(1, "passes over the post-less pairs before the comparisons (schedule first)")
+    postless_weight: float = setting(1.0, "loss weight of a post-less pair (schedule mixed; comparisons weigh 1)")
+    postless_limit: int | None = setting(None, "use only the first N post-less pairs (None: all)")
 
     def __post_init__(self) -> None:
         require(0 <= self.dev_fraction <= 1, "dev_fraction", f"must be in [0, 1], got {self.dev_fraction}")
         require(self.limit is None or self.limit >= 0, "limit", f"must be >= 0 or None, got {self.limit}")
+        require(self.folds == 0 or (self.folds >= 2 and 0 <= self.fold < self.folds), "fold",
+                f"k-fold needs folds >= 2 and 0 <= fold < folds, got folds={self.folds}, fold={self.fold}")
+        require(not (self.folds and self.dev), "folds", "give either `dev` (a separate file) or `folds`, not both")
+        require(self.postless_epochs >= 1, "postless_epochs", f"must be >= 1, got {self.postless_epochs}")
+        require(self.postless_weight > 0 and math.isfinite(self.postless_weight), "postless_weight",
+                f"must be a positive number, got {self.postless_weight}")
 
 
 @dataclass
@@ -196,6 +217,7 @@ class PairExample:
     chosen_ids: list[int]
     rejected_ids: list[int]
     distance: float  # |confidence − 5|, NaN when unknown
+    weight: float = 1.0  # its loss's weight (post-less pairs mixed in: data.postless_weight)
 
 
 @dataclass(frozen=True)
@@ -211,7 +233,7 @@ Example = PairExample | GroupExample
 
 # ------------------------------------------------------------------------------------------------ data
 
-def build_pairs(comparisons: list[Comparison], rm: RewardModel) -> list[PairExample]:
+def build_pairs(comparisons: list[Comparison], rm: RewardModel, weight: float = 1.0) -> list[PairExample]:
     """Tokenise each comparison: the query once, chosen and rejected with EOS (a finished summary). A comparison
     whose post cannot fit the query budget even cut is dropped with a count."""
     out, dropped = [], 0
@@ -223,7 +245,7 @@ def build_pairs(comparisons: list[Comparison], rm: RewardModel) -> list[PairExam
             dropped += 1
             continue
         out.append(PairExample(query_ids, rm.encode_response(c.chosen.text),
-                               rm.encode_response(c.rejected.text), float("nan") if d is None else float(d)))
+                               rm.encode_response(c.rejected.text), float("nan") if d is None else float(d), weight))
     if dropped:
         log.warning("rm: %d comparisons' posts do not fit data.max_query_tokens=%d even cut, left out", dropped,
                     rm.max_query_tokens)
@@ -258,6 +280,8 @@ def load_data(cfg: RewardConfig) -> tuple[list, list, dict[str, int]]:
         if overlap:
             raise ValueError(f"{len(overlap)} posts are in both {d.comparisons} and {d.dev} (e.g. "
                              f"{sorted(overlap)[0]}): dev accuracy would be inflated")
+    elif d.folds:
+        train_rows, dev_rows = fold_by_post(rows, d.folds, d.fold, seed=d.split_seed)
     else:
         train_rows, dev_rows = split_by_post(rows, d.dev_fraction, seed=d.split_seed)
     train_rows, train_counts = resolve_repeats(train_rows, d.duplicates, d.contradictions)
@@ -269,11 +293,36 @@ def load_data(cfg: RewardConfig) -> tuple[list, list, dict[str, int]]:
     return train_rows, dev_rows, counts
 
 
+def load_postless(cfg: RewardConfig) -> tuple[list[Comparison], dict[str, int]]:
+    """The post-less pairs (none without `data.postless`), their repeats resolved like the comparisons'."""
+    d = cfg.data
+    if not d.postless:
+        return [], {}
+    rows = list(load_postless_pairs(d.postless, limit=d.postless_limit, skip_bad=d.skip_bad))
+    rows, counts = resolve_repeats(rows, d.duplicates, d.contradictions)
+    return rows, {f"data/postless_{k}": v for k, v in counts.items()}
+
+
+def training_phases(cfg: RewardConfig, n_main: int, n_postless: int) -> list[tuple[range, int]]:
+    """What the steps run over: the comparisons' `epochs` (indices 0..n_main-1), after `postless_epochs` over the
+    post-less pairs (schedule first), or with them shuffled in (mixed)."""
+    main, postless = range(n_main), range(n_main, n_main + n_postless)
+    if not n_postless:
+        return [(main, cfg.epochs)]
+    if cfg.data.postless_schedule == "first":
+        return [(postless, cfg.data.postless_epochs), (main, cfg.epochs)]
+    return [(range(n_main + n_postless), cfg.epochs)]
+
+
 def preflight(cfg: RewardConfig) -> None:
     """The labels, the dev labels and the normalisation posts open and parse; `init_from` is an RM run."""
     norm = None if cfg.normalise_on == "labels" else cfg.normalise_on
     check_files([labels_check("data.comparisons", cfg.data.comparisons), labels_check("data.dev", cfg.data.dev),
                  posts_check("normalise_on", norm)])
+    if cfg.data.postless:
+        check_paths([("data.postless", cfg.data.postless)])
+        if cfg.best_of_n:
+            raise RunError("data.postless holds comparisons: it trains beside comparisons, not best-of-N labels")
     check_paths([("model", cfg.model)])
     if cfg.init_from and not Path(cfg.init_from).expanduser().exists():
         raise RunError(f"init_from={cfg.init_from}: not found — expected an `rlhflab rm` run directory")
@@ -330,7 +379,8 @@ def example_loss(rm: RewardModel, examples: list[Example], cfg: RewardConfig, lo
         return (best_of_n_loss(scores, best), float(top1_accuracy(scores.detach(), best)),
                 float((picked - others).detach().sum()), tokens)
     r_chosen, r_rejected, tokens = forward_pairs(rm, examples, cfg.bf16, cfg.share_query)
-    loss = pair_loss(r_chosen, r_rejected, torch.tensor([p.distance for p in examples]), loss_kind)
+    loss = pair_loss(r_chosen, r_rejected, torch.tensor([p.distance for p in examples]), loss_kind,
+                     torch.tensor([p.weight for p in examples], device=r_chosen.device))
     return (loss, float(preference_accuracy(r_chosen.detach(), r_rejected.detach())),
             float((r_chosen - r_rejected).detach().sum()), tokens)
 
@@ -352,10 +402,12 @@ def forward_groups(rm: RewardModel, groups: list[GroupExample], bf16: bool, shar
     return scores, torch.tensor([g.best for g in groups], device=scores.device), tokens
 
 
-def pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, distance: torch.Tensor, kind: str) -> torch.Tensor:
+def pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, distance: torch.Tensor, kind: str,
+              weight: torch.Tensor) -> torch.Tensor:
+    """The micro batch's loss: each pair's (Bradley–Terry, or its confidence soft target), weighted, averaged."""
     if kind == "confidence":
-        return confidence_preference_loss(r_chosen, r_rejected, distance)
-    return preference_loss(r_chosen, r_rejected)
+        return weighted_mean(confidence_preference_losses(r_chosen, r_rejected, distance.to(r_chosen.device)), weight)
+    return weighted_mean(preference_losses(r_chosen, r_rejected), weight)
 
 
 def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_query: bool = True
@@ -394,7 +446,7 @@ def evaluate(rm: RewardModel, pairs: list[Example], cfg: RewardConfig, procs: Pr
                 "eval/chance": 1.0 / scores.shape[1], "eval/n_pairs": len(pairs)}
     r_chosen, r_rejected = torch.cat([a for a, _ in scored]), torch.cat([b.float() for _, b in scored])
     return {"eval/accuracy": float(preference_accuracy(r_chosen, r_rejected)),
-            "eval/loss": float(preference_loss(r_chosen, r_rejected)),
+            "eval/loss": float(preference_losses(r_chosen, r_rejected).mean()),
             "eval/margin": float((r_chosen - r_rejected).mean()), "eval/n_pairs": len(pairs)}
 
 
@@ -432,21 +484,29 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     sizes = check_launch(cfg, procs)
     t_start = time.time()
 
-    # (1) backbone + fresh head, comparisons
+    # (1) backbone + fresh head, comparisons (and the post-less pairs, if any)
     train_rows, dev_rows, data_counts = load_data(cfg)
+    postless_rows, postless_counts = load_postless(cfg)
+    data_counts |= postless_counts
     rm, trainable = trainable_reward_model(cfg, procs)
 
-    # (2) tokenised train / dev pairs (the dev split and repeat policies were applied in load_data)
+    # (2) tokenised train / dev pairs (the dev split and repeat policies were applied in load_data); the
+    # post-less pairs after the comparisons, and the phases of steps over them
     train_pairs, dev_pairs = build_examples(train_rows, rm), build_examples(dev_rows, rm)
+    n_main = len(train_pairs)
+    mixed_weight = cfg.data.postless_weight if cfg.data.postless_schedule == "mixed" else 1.0
+    train_pairs += build_pairs(postless_rows, rm, mixed_weight)
+    data_counts["data/postless_pairs"] = len(train_pairs) - n_main
+    phases = training_phases(cfg, n_main, len(train_pairs) - n_main)
     loss_kind = cfg.resolved_loss()
-    per_epoch, total_steps = plan_steps(len(train_pairs), sizes.batch_size, cfg.epochs, cfg.max_steps)
+    per_epoch, total_steps = plan_phases(phases, sizes.batch_size, cfg.max_steps)
     optimizer, scheduler = make_optimizer(rm, cfg.optim, total_steps)
     pad_id = rm.tokenizer.pad_token_id
     lengths = [len(p.query_ids) + max(map(len, responses_of(p))) for p in train_pairs]
-    log.info("rm: %d train / %d dev pairs, %d steps (%d per epoch), batch %d pairs = %d micro × %d accum × %d "
-             "processes, %.1fM trainable params, loss %s", len(train_pairs), len(dev_pairs), total_steps,
-             per_epoch, sizes.batch_size, sizes.micro_batch_size, sizes.grad_accum_steps, sizes.world_size,
-             trainable / 1e6, loss_kind)
+    log.info("rm: %d train (%d post-less) / %d dev pairs, %d steps (per epoch: %s), batch %d pairs = %d micro × "
+             "%d accum × %d processes, %.1fM trainable params, loss %s", len(train_pairs), len(train_pairs) - n_main,
+             len(dev_pairs), total_steps, per_epoch, sizes.batch_size, sizes.micro_batch_size,
+             sizes.grad_accum_steps, sizes.world_size, trainable / 1e6, loss_kind)
 
     step, pairs_seen = 0, 0
     if run.has_state():
@@ -460,8 +520,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
 
     # (3) the loop
     bar = progress_bar("rm", total_steps, step, procs)
-    for epoch, position, batch_idx in epoch_batches(lengths, sizes.batch_size, cfg.seed, per_epoch, step,
-                                                    total_steps):
+    for epochs_done, batch_idx in phased_batches(lengths, phases, sizes.batch_size, cfg.seed, step, total_steps):
         t0 = time.time()
 
         # one optimiser step: the loss is the mean over the (global) batch's pairs; this process runs its share,
@@ -488,7 +547,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
             "train/loss": loss_total / n, "train/accuracy": correct / n, "train/margin": margin_total / n,
             "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
             "train/pairs_per_s": n / dt, "train/tokens_per_s": n_tokens / dt, "train/pairs_seen": pairs_seen,
-            "train/epoch": epoch + (position + 1) / per_epoch}
+            "train/epoch": epochs_done}
         last = step == total_steps
         if dev_pairs and on_period(step, cfg.eval_every, last):
             metrics |= evaluate(rm, dev_pairs, cfg, procs)
@@ -522,7 +581,8 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     save_reward_model(rm, run.model_dir, lm_weights)
     summary = summarise(run.read_metrics(), {
         "stage": "rm", "step": step, "wall_s": time.time() - t_start, "pairs_seen": pairs_seen, "loss": loss_kind,
-        "train_pairs": len(train_pairs), "dev_pairs": len(dev_pairs)}, norm, data_counts)
+        "train_pairs": len(train_pairs), "postless_pairs": len(train_pairs) - n_main, "dev_pairs": len(dev_pairs)},
+        norm, data_counts)
     run.write_done(summary)
     barrier(procs)
     log.info("rm done: dev accuracy %s after %d steps", summary["dev_accuracy"], step)

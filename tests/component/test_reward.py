@@ -403,3 +403,65 @@ def test_normalisation_posts_that_cannot_fit_are_dropped_and_a_stopped_run_resum
     assert code == 2 and "optim.lr: 0.003 -> 0.5" in err and "normalise_on" in err, err
     assert yaml.safe_load((stopped / "config.yaml").read_text())["config"]["optim"]["lr"] == 0.003
     assert (stopped / "metrics.jsonl").exists() and not (stopped / "DONE.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------ post-less pairs
+
+def postless_rows(n: int = 40, seed: int = 3) -> list[dict]:
+    """Comparisons without posts ({id, chosen, rejected, ...}) that follow the same rule: "good" wins."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        base = " ".join(rng.sample(WORDS, 2))
+        rows.append({"id": f"train-{i:05d}", "chosen": f" {base} {WORDS[i % 16]} good", "rejected": f" {base} {WORDS[i % 16]} bad",
+                     "chosen_policy": "sup1", "rejected_policy": "ref", "batch": "batch3"})
+    rows.append(dict(rows[0], id="train-dup"))  # the same two summaries labelled twice: a duplicate
+    return rows
+
+
+@pytest.mark.parametrize("schedule", ["first", "mixed"])
+def test_postless_pairs_train_beside_the_comparisons_counted_and_never_in_dev(tmp_path, schedule):
+    postless = write_jsonl(tmp_path / "no_posts.jsonl", postless_rows())
+    cfg = tiny_cfg(tmp_path, **{"data.postless": postless, "data.postless_schedule": schedule,
+                                "data.postless_weight": 0.5, "epochs": 2})
+    plain = train(tiny_cfg(tmp_path, epochs=2), str(tmp_path / "plain"))
+    summary = train(cfg, str(tmp_path / schedule))
+    assert summary["postless_pairs"] == 40  # 41 rows, the duplicate dropped
+    assert summary["data"]["data/postless_duplicate_rows_dropped"] == 1
+    assert summary["train_pairs"] == plain["train_pairs"] + 40
+    assert summary["dev_pairs"] == plain["dev_pairs"]  # dev is the comparisons' alone
+    n, per_batch = plain["train_pairs"], 8  # configs/rm/tiny.yaml's batch
+    expected = 40 // per_batch + 2 * (n // per_batch) if schedule == "first" else 2 * ((n + 40) // per_batch)
+    assert plain["step"] == 2 * (n // per_batch) and summary["step"] == expected
+    assert summary["dev_accuracy"] >= 0.8, summary
+
+
+def test_a_first_schedule_run_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    postless = write_jsonl(tmp_path / "no_posts.jsonl", postless_rows())
+    cfg = tiny_cfg(tmp_path, **{"data.postless": postless, "epochs": 1, "save_every": 3})
+    train(cfg, str(tmp_path / "straight"))
+    assert train(cfg, str(tmp_path / "resumed"), stop_after=4) == {"stopped_at": 4}  # inside the post-less phase
+    train(cfg, str(tmp_path / "resumed"))
+    a, b = (load_file(tmp_path / d / "model" / "reward_head.safetensors") for d in ("straight", "resumed"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_k_fold_dev_sets_partition_the_posts_and_rm_eval_finds_the_same_fold(tmp_path):
+    from rlhflab.train.reward import load_data
+
+    devs = []
+    for k in range(3):
+        _, dev, _ = load_data(tiny_cfg(tmp_path, **{"data.folds": 3, "data.fold": k}))
+        devs.append({c.post.id for c in dev})
+    assert sum(map(len, devs)) == 48 and len(set().union(*devs)) == 48
+    out = tmp_path / "rm"
+    summary = train(tiny_cfg(tmp_path, **{"data.folds": 3, "data.fold": 1, "epochs": 1}), str(out))
+    code = main(["rm-eval", "--config", "configs/rm-eval/tiny.yaml", "--out", str(tmp_path / "ev"), f"model={out}",
+                 f"comparisons={tmp_path / 'cmp.jsonl'}", "split=dev", "folds=3", "fold=1", "limit=null",
+                 "duplicates=drop", "contradictions=majority"])
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert code == 0 and report["n_pairs"] == summary["dev_pairs"]
+    assert report["accuracy"] == pytest.approx(summary["dev_accuracy"])
