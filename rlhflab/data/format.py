@@ -123,8 +123,9 @@ def _sentences_that_fit(post: Post, n_tokens: Callable[[str], int], max_query_to
 
 def format_reference(summary: str, eos_token: str) -> str:
     """A reference summary as the SFT target: a leading space (the query ends in "TL;DR:") and the EOS token,
-    so the policy learns to start with a space and to stop by itself."""
-    return " " + summary.strip() + eos_token
+    so the policy learns to start with a space and to stop by itself. An empty summary is the EOS token alone."""
+    body = summary.strip()
+    return (" " + body if body else "") + eos_token
 
 
 def _kept(text: str, cut: int) -> str:

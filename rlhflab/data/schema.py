@@ -52,6 +52,12 @@ def text(row: Row, key: str, prefix: str = "") -> str:
     return value
 
 
+def response(row: Row, key: str, prefix: str = "") -> str:
+    """A summary's text: a required string that may be empty. An empty summary is a response too (a policy that
+    stopped at once; OpenAI's files hold such rows, judged by labelers): it is the EOS token alone."""
+    return string(row, key, prefix)
+
+
 def string(row: Row, key: str, prefix: str = "") -> str:
     """A required string, possibly empty."""
     value = _get(row, key, prefix + key)
@@ -216,7 +222,7 @@ def _two_summaries(row: Row) -> tuple[Summary, Summary]:
         p = f"summaries[{i}]."
         if not isinstance(s, Mapping):
             raise FieldError(f"summaries[{i}]", f"expected an object, got {json_type(s)}")
-        out.append(Summary(text=text(s, "text", p), policy=optional_string(s, "policy", p),
+        out.append(Summary(text=response(s, "text", p), policy=optional_string(s, "policy", p),
                            note=optional_string(s, "note", p)))
     return out[0], out[1]
 
@@ -234,7 +240,7 @@ def pair(row: Row) -> Comparison:
         body.encode("utf-8")).hexdigest()[:16]
     confidence = integer(row, "confidence", lo=CONFIDENCE_MIN, hi=CONFIDENCE_MAX, required=False)
     return Comparison(post=Post(id=post_id, text=body, source=source),
-                      summaries=(Summary(text(row, "chosen")), Summary(text(row, "rejected"))),
+                      summaries=(Summary(response(row, "chosen")), Summary(response(row, "rejected"))),
                       choice=0, confidence=confidence)
 
 
@@ -250,7 +256,7 @@ def postless_pair(row: Row, query: str) -> Comparison:
     for key in ("post", "query", "info"):
         if row.get(key) is not None:
             raise FieldError(key, "this pair has its post: give its file as data.comparisons, not data.postless")
-    chosen, rejected = text(row, "chosen"), text(row, "rejected")
+    chosen, rejected = response(row, "chosen"), response(row, "rejected")
     extra = {"id": identifier(row, "id")} if row.get("id") is not None else {}
     return Comparison(post=Post(id=POSTLESS_ID, text=query, source="query"),
                       summaries=(Summary(chosen, policy=optional_string(row, "chosen_policy")),

@@ -339,7 +339,7 @@ def parse_openai_comparison(row: dict[str, Any], where: str = "<comparison>",
         if not isinstance(s, dict):
             raise r.fail(f"summaries[{i}]", f"expected an object, got {_json_type(s)}")
         sr = _Row(s, where, line, f"summaries[{i}].")
-        parsed.append((sr.string("text", nonempty=True), sr.string("policy", required=False, max_len=sizes.POLICY),
+        parsed.append((sr.string("text"), sr.string("policy", required=False, max_len=sizes.POLICY),  # "" is a response
                        sr.string("note", required=False)))
     extra_r = r.obj("extra", required=False)
     extra = dict(extra_r.row) if extra_r else {}

@@ -290,7 +290,14 @@ def load_data(cfg: RewardConfig) -> tuple[list, list, dict[str, int]]:
     counts |= {f"data/dev_{k}": v for k, v in dev_counts.items()}
     counts["data/train_posts"] = len({c.post.id for c in train_rows})
     counts["data/dev_posts"] = len({c.post.id for c in dev_rows})
+    counts["data/train_empty_summaries"] = empty_summaries(train_rows)
+    counts["data/dev_empty_summaries"] = empty_summaries(dev_rows)
     return train_rows, dev_rows, counts
+
+
+def empty_summaries(rows: list[Comparison]) -> int:
+    """Summaries with no text (trained on as the EOS token alone), counted in the data stats."""
+    return sum(1 for c in rows for s in c.summaries if not s.text.strip())
 
 
 def load_postless(cfg: RewardConfig) -> tuple[list[Comparison], dict[str, int]]:
@@ -300,6 +307,7 @@ def load_postless(cfg: RewardConfig) -> tuple[list[Comparison], dict[str, int]]:
         return [], {}
     rows = list(load_postless_pairs(d.postless, limit=d.postless_limit, skip_bad=d.skip_bad))
     rows, counts = resolve_repeats(rows, d.duplicates, d.contradictions)
+    counts["empty_summaries"] = empty_summaries(rows)
     return rows, {f"data/postless_{k}": v for k, v in counts.items()}
 
 

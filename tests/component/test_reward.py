@@ -465,3 +465,16 @@ def test_k_fold_dev_sets_partition_the_posts_and_rm_eval_finds_the_same_fold(tmp
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert code == 0 and report["n_pairs"] == summary["dev_pairs"]
     assert report["accuracy"] == pytest.approx(summary["dev_accuracy"])
+
+
+def test_empty_summaries_train_as_eos_alone_and_are_counted(tmp_path):
+    rows = synthetic_rows()
+    for r in rows[:6]:  # a policy that stopped at once: OpenAI's files hold such judged rows
+        r["summaries"][1]["text"] = ""
+    write_jsonl(tmp_path / "cmp_empty.jsonl", rows)
+    cfg = tiny_cfg(tmp_path, **{"data.comparisons": tmp_path / "cmp_empty.jsonl", "epochs": 1})
+    summary = train(cfg, str(tmp_path / "rm"))
+    data = summary["data"]
+    assert data["data/train_empty_summaries"] + data["data/dev_empty_summaries"] == 6
+    rm = load_reward_model(tmp_path / "rm")
+    assert rm.encode_response("") == [rm.tokenizer.eos_token_id]

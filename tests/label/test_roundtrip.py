@@ -136,3 +136,18 @@ def test_export_trains_the_reward_model_unchanged(tmp_path):
     assert RunDir(out).is_done() and reward is not None
     rows_in = {k: v for k, v in done.get("data", {}).items() if k.endswith("_rows_in")}
     assert sum(rows_in.values()) == 40, done
+
+
+def test_a_comparison_with_an_empty_summary_imports_and_exports_back(tmp_path, capsys):
+    """OpenAI's releases hold judged comparisons whose summary is "": the app takes them like the loaders do."""
+    row = {"info": {"id": "t3_e", "post": "a post", "title": "T", "subreddit": "s"}, "split": "train",
+           "summaries": [{"text": " a summary", "policy": "sup", "note": ""}, {"text": "", "policy": "ppo", "note": ""}],
+           "choice": 0, "worker": "w1", "batch": "b", "extra": {"confidence": 2}}
+    src = tmp_path / "empty.jsonl"
+    src.write_text(json.dumps(row) + "\n")
+    db = f"sqlite:///{tmp_path / 'e.db'}"
+    assert _cli("import", "--db", db, "--project", "p", "--create", "--file", str(src)) == 0
+    out = tmp_path / "out.jsonl"
+    assert _cli("export", "--db", db, "--project", "p", "--out", str(out)) == 0
+    [back] = load_comparisons(out)
+    assert [s.text for s in back.summaries] == [" a summary", ""] and back.choice == 0

@@ -142,7 +142,6 @@ def test_bad_json_line_names_line(tmp_path):
     ("summaries", [COMPARISON["summaries"][0]], "expected exactly 2 summaries, got 1"),
     ("summaries", "x", "expected an array"),
     ("summaries[1].text", DELETE, "missing"),
-    ("summaries[1].text", "", "empty string"),
     ("summaries[0].text", 3, "expected a string"),
     ("summaries[1]", "text", "expected an object"),
     ("extra.confidence", 0, "must be 1–9, got 0"),
@@ -325,3 +324,17 @@ def test_loaders_do_not_import_torch_or_datasets():
             "bad = [m for m in ('torch', 'datasets', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_an_empty_summary_is_a_response_not_a_malformed_row(tmp_path):
+    """OpenAI's releases hold comparisons whose summary is "" (a policy that stopped at once, still judged):
+    they load, and only really malformed rows are refused."""
+    empty = _with(COMPARISON, "summaries[1].text", "")
+    blank = _with(COMPARISON, "summaries[0].text", "  ")
+    rows = load_comparisons(_write(tmp_path, [COMPARISON, empty, blank]))
+    assert [c.summaries[1].text for c in rows][:2] == [COMPARISON["summaries"][1]["text"], ""]
+    assert rows[2].summaries[0].text == "  "
+    from rlhflab.data.format import format_reference
+
+    assert format_reference("", "</s>") == "</s>" and format_reference("  ", "</s>") == "</s>"  # EOS alone
+    assert format_reference(" ok ", "</s>") == " ok</s>"

@@ -36,9 +36,11 @@ def test_a_postless_pair_loads_with_the_placeholder_query(tmp_path):
     assert (a.summaries[0].policy, a.summaries[1].policy, a.batch, a.extra) == ("sup1", "ref", "batch3",
                                                                                 {"id": "train-00000"})
     assert b.post.id == "postless" and b.batch == "" and b.summaries[0].policy == ""
+    [empty] = load_postless_pairs(_write(tmp_path / "e.jsonl", [{"chosen": " x", "rejected": ""}]))
+    assert empty.rejected.text == ""  # an empty summary is a response (EOS alone), not a malformed row
 
 
-@pytest.mark.parametrize("bad, field", [({"rejected": " x"}, "chosen"), ({"chosen": " x", "rejected": "  "}, "rejected"),
+@pytest.mark.parametrize("bad, field", [({"rejected": " x"}, "chosen"), ({"chosen": " x", "rejected": 3}, "rejected"),
                                         ({"chosen": " x", "rejected": " y", "post": "a post"}, "post")])
 def test_a_bad_postless_row_is_refused_naming_its_line_and_field(tmp_path, bad, field):
     path = _write(tmp_path / "p.jsonl", [ROWS[0], bad])
