@@ -52,6 +52,7 @@ from rlhflab.data.records import Post, Sample
 
 log = get_logger(__name__)
 
+TRAINING = ("sft", "rm", "ppo")  # the stages that take report_to
 WAITING_FOR_LABELS = 3  # exit code: the labelling app has not finished the round's tasks yet
 
 
@@ -104,6 +105,8 @@ class PipelineConfig:
         "the final stage: `rlhflab eval` (summaries against references) or `rlhflab style-eval` (continuations "
         "scored by a style judge)")
     labels: LabelsSpec = setting(default_factory=LabelsSpec, help="where each round's comparison labels come from")
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
+        "none", "every training stage's (sft, gold, rm, ppo) report_to; a stage's own overrides still win")
     rm: StageSpec = setting(
         default_factory=lambda: StageSpec("configs/rm/cpu.yaml"),
         help="each round's reward model stage")
@@ -186,7 +189,9 @@ class StageRunner:
         atomic_write_text(cfg_path, f"# written by `rlhflab run` from {spec.config or 'the defaults'} and the "
                                     "pipeline's wiring\n" + yaml.safe_dump(merge(base, wiring), sort_keys=False))
         launcher = list(self.cfg.launcher) if distributed and self.cfg.launcher else [self.python]
-        cmd = [*launcher, "-m", "rlhflab", command, "--config", str(cfg_path), "--out", str(out), *spec.overrides]
+        tracking = [f"report_to={self.cfg.report_to}"] if command in TRAINING and self.cfg.report_to != "none" else []
+        cmd = [*launcher, "-m", "rlhflab", command, "--config", str(cfg_path), "--out", str(out), *tracking,
+               *spec.overrides]
         print("    " + shlex.join(cmd), flush=True)
         t0 = time.time()
         if (out / "config.yaml").exists():

@@ -75,10 +75,12 @@ def git_revision() -> str | None:
 
 
 class RunDir:
-    """Paths and small helpers of one run directory. Holds no state beyond its path."""
+    """Paths and small helpers of one run directory. Holds no state beyond its path — and, once a stage has
+    opened it with `report_to` set, the tracker its metrics also go to (core/tracking.py)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.tracker = None
 
     config_path = property(lambda self: self.path / "config.yaml")
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
@@ -101,6 +103,9 @@ class RunDir:
             return self.read_done()
         if write:
             self.start(stage, cfg)
+            from rlhflab.core.tracking import open_tracker
+
+            self.tracker = open_tracker(getattr(cfg, "report_to", "none"), self.path, stage, to_dict(cfg))
         return None
 
     def start(self, stage: str, cfg: Any) -> None:
@@ -146,6 +151,8 @@ class RunDir:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+        if self.tracker is not None:  # the same row, same names, same step
+            self.tracker.log(step, metrics)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The logged rows; a torn last line from a killed run is left out (and left in the file for
@@ -158,9 +165,14 @@ class RunDir:
         """On resume: drop metric rows logged after the checkpoint we resume from."""
         rows = [r for r in self.read_metrics() if r["step"] <= last_step]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        if self.tracker is not None:
+            self.tracker.purge_after(last_step)
 
     def write_done(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.done_path, {k: _plain(v) for k, v in summary.items()})
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
     def read_done(self) -> dict[str, Any]:
         return json.loads(self.done_path.read_text())

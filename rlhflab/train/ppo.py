@@ -135,7 +135,11 @@ class LoraOptions:
 @dataclass
 class PPOConfig:
     # keys that only affect the steps still to come: a resumed run may change them (recorded in config.yaml)
-    RESUMABLE = ("log_every", "sample_every", "n_samples", "save_every", "snapshot_every", "score_batch_size")
+    RESUMABLE = ("log_every", "sample_every", "n_samples", "save_every", "snapshot_every", "score_batch_size",
+                 "report_to")
+
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
+        "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
 
     model: str = setting(
         "smollm2-135m",

@@ -145,7 +145,11 @@ class RewardData:
 @dataclass
 class RewardConfig:
     # keys that only affect the steps still to come: a resumed run may change them (recorded in config.yaml)
-    RESUMABLE = ("log_every", "eval_every", "eval_batch_size", "save_every", "normalise_on", "normalise_limit")
+    RESUMABLE = ("log_every", "eval_every", "eval_batch_size", "save_every", "normalise_on", "normalise_limit",
+                 "report_to")
+
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
+        "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
 
     model: str = setting("smollm2-135m", "an SFT run directory, embedded name, model directory or hub id")
     allow_partial: bool = setting(False, "start from an unfinished SFT run's last saved model")

@@ -86,7 +86,10 @@ class SFTData:
 @dataclass
 class SFTConfig:
     # keys that only affect the steps still to come: a resumed run may change them (recorded in config.yaml)
-    RESUMABLE = ("log_every", "eval_every", "save_every", "n_samples", "sample_max_tokens")
+    RESUMABLE = ("log_every", "eval_every", "save_every", "n_samples", "sample_max_tokens", "report_to")
+
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
+        "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
 
     model: str = setting("smollm2-135m", "embedded name, .gguf file, model directory, run directory or hub id")
     seed: int = setting(1, "random seed (the order of the training batches, torch's RNG)")
