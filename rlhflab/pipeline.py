@@ -60,9 +60,17 @@ WAITING_FOR_LABELS = 3  # exit code: the labelling app has not finished the roun
 class StageSpec:
     config: str | None = setting(None, "the stage's YAML (e.g. configs/rm/smoke.yaml); None: the stage's defaults")
     overrides: list[str] = setting(default_factory=list, help="key=value for the stage, applied after the pipeline's")
+
+
+@dataclass
+class FirstStageSpec(StageSpec):
+    """sft and gold run once, before the rounds: they can be left out, or taken from a run that exists."""
+
     skip: bool = setting(
-        False,
-        "gold: no gold RM (labels.simulate must name a judge); sft: no SFT (base_model instead); others refuse it")
+        False, "gold: no gold RM (labels.simulate must name a judge); sft: no SFT (base_model instead)")
+    from_run: str | None = setting(
+        None, "a finished run of this stage (e.g. runs/sft/cpu) to use instead of training one: its DONE.json and "
+              "config.yaml must say it is that stage")
 
 
 @dataclass
@@ -81,11 +89,11 @@ class LabelsSpec:
 class PipelineConfig:
     rounds: int = setting(1, "rounds of sample -> labels -> rm -> ppo (the paper's batches)")
     launcher: list[str] = setting(default_factory=list, help="prefix for sft/rm/ppo, e.g. [accelerate, launch, ...]")
-    sft: StageSpec = setting(
-        default_factory=lambda: StageSpec("configs/sft/cpu.yaml"),
-        help="the SFT stage (its YAML and overrides)")
-    gold: StageSpec = setting(
-        default_factory=lambda: StageSpec("configs/rm/cpu.yaml"),
+    sft: FirstStageSpec = setting(
+        default_factory=lambda: FirstStageSpec("configs/sft/cpu.yaml"),
+        help="the SFT stage (its YAML and overrides, or a finished run: from_run)")
+    gold: FirstStageSpec = setting(
+        default_factory=lambda: FirstStageSpec("configs/rm/cpu.yaml"),
         help="simulated labels only: an RM on real human comparisons, the labeler's judge and the report's first judge")
     sample: StageSpec = setting(default_factory=lambda: StageSpec("configs/sample/cpu.yaml"),
                                 help="each round's sampling stage (new posts each round)")
@@ -175,6 +183,17 @@ class StageRunner:
         self.step += 1
         print(f"\n[{self.step}/{self.steps_total}] {label} -> {where}", flush=True)
 
+    def reuse(self, label: str, command: str, run: Path) -> Path:
+        """A finished run of `command` taken instead of training one (`from_run`); returns its directory."""
+        self.header(label, run)
+        found = reused_stage(run)
+        if found != command:
+            raise PipelineError(f"{label}: from_run={run} is {'not a finished run' if found is None else f'a {found} run'}"
+                                f"; expected a finished `rlhflab {command}` run (with DONE.json)")
+        print("    an existing run — reused, not retrained", flush=True)
+        self.record.append({"stage": label, "run_dir": str(run), "skipped": True, "reused": True})
+        return run
+
     def stage(self, label: str, command: str, spec: StageSpec, out: Path, wiring: dict[str, Any],
               distributed: bool = False) -> dict[str, Any]:
         """Run `rlhflab <command>` into `out` unless it is DONE; returns its DONE.json."""
@@ -230,11 +249,16 @@ def run_pipeline(runner: StageRunner) -> dict[str, Any]:
     t0 = time.time()
     if cfg.sft.skip:  # Ziegler et al.: PPO starts from the pretrained model itself
         sft = Path(str(cfg.base_model))
+    elif cfg.sft.from_run:
+        sft = runner.reuse("sft", "sft", Path(cfg.sft.from_run))
     else:
         sft = d / "sft"
         runner.stage("sft", "sft", cfg.sft, sft, {}, distributed=True)
-    gold = d / "gold" if uses_gold(cfg) else None
-    if gold is not None:
+    gold = None
+    if uses_gold(cfg) and cfg.gold.from_run:
+        gold = runner.reuse("gold RM (human comparisons)", "rm", Path(cfg.gold.from_run))
+    elif uses_gold(cfg):
+        gold = d / "gold"
         runner.stage("gold RM (human comparisons)", "rm", cfg.gold, gold, {"model": str(sft)}, distributed=True)
     policy, kl_coef, rounds = sft, None, []
     label_files: list[Path] = []
@@ -398,6 +422,13 @@ def style_eval_wiring(base: Path, policy: Path) -> dict[str, Any]:
             "kl_reference": str(base)}
 
 
+def reused_stage(run: Path) -> str | None:
+    """The stage a finished run directory holds (its config.yaml's `stage`), or None when it is not finished."""
+    if not (run / "DONE.json").is_file() or not (run / "config.yaml").is_file():
+        return None
+    return (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("stage")
+
+
 def uses_gold(cfg: PipelineConfig) -> bool:
     """The gold RM is the simulated labeler's judge (and then the report's held-out judge); with people's labels
     (imported or from the app) it is not trained."""
@@ -437,7 +468,8 @@ def check_stage_files(cfg: PipelineConfig) -> None:
     for stage, key, kind in STAGE_FILES:
         spec: StageSpec = getattr(cfg, stage)
         value = stage_value(spec, key)
-        if spec.skip or not isinstance(value, str) or value == "labels":
+        unused = isinstance(spec, FirstStageSpec) and (spec.skip or spec.from_run)
+        if unused or not isinstance(value, str) or value == "labels":
             continue
         fmt = stage_value(spec, key.rpartition(".")[0] + ".format" if "." in key else "format") or "auto"
         name = f"{stage}.{key}"
@@ -472,10 +504,16 @@ def validate(cfg: PipelineConfig) -> None:
         raise PipelineError(f"samples_per_task={cfg.samples_per_task}: a best-of-N task needs at least 2")
     for name in ("sample", "rm", "ppo", "eval"):
         spec: StageSpec = getattr(cfg, name)
-        if spec.skip:
-            raise PipelineError(f"{name}.skip: only the gold and sft stages can be skipped")
         if spec.config and not Path(spec.config).exists():
             raise PipelineError(f"{name}.config: {spec.config} not found")
+    for name in ("sft", "gold"):
+        first: FirstStageSpec = getattr(cfg, name)
+        if first.skip and first.from_run:
+            raise PipelineError(f"{name}: skip and from_run exclude each other")
+        command = "sft" if name == "sft" else "rm"
+        if first.from_run and reused_stage(Path(first.from_run)) != command:
+            raise PipelineError(f"{name}.from_run={first.from_run}: not a finished `rlhflab {command}` run "
+                                "(DONE.json and config.yaml)")
     if cfg.labels.source == "import":
         files = cfg.labels.files
         if len(files) < cfg.rounds:

@@ -80,8 +80,62 @@ def test_best_of_n_tasks_group_each_posts_samples_and_carry_the_query():
 
 
 def test_validate_needs_base_model_when_sft_is_skipped():
-    from rlhflab.pipeline import StageSpec
+    from rlhflab.pipeline import FirstStageSpec, StageSpec
 
     with pytest.raises(PipelineError, match="base_model"):
-        validate(PipelineConfig(sft=StageSpec(skip=True), sample=StageSpec(None), rm=StageSpec(None),
+        validate(PipelineConfig(sft=FirstStageSpec(skip=True), sample=StageSpec(None), rm=StageSpec(None),
                                 ppo=StageSpec(None), eval=StageSpec(None)))
+
+
+def test_only_the_first_stages_list_and_take_skip_and_from_run(tmp_path):
+    """--show-config lists `skip` and `from_run` for sft and gold only, and the others refuse them as unknown keys."""
+    from rlhflab.cli import describe_config
+    from rlhflab.core.config import ConfigError, load_config
+
+    keys = [line.split()[0] for line in describe_config(PipelineConfig) if line.strip()]
+    for stage in ("sft", "gold"):
+        assert any(k.startswith(f"{stage}.skip") for k in keys) and any(k.startswith(f"{stage}.from_run") for k in keys)
+    for stage in ("sample", "rm", "ppo", "eval"):
+        assert not any(k.startswith((f"{stage}.skip", f"{stage}.from_run")) for k in keys), stage
+        with pytest.raises(ConfigError, match=f"{stage}.skip"):
+            load_config(PipelineConfig, None, [f"{stage}.skip=true"])
+    # from_run must be a finished run of that stage
+    from rlhflab.pipeline import FirstStageSpec, StageSpec
+
+    run = tmp_path / "sft"
+    run.mkdir()
+    (run / "config.yaml").write_text("stage: rm\nconfig: {}\n")
+    (run / "DONE.json").write_text("{}")
+    specs = dict(sample=StageSpec(None), rm=StageSpec(None), ppo=StageSpec(None), eval=StageSpec(None))
+    with pytest.raises(PipelineError, match="not a finished `rlhflab sft` run"):
+        validate(PipelineConfig(sft=FirstStageSpec(None, from_run=str(run)), **specs))
+    with pytest.raises(PipelineError, match="exclude each other"):
+        validate(PipelineConfig(sft=FirstStageSpec(None, skip=True, from_run=str(run)), base_model="m", **specs))
+
+
+def test_a_reused_sft_run_is_what_the_next_stages_start_from(tmp_path, monkeypatch, capsys):
+    from rlhflab import pipeline
+    from rlhflab.core.config import load_config
+
+    run = tmp_path / "existing_sft"
+    run.mkdir()
+    (run / "config.yaml").write_text("stage: sft\nconfig: {}\n")
+    (run / "DONE.json").write_text("{}")
+    cfg = load_config(PipelineConfig, None, [f"sft.from_run={run}"])
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_stage(self, label, command, spec, out, wiring, distributed=False):
+        calls.append((command, out, wiring))
+        raise Stop  # the gold RM: enough to see its wiring
+
+    monkeypatch.setattr(pipeline.StageRunner, "stage", fake_stage)
+    runner = pipeline.StageRunner(cfg, str(tmp_path / "pipe"))
+    with pytest.raises(Stop):
+        pipeline.run_pipeline(runner)
+    [(command, out, wiring)] = calls
+    assert command == "rm" and wiring["model"] == str(run)  # the gold RM starts from the reused SFT run
+    assert runner.record[0] == {"stage": "sft", "run_dir": str(run), "skipped": True, "reused": True}
+    assert "reused, not retrained" in capsys.readouterr().out
