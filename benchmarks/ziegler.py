@@ -171,7 +171,13 @@ def result(task: str, report: dict, out: Path, wall_s: float) -> dict:
 
 def merge(old: dict, new: dict) -> dict:
     """Add the arms of a partial run to an earlier result: the new arms replace their null placeholders, the
-    earlier arms stay (each keeps the eval that measured it), and base, measured by both, must agree."""
+    earlier arms stay (each keeps the eval that measured it), and base, measured by both, must agree. An earlier
+    file that only says "not run" (no arm measured yet) gives way to the new result, its reason kept for the arms
+    still missing."""
+    if old.get("status") == "not run":
+        measured = {k: v | {"measured_in": new["eval_dir"]} for k, v in new["arms"].items()}
+        return new | {"arms": {a: measured.get(a, {"judge_score": None, "kl": None}) for a in ALL_ARMS},
+                      "not_run": {a: old.get("reason", "not run") for a in new["missing_arms"]}}
     arms = dict(old["arms"])
     fresh = {k: v | {"measured_in": new["eval_dir"]} for k, v in new["arms"].items() if k != "base"}
     arms.update(fresh)

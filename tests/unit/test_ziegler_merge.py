@@ -1,0 +1,40 @@
+"""benchmarks/ziegler.py's merge of partial runs into one result file (the fields other scripts read)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _ziegler():
+    spec = importlib.util.spec_from_file_location("ziegler_bench", REPO / "benchmarks" / "ziegler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _new(arms: dict, eval_dir: str) -> dict:
+    z = _ziegler()
+    return {"arms": arms, "missing_arms": [a for a in z.ALL_ARMS if a not in arms], "eval_dir": eval_dir,
+            "commands": ["c1"], "wall_s": 10.0, "note": "n1", "rm_heldout_accuracy": {}}
+
+
+def test_a_first_partial_run_replaces_a_not_run_placeholder_and_keeps_its_reason():
+    z = _ziegler()
+    placeholder = {"status": "not run", "reason": "compute", "arms": {a: {"judge_score": None, "kl": None}
+                                                                      for a in z.ALL_ARMS}}
+    new = _new({"base": {"judge_score": 0.1, "kl": 0.0}, "ppo_judge": {"judge_score": 0.5, "kl": 9.0}}, "runs/e1")
+    merged = z.merge(placeholder, new)
+    assert "status" not in merged and merged["arms"]["ppo_judge"]["judge_score"] == 0.5
+    assert merged["arms"]["ppo_judge"]["measured_in"] == "runs/e1"
+    assert merged["arms"]["ppo_rm_5k"] == {"judge_score": None, "kl": None}
+    assert set(merged["not_run"]) == set(z.ALL_ARMS) - {"base", "ppo_judge"}
+    assert set(merged["not_run"].values()) == {"compute"}
+    # the next partial run merges into it as before: base must agree, the new arm leaves not_run
+    later = z.merge(merged, _new({"base": {"judge_score": 0.1, "kl": 0.0}, "ppo_rm_1k": {"judge_score": 0.3,
+                                                                                          "kl": 8.0}}, "runs/e2"))
+    assert later["arms"]["ppo_judge"]["judge_score"] == 0.5 and later["arms"]["ppo_rm_1k"]["judge_score"] == 0.3
+    assert "ppo_rm_1k" not in later["not_run"] and later["base_in_later_evals"][0]["agrees_with_first"]
+    assert later["commands"] == ["c1", "c1"]
