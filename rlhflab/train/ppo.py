@@ -138,9 +138,6 @@ class PPOConfig:
     RESUMABLE = ("log_every", "sample_every", "n_samples", "save_every", "snapshot_every", "score_batch_size",
                  "report_to")
 
-    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
-        "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
-
     model: str = setting(
         "smollm2-135m",
         "the reference (and the policy's start): an SFT run directory (or any model spec)")
@@ -198,6 +195,8 @@ class PPOConfig:
     frozen_bf16: bool = setting(False, "keep the reference and the reward model's weights in bf16")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     score_batch_size: int = setting(16, "sequences per no-grad forward (reference, old log-probs, values, reward)")
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
+        "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
     log_every: int = setting(1, "write metrics.jsonl every N updates (and after the last)")
     sample_every: int = setting(10, "write a samples table every this many updates (and after the first and the last)")
     n_samples: int = setting(4, "episodes per samples table")

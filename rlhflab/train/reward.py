@@ -148,9 +148,6 @@ class RewardConfig:
     RESUMABLE = ("log_every", "eval_every", "eval_batch_size", "save_every", "normalise_on", "normalise_limit",
                  "report_to")
 
-    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
-        "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
-
     model: str = setting("smollm2-135m", "an SFT run directory, embedded name, model directory or hub id")
     allow_partial: bool = setting(False, "start from an unfinished SFT run's last saved model")
     init_from: str | None = setting(
@@ -176,6 +173,8 @@ class RewardConfig:
     bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     freeze_layers: int = setting(0, "freeze the embeddings and the lowest N decoder layers")
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
+        "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
     log_every: int = setting(1, "write metrics.jsonl every N optimiser steps")
     eval_every: int = setting(20, "dev accuracy every this many steps; 0 = only at the start and the end")
     eval_batch_size: int = setting(16, "sequences per forward when scoring dev and references")

@@ -88,9 +88,6 @@ class SFTConfig:
     # keys that only affect the steps still to come: a resumed run may change them (recorded in config.yaml)
     RESUMABLE = ("log_every", "eval_every", "save_every", "n_samples", "sample_max_tokens", "report_to")
 
-    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
-        "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
-
     model: str = setting("smollm2-135m", "embedded name, .gguf file, model directory, run directory or hub id")
     seed: int = setting(1, "random seed (the order of the training batches, torch's RNG)")
     data: SFTData = setting(default_factory=SFTData, help="the posts to train and evaluate on")
@@ -105,6 +102,8 @@ class SFTConfig:
     bf16: bool = setting(False, "bf16 autocast for forward/backward; weights and optimiser stay fp32")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     freeze_layers: int = setting(0, "freeze the embeddings and this many lowest layers")
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
+        "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
     log_every: int = setting(1, "write metrics.jsonl every N optimiser steps")
     eval_every: int = setting(50, "eval loss and samples every N optimiser steps; 0 = only at the start and the end")
     save_every: int = setting(50, "checkpoint state/ every N optimiser steps (and after the last)")
