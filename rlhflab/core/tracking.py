@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,23 +59,36 @@ def _require(module: str, package: str, report_to: str) -> Any:
 
 
 class TensorBoard:
-    """Event files under `<run>/tensorboard/`; a resumed run purges the steps after its checkpoint."""
+    """Event files under `<run>/tensorboard/`, written with tensorboard's own event writer (core stays
+    torch-free); a resumed run purges the steps after its checkpoint."""
 
     def __init__(self, run_path: Path, stage: str, config: dict[str, Any]):
         _require("tensorboard", "tensorboard", "tensorboard")
-        from torch.utils.tensorboard import SummaryWriter
+        self.dir = run_path / "tensorboard"
+        self.writer = self._open()
 
-        self.dir, self._writer_cls = run_path / "tensorboard", SummaryWriter
-        self.writer = SummaryWriter(log_dir=str(self.dir))
+    def _open(self, purge_step: int | None = None) -> Any:
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        writer = EventFileWriter(str(self.dir))
+        if purge_step is not None:  # TensorBoard drops the events at or after a restart's step
+            writer.add_event(Event(wall_time=time.time(), step=purge_step, file_version="brain.Event:2"))
+            writer.add_event(Event(wall_time=time.time(), step=purge_step,
+                                   session_log=SessionLog(status=SessionLog.START)))
+        return writer
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        for key, value in scalars(metrics).items():
-            self.writer.add_scalar(key, value, step)
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=key, simple_value=value) for key, value in scalars(metrics).items()]
+        self.writer.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
         self.writer.flush()
 
     def purge_after(self, step: int) -> None:
         self.writer.close()
-        self.writer = self._writer_cls(log_dir=str(self.dir), purge_step=step + 1)
+        self.writer = self._open(purge_step=step + 1)
 
     def close(self) -> None:
         self.writer.close()
