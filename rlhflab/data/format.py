@@ -7,7 +7,14 @@ A query is what the policy sees before it writes a summary:
     {passage}                                                          (book continuation, Ziegler et al. 2019)
 
 Only the post/article body is ever cut: the header and the trailing "TL;DR:" must stay, or the policy is asked a
-different question. The tokenizer is duck-typed (`encode(text, add_special_tokens=False) -> list[int]`), so this
+different question.
+
+BOS: `query_prefix(tokenizer)` is the token(s) a tokenizer puts before a text when asked to add its special
+tokens (Llama-3's `<|begin_of_text|>`, Gemma's `<bos>`, Mistral's `<s>`; nothing for GPT-2, Pythia, Qwen2 or the
+embedded SmolLM2). Every query — SFT, RM, PPO, sampling, evaluation — is encoded by `encode_query`, so it starts
+with that prefix everywhere, and the query budget counts it; responses never get one.
+
+The tokenizer is duck-typed (`encode(text, add_special_tokens=False) -> list[int]`), so this
 module needs neither torch nor transformers.
 """
 
@@ -33,6 +40,35 @@ _SENTENCE_END = re.compile(r"[.!?][\"”’')\]]*(?=\s|$)")
 
 class Encoder(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+
+def query_prefix(tokenizer: Encoder) -> list[int]:
+    """The ids the tokenizer adds in front of a text with its special tokens on ([] when it adds none).
+
+    Found by encoding a probe both ways, so it follows the tokenizer's own post-processor (whatever
+    `add_bos_token` says) rather than guessing from `bos_token`. Cached on the tokenizer."""
+    cached = getattr(tokenizer, "_rlhflab_query_prefix", None)
+    if cached is not None:
+        return list(cached)
+    probe = "Hello"
+    plain = tokenizer.encode(probe, add_special_tokens=False)
+    full = tokenizer.encode(probe, add_special_tokens=True)
+    n = len(full) - len(plain)
+    prefix = []
+    for start in range(n + 1):  # where the plain ids sit inside the full ones; the ids before them are the prefix
+        if full[start : start + len(plain)] == plain:
+            prefix = list(full[:start])
+            break
+    try:
+        tokenizer._rlhflab_query_prefix = tuple(prefix)
+    except AttributeError:  # a tokenizer that refuses new attributes: recomputed each time
+        pass
+    return prefix
+
+
+def encode_query(tokenizer: Encoder, text: str) -> list[int]:
+    """A formatted query's ids: the tokenizer's BOS (if it uses one), then the text without special tokens."""
+    return query_prefix(tokenizer) + tokenizer.encode(text, add_special_tokens=False)
 
 
 def render_query(post: Post, body: str | None = None) -> str:
@@ -71,7 +107,7 @@ def format_query(post: Post, tokenizer: Encoder, max_query_tokens: int) -> str:
         raise ValueError(f"max_query_tokens must be >= 1, got {max_query_tokens}")
 
     def n_tokens(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False))
+        return len(encode_query(tokenizer, text))
 
     full = render_query(post)
     if n_tokens(full) <= max_query_tokens:
@@ -123,9 +159,11 @@ def _sentences_that_fit(post: Post, n_tokens: Callable[[str], int], max_query_to
 
 def format_reference(summary: str, eos_token: str) -> str:
     """A reference summary as the SFT target: a leading space (the query ends in "TL;DR:") and the EOS token,
-    so the policy learns to start with a space and to stop by itself. An empty summary is the EOS token alone."""
+    so the policy learns to start with a space and to stop by itself. An empty summary is the EOS token alone;
+    an empty one that did not end (no EOS: a policy's sample of whitespace cut at the token limit) is the space
+    alone, so every response has at least one token to be scored at."""
     body = summary.strip()
-    return (" " + body if body else "") + eos_token
+    return (" " + body if body or not eos_token else "") + eos_token
 
 
 def _kept(text: str, cut: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -221,6 +222,14 @@ def looks_local(source: str) -> bool:
     """A name that cannot be a hub id (owner/name): it has a file suffix, or starts like a path."""
     return source.endswith(_LOCAL_SUFFIXES) or source.startswith(("/", ".", "~")) or source.count("/") > 1 \
         or os.sep != "/" and os.sep in source
+
+
+def is_hub_id(spec: str) -> bool:
+    """`owner/name`, and nothing that looks like a local path: a model or dataset to ask the hub for."""
+    return bool(_HUB_ID.fullmatch(spec)) and not looks_local(spec)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _json_array_rows(path: Path) -> RowSource:

@@ -30,7 +30,7 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.progress import progress
 from rlhflab.core.rundir import RunDir, RunError, atomic_write_text, is_run_dir
 from rlhflab.core.seed import seed_everything
-from rlhflab.data.format import format_queries, format_query
+from rlhflab.data.format import encode_query, format_queries, format_query
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.preflight import check_files, posts_check
 from rlhflab.data.records import Post, Sample
@@ -227,7 +227,7 @@ def sample_and_score(model, tokenizer, rm: RewardModel | TextReward, chunk: list
     (policy = the base policy's name, score = the ranking score, extra.rm_score = the RM's own)."""
     k = cfg.n
     query_texts = [format_query(p, tokenizer, cfg.max_query_tokens) for p in chunk]
-    queries = [tokenizer.encode(q, add_special_tokens=False) for q in query_texts]
+    queries = [encode_query(tokenizer, q) for q in query_texts]
     query_ids, query_mask = pad_queries(tokenizer, queries)  # (P, Tq)
     with autocast(model.device, cfg.bf16):
         gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.max_new_tokens,

@@ -42,7 +42,7 @@ from typing import Any, Literal, Protocol
 from rlhflab.core.config import setting
 from rlhflab.core.rundir import RunError
 from rlhflab.data.jsonl import DataError
-from rlhflab.data.loaders import load_comparisons
+from rlhflab.data.loaders import is_hub_id, load_comparisons
 from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, Post
 from rlhflab.eval.cache import KeyedCache, text_key
 from rlhflab.models.style import STYLE_SCORERS, style_scorer
@@ -404,8 +404,9 @@ def build_judge(spec: JudgeSpec, cache_dir: Path, load_rm: Callable[[str], Any],
     import os
 
     if spec.kind == "rm":
-        if not Path(spec.spec or "").expanduser().exists():
-            raise RunError(f"judge {spec.name}: spec={spec.spec}: not found — expected an `rlhflab rm` run directory")
+        if not Path(spec.spec or "").expanduser().exists() and not is_hub_id(spec.spec or ""):
+            raise RunError(f"judge {spec.name}: spec={spec.spec}: not found — expected an `rlhflab rm` run "
+                           "directory or a sequence-classification RM (directory or hub id)")
         return RMJudge(spec, cache_dir, load_rm, bf16=bf16)
     if spec.kind == "labels":
         return LabelsJudge(spec)

@@ -19,7 +19,7 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.progress import progress
 from rlhflab.core.rundir import RunDir, is_run_dir
 from rlhflab.core.seed import seed_everything
-from rlhflab.data.format import format_queries, format_query
+from rlhflab.data.format import encode_query, format_queries, format_query
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.preflight import check_files, posts_check
 from rlhflab.data.records import Post, Sample
@@ -119,7 +119,7 @@ def sample(cfg: SampleConfig, out: str) -> dict:
 def sample_batch(model, tokenizer, chunk: list[tuple[Post, int]], name: str, cfg: SampleConfig,
                  generator: torch.Generator, stop: StopRule | None = None) -> list[Sample]:
     texts = [format_query(p, tokenizer, cfg.max_query_tokens) for p, _ in chunk]
-    queries = [tokenizer.encode(q, add_special_tokens=False) for q in texts]
+    queries = [encode_query(tokenizer, q) for q in texts]
     query_ids, query_mask = pad_queries(tokenizer, queries)
     with autocast(model.device, cfg.bf16):
         gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.max_new_tokens,

@@ -18,7 +18,7 @@ import torch
 
 from rlhflab.core.log import get_logger
 from rlhflab.core.progress import progress
-from rlhflab.data.format import format_query
+from rlhflab.data.format import encode_query, format_query
 from rlhflab.data.records import Post, Sample
 from rlhflab.data.resumable import ResumableRows, pending_batches
 from rlhflab.eval import metrics
@@ -138,7 +138,7 @@ def policy_kl(ev: EvalRun, spec: str, posts: Sequence[Post], set_name: str, budg
 
 def encode_queries(tok, chunk: Sequence[Post], budget: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, Tq) left-padded query ids and mask."""
-    return pad_queries(tok, [tok.encode(format_query(p, tok, budget), add_special_tokens=False) for p in chunk])
+    return pad_queries(tok, [encode_query(tok, format_query(p, tok, budget)) for p in chunk])
 
 
 @torch.no_grad()

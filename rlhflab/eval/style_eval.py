@@ -31,7 +31,7 @@ from rlhflab.core.config import require, setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir, atomic_write_json
 from rlhflab.core.seed import seed_everything
-from rlhflab.data.format import format_queries
+from rlhflab.data.format import encode_query, format_queries
 from rlhflab.data.jsonl import write_jsonl
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.preflight import check_files, posts_check
@@ -189,7 +189,7 @@ def load_prompts(cfg: StyleEvalConfig, tok) -> Prompts:
         kept, queries = [kept[i] for i in picked], [queries[i] for i in picked]
     if not kept:
         raise ValueError(f"{cfg.posts} (format {cfg.format}): no prompt fits max_query_tokens={cfg.max_query_tokens}")
-    return Prompts([p.id for p in kept], [tok.encode(q, add_special_tokens=False) for q in queries],
+    return Prompts([p.id for p in kept], [encode_query(tok, q) for q in queries],
                    {"books": sorted({p.title for p in kept if p.title}), "dropped_unfit": dropped})
 
 

@@ -51,8 +51,8 @@ def load_model(
     """Resolve `spec` and load (model, tokenizer).
 
     spec: "smollm2-135m" (embedded GGUF, converted once and cached), a `.gguf` file, a local HF model directory,
-    an rlhflab run directory (loads <run>/model; unfinished runs need allow_partial), "tiny" / "tiny:<seed>",
-    or a hub id.
+    an rlhflab run directory (loads <run>/model; unfinished runs need allow_partial), "tiny" / "tiny:<seed>"
+    (a tiny random Llama), "tiny-<family>[:<seed>]" (one of TINY_FAMILIES, for tests), or a hub id.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -61,8 +61,9 @@ def load_model(
 
     if spec == EMBEDDED_NAME:
         model, tokenizer = _load_dir(_embedded_cache(), torch_dtype)
-    elif spec == "tiny" or spec.startswith("tiny:"):
-        model, tokenizer = tiny_model_and_tokenizer(seed=_tiny_seed(spec))
+    elif spec == "tiny" or spec.startswith(("tiny:", "tiny-")):
+        family, seed = _tiny_spec(spec)
+        model, tokenizer = tiny_model_and_tokenizer(seed=seed, family=family)
         model = model.to(torch_dtype)
     else:
         path = Path(spec).expanduser()
@@ -92,8 +93,8 @@ def load_tokenizer(spec: str, *, allow_partial: bool = False) -> PreTrainedToken
     spec = str(spec)
     if spec == EMBEDDED_NAME:
         return AutoTokenizer.from_pretrained(_embedded_cache())
-    if spec == "tiny" or spec.startswith("tiny:"):
-        return byte_tokenizer()
+    if spec == "tiny" or spec.startswith(("tiny:", "tiny-")):
+        return byte_tokenizer(bos=_tiny_spec(spec)[0] in TINY_WITH_BOS)
     path = Path(spec).expanduser()
     if path.is_dir() and is_run_dir(path):
         RunDir(path).require_done(allow_partial=allow_partial)
@@ -113,6 +114,35 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
         _savable(model).save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+def is_sequence_classifier_dir(path: str | Path) -> bool:
+    """A local model directory saved as a *ForSequenceClassification (e.g. an RM trained with TRL or OpenRLHF)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    archs = json.loads(config.read_text()).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+def load_sequence_classifier(spec: str | Path, *, dtype: str = "float32"
+                             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(AutoModelForSequenceClassification, tokenizer) from a local directory or a hub id, in the same state as
+    `load_model`'s (dropout off, a pad token, left padding)."""
+    from transformers import AutoModelForSequenceClassification
+
+    spec = str(spec)
+    local = Path(spec).expanduser().is_dir()
+    offline = contextlib.nullcontext() if local or _hub_reachable() else _hub_offline()
+    try:
+        with offline:
+            model = AutoModelForSequenceClassification.from_pretrained(spec, dtype=_DTYPES[dtype])
+            tokenizer = AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as e:
+        where = "its directory" if local else "the Hugging Face hub (offline: pass a local directory)"
+        raise ModelLoadError(f"reward model {spec!r}: could not load it as a sequence classifier from {where} "
+                             f"({type(e).__name__}: {e})") from e
+    return _prepare(model, tokenizer)
 
 
 def embedded_gguf_path() -> Path:
@@ -144,6 +174,12 @@ def cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "rlhflab"
 
 
+# Tiny random models of every family rlhflab supports (tests build them in-process; nothing is downloaded). The
+# families whose real tokenizers add a BOS get a byte tokenizer that adds one too, so BOS handling is tested.
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gpt_neox", "gpt2", "phi3")
+TINY_WITH_BOS = ("llama", "mistral", "gemma", "phi3")
+
+
 def tiny_model_and_tokenizer(
     seed: int = 0,
     vocab_size: int = 320,
@@ -151,40 +187,60 @@ def tiny_model_and_tokenizer(
     num_layers: int = 2,
     num_heads: int = 4,
     max_position_embeddings: int = 1024,
-) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
-    """A tiny random Llama and a byte-level tokenizer, built in-process (no files, no downloads).
+    family: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A tiny random decoder and a byte-level tokenizer, built in-process (no files, no downloads).
 
+    family None: the plain tiny Llama ("tiny", no BOS); else one of TINY_FAMILIES ("tiny-<family>").
     Like the embedded model, eos == pad (`<|endoftext|>`), so code that infers lengths from pad ids fails here too.
     """
-    tokenizer = byte_tokenizer()
+    tokenizer = byte_tokenizer(bos=family in TINY_WITH_BOS)
     if vocab_size < len(tokenizer):
         raise ValueError(f"vocab_size {vocab_size} < tokenizer size {len(tokenizer)}")
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        attention_dropout=0.0,
-    )
+    config = _tiny_config(family or "llama", vocab_size, hidden_size, num_layers, num_heads, max_position_embeddings,
+                          tokenizer)
     # Seed a private RNG state only: building a test model must not disturb the caller's global RNG stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config) if isinstance(config, LlamaConfig) else AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model, tokenizer
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer: one token per UTF-8 byte (ids 0..255) plus `<|endoftext|>` (256). Lossless on any text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def _tiny_config(family: str, vocab: int, hidden: int, layers: int, heads: int, positions: int, tokenizer):
+    from transformers import GemmaConfig, GPT2Config, GPTNeoXConfig, MistralConfig, Phi3Config, Qwen2Config
+
+    ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+           "bos_token_id": tokenizer.bos_token_id}
+    common = {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden,
+              "num_hidden_layers": layers, "num_attention_heads": heads, "max_position_embeddings": positions,
+              "attention_dropout": 0.0, **ids}
+    if family == "llama":
+        return LlamaConfig(**common, num_key_value_heads=heads, tie_word_embeddings=True)
+    if family == "mistral":
+        return MistralConfig(**common, num_key_value_heads=max(1, heads // 2), sliding_window=None)
+    if family == "qwen2":
+        return Qwen2Config(**common, num_key_value_heads=max(1, heads // 2))
+    if family == "gemma":
+        return GemmaConfig(**common, num_key_value_heads=1, head_dim=hidden // heads)
+    if family == "phi3":
+        return Phi3Config(**common, num_key_value_heads=heads, resid_pdrop=0.0, embd_pdrop=0.0)
+    if family == "gpt_neox":
+        common.pop("attention_dropout")
+        return GPTNeoXConfig(**common, rotary_pct=0.5, hidden_dropout=0.0, attention_dropout=0.0)
+    if family == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions,
+                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids)
+    raise ModelLoadError(f"model 'tiny-{family}': unknown family; choose one of {', '.join(TINY_FAMILIES)}")
+
+
+def byte_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer: one token per UTF-8 byte (ids 0..255) plus `<|endoftext|>` (256). Lossless on any text.
+
+    bos: also `<|bos|>` (257), which encoding with special tokens puts before every text (as Llama's does)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from tokenizers.pre_tokenizers import ByteLevel
 
     alphabet = ByteLevel.alphabet()  # the 256 printable stand-ins GPT-2 uses for raw bytes
@@ -194,10 +250,16 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    eos = "<|endoftext|>"
-    tok.add_special_tokens([eos])
+    eos, bos_token = "<|endoftext|>", "<|bos|>"
+    tok.add_special_tokens([eos, bos_token] if bos else [eos])
+    extra = {}
+    if bos:
+        bos_id = tok.token_to_id(bos_token)
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos_token} $A", pair=f"{bos_token} $A $B",
+                                                           special_tokens=[(bos_token, bos_id)])
+        extra["bos_token"] = bos_token
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, padding_side="left",
-                                   clean_up_tokenization_spaces=False)
+                                   clean_up_tokenization_spaces=False, **extra)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,9 +267,36 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _load_dir(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    with _reward_head_expected(path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _reward_head_expected(path: Path) -> Iterator[None]:
+    """An rlhflab reward model's directory also holds the sequence-classification head (`score.weight`, see
+    models/reward.py) so that AutoModelForSequenceClassification loads it; loading the same directory as a causal
+    LM skips that one tensor quietly instead of printing a load report about it (any other stray key still
+    shows)."""
+    config_path = path / "config.json"
+    if not (config_path.exists() and "rlhflab_reward" in json.loads(config_path.read_text())):
+        yield
+        return
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(path))]
+    had = "_keys_to_ignore_on_load_unexpected" in cls.__dict__
+    old = cls.__dict__.get("_keys_to_ignore_on_load_unexpected")
+    cls._keys_to_ignore_on_load_unexpected = [*(old or []), r"^score\.weight$"]
+    try:
+        yield
+    finally:
+        if had:
+            cls._keys_to_ignore_on_load_unexpected = old
+        else:
+            del cls._keys_to_ignore_on_load_unexpected
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -334,11 +423,15 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _tiny_seed(spec: str) -> int:
-    if spec == "tiny":
-        return 0
+def _tiny_spec(spec: str) -> tuple[str | None, int]:
+    """"tiny" / "tiny:<seed>" -> (None, seed); "tiny-<family>[:<seed>]" -> (family, seed)."""
+    name, _, seed = spec.partition(":")
+    family = name[len("tiny-"):] if name.startswith("tiny-") else None
+    if name != "tiny" and family not in TINY_FAMILIES:
+        raise ModelLoadError(f"model {spec!r}: expected 'tiny', 'tiny:<seed>' or 'tiny-<family>[:<seed>]' with a "
+                             f"family among {', '.join(TINY_FAMILIES)}")
     try:
-        return int(spec.split(":", 1)[1])
+        return family, int(seed) if seed else 0
     except ValueError:
         raise ModelLoadError(f"model {spec!r}: expected 'tiny' or 'tiny:<integer seed>'") from None
 

@@ -14,6 +14,19 @@ A saved reward model is a directory (a run's `model/`):
                                                       value model from it and any tool can load the backbone
     reward_head.safetensors                           head.weight (1, H), head.bias (1,)
     reward.json                                       {"bias", "hidden_size", "base_model", token budgets, ...}
+
+It is also a standard sequence-classification RM: `AutoModelForSequenceClassification.from_pretrained(model_dir)`
+(num_labels=1) loads the trained head, because model.safetensors holds `score.weight` (= head.weight) and
+config.json says num_labels=1. transformers reads a classifier's score at the rightmost token that is not the pad
+token, and rlhflab's score is read at the response's EOS — which is the embedded tokenizer's pad token. So the
+directory's tokenizer and config get a pad token that is *not* EOS (`classifier_pad_id`), and both read the same
+position. transformers' score has no bias: it is rlhflab's score minus a constant, `rlhflab_reward.offset` in
+config.json (head.bias + the normalisation), so score differences — what a preference is about — agree exactly.
+config.json also carries OpenRLHF's fields (`normalize_reward: true, mean: -offset, std: 1`), with which OpenRLHF
+gives rlhflab's score itself.
+
+Any other sequence-classification RM directory (TRL's, OpenRLHF's) or hub id loads too (`load_reward_model`):
+its `score` becomes the head, with OpenRLHF's mean/std applied when its config has them.
 """
 
 from __future__ import annotations
@@ -28,17 +41,25 @@ import torch
 from torch import Tensor, nn
 
 from rlhflab.core.rundir import RunDir, RunError, atomic_path, is_run_dir
-from rlhflab.data.format import format_query, format_reference
+from rlhflab.data.format import encode_query, format_query, format_reference
+from rlhflab.data.loaders import is_hub_id
 from rlhflab.data.records import Post
 from rlhflab.models.device import autocast
 from rlhflab.models.generation import position_ids_from_mask
-from rlhflab.models.loading import ModelLoadError, load_model, save_model
+from rlhflab.models.loading import (
+    ModelLoadError,
+    is_sequence_classifier_dir,
+    load_model,
+    load_sequence_classifier,
+    save_model,
+)
 
 log = logging.getLogger(__name__)
 
 REWARD_JSON = "reward.json"
 HEAD_FILE = "reward_head.safetensors"
 FORMAT = "rlhflab-reward-model"
+SCORE_KEY = "score.weight"  # the head as transformers' *ForSequenceClassification names it
 
 
 class NotARewardModelError(RunError, ModelLoadError):
@@ -143,7 +164,7 @@ class RewardModel(nn.Module):
     def encode_query(self, query: Post | str) -> list[int]:
         """A Post is formatted (and cut to max_query_tokens); a string is taken as an already formatted query."""
         text = format_query(query, self.tokenizer, self.max_query_tokens) if isinstance(query, Post) else query
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return encode_query(self.tokenizer, text)
 
     def encode_response(self, text: str, eos: bool = True) -> list[int]:
         return encode_response(self.tokenizer, text, eos=eos, max_tokens=self.max_response_tokens)
@@ -293,21 +314,54 @@ def normalise_groups(rm: RewardModel, query_ids: Sequence[Sequence[int]], respon
 
 def save_reward_model(rm: RewardModel, out_dir: str | Path, lm_state_dict: dict[str, torch.Tensor] | None = None
                       ) -> Path:
-    """Write the LM (save_pretrained) + tokenizer + head + reward.json into `out_dir`, atomically.
+    """Write the LM (save_pretrained, with the head also as `score.weight`) + tokenizer + head + reward.json into
+    `out_dir`, atomically; see the module docstring for the sequence-classification view of the same directory.
 
     `lm_state_dict`: the LM weights to write instead of rm.lm's own (full tensors of a sharded model)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
+    weights = dict(lm_state_dict if lm_state_dict is not None else rm.lm.state_dict())
+    weights[SCORE_KEY] = rm.head.weight.detach().float().contiguous().cpu()  # (1, H)
     with atomic_path(out_dir) as tmp:
-        save_model(rm.lm, rm.tokenizer, tmp, state_dict=lm_state_dict)
+        save_model(rm.lm, rm.tokenizer, tmp, state_dict=weights)
         save_file({"weight": rm.head.weight.detach().float().contiguous().cpu(),
                    "bias": rm.head.bias.detach().float().contiguous().cpu()}, str(tmp / HEAD_FILE))
         meta = {"format": FORMAT, "version": 1, "bias": float(rm.bias), "hidden_size": rm.hidden_size,
                 "base_model": rm.base_model_spec, "max_query_tokens": rm.max_query_tokens,
                 "max_response_tokens": rm.max_response_tokens, "normalisation": rm.normalisation}
         (tmp / REWARD_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        _as_sequence_classifier(tmp, rm)
     return out_dir
+
+
+def classifier_pad_id(tokenizer) -> int:
+    """A pad id that is not EOS, for transformers' "score at the rightmost non-pad token": the tokenizer's own pad
+    when it differs from EOS, else its unk, BOS or another special token, else token 0 (or 1). Any id but EOS
+    works: a scored sequence ends with EOS, so only real padding is ever skipped."""
+    eos = tokenizer.eos_token_id
+    candidates = [tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.bos_token_id, *tokenizer.all_special_ids]
+    return next((c for c in candidates if c is not None and c != eos), 1 if eos == 0 else 0)
+
+
+def _as_sequence_classifier(model_dir: Path, rm: RewardModel) -> None:
+    """config.json: num_labels=1, a pad token that is not EOS, the score offset and OpenRLHF's mean/std; the
+    tokenizer files: the same pad token."""
+    import copy
+
+    pad = classifier_pad_id(rm.tokenizer)
+    offset = float(rm.head.bias.detach().float()) + float(rm.bias)
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    config.update({"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}, "pad_token_id": pad,
+                   "normalize_reward": True, "mean": -offset, "std": 1.0,
+                   "rlhflab_reward": {"offset": offset, "score": "rlhflab score = score.weight @ h_last + offset, "
+                                      "h_last at the last token that is not pad_token_id (the response's EOS)",
+                                      "normalisation": rm.normalisation}})
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer = copy.deepcopy(rm.tokenizer)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
+    tokenizer.save_pretrained(model_dir)
 
 
 def is_reward_model_dir(path: str | Path) -> bool:
@@ -329,8 +383,11 @@ def load_reward_model(spec: str | Path, allow_partial: bool = False, dtype: str 
         return _load_partial(run)
     if path.is_dir() and is_reward_model_dir(path):
         return _load_dir(path, dtype)
-    raise NotARewardModelError(f"{spec}: not a reward model — expected an `rlhflab rm` run directory or a directory "
-                         f"with {REWARD_JSON} (a language model alone has no reward head)")
+    if path.is_dir() and is_sequence_classifier_dir(path) or not path.exists() and is_hub_id(str(spec)):
+        return load_sequence_classifier_rm(str(spec), dtype)
+    raise NotARewardModelError(f"{spec}: not a reward model — expected an `rlhflab rm` run directory, a directory "
+                               f"with {REWARD_JSON}, or a sequence-classification RM (a directory or hub id; a "
+                               "language model alone has no reward head)")
 
 
 def _load_dir(model_dir: Path, dtype: str) -> RewardModel:
@@ -357,6 +414,36 @@ def _load_dir(model_dir: Path, dtype: str) -> RewardModel:
     return rm.eval()
 
 
+def load_sequence_classifier_rm(spec: str, dtype: str = "float32") -> RewardModel:
+    """A transformers *ForSequenceClassification RM (num_labels=1; TRL, OpenRLHF, a hub id) as a RewardModel: its
+    `score` layer becomes the head, OpenRLHF's mean/std (when its config has normalize_reward) are applied, and it
+    is read at the last real token like any rlhflab RM."""
+    model, tokenizer = load_sequence_classifier(spec, dtype=dtype)
+    score = _score_layer(model, spec)
+    rm = RewardModel(model, tokenizer, base_model=spec)
+    config = model.config
+    std = float(getattr(config, "std", 1.0) or 1.0) if getattr(config, "normalize_reward", False) else 1.0
+    mean = float(getattr(config, "mean", 0.0) or 0.0) if getattr(config, "normalize_reward", False) else 0.0
+    with torch.no_grad():
+        rm.head.weight.copy_(score.weight.float() / std)
+        rm.head.bias.fill_((float(score.bias) if score.bias is not None else 0.0) / std - mean / std)
+    rm.to(model.dtype)
+    rm.bias.data = rm.bias.float()
+    rm.normalisation = {"on": "the model's own config", "mean": mean, "std": std} if std != 1.0 or mean else {}
+    return rm.eval()
+
+
+def _score_layer(model: nn.Module, spec: str) -> nn.Linear:
+    for name in ("score", "classifier", "v_head"):
+        layer = getattr(model, name, None)
+        if isinstance(layer, nn.Linear):
+            if layer.out_features != 1:
+                raise NotARewardModelError(f"{spec}: a sequence classifier with {layer.out_features} labels; a "
+                                           "reward model has one (num_labels=1)")
+            return layer
+    raise NotARewardModelError(f"{spec}: {type(model).__name__} has no single-output score layer")
+
+
 def _load_partial(run: RunDir) -> RewardModel:
     weights_path = run.state_dir / "weights.pt"
     if not weights_path.exists():
@@ -371,5 +458,6 @@ def _load_partial(run: RunDir) -> RewardModel:
     return rm.eval()
 
 
-__all__ = ["RewardModel", "encode_response", "is_reward_model_dir", "last_token_index", "load_reward_model",
-           "new_reward_model", "normalise", "pad_sequences", "save_reward_model"]
+__all__ = ["RewardModel", "classifier_pad_id", "encode_response", "is_reward_model_dir", "last_token_index",
+           "load_reward_model", "load_sequence_classifier_rm", "new_reward_model", "normalise", "pad_sequences",
+           "save_reward_model"]

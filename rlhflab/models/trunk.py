@@ -6,9 +6,10 @@ every PPO epoch, for the old log-probs and for the reference (whose lower layers
 `inputs_embeds`. For the cpu profile (20 of 30 layers frozen) a training step then runs 10 layers forward instead
 of 30, about 40% less work per step, with the same math.
 
-It works by temporarily swapping the decoder's `layers` (and, for the lower part, its final `norm`), so it needs a
-decoder-only model whose base has `.layers` and `.norm` and does nothing to `inputs_embeds` on the way in (Llama,
-Mistral, Qwen2 and SmolLM do; Gemma scales them). `split_matches_full` checks that on the real model before use.
+It works by temporarily swapping the decoder's layer list (and, for the lower part, its final norm) — found by
+models/family.py for every family — so it needs a decoder that does nothing to `inputs_embeds` on the way in
+(Llama, Mistral, Qwen2, Phi-3, GPT-NeoX and SmolLM do; Gemma scales them, GPT-2 adds position embeddings).
+`split_matches_full` checks that on the real model before use.
 """
 
 from __future__ import annotations
@@ -24,29 +25,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlhflab.models.device import autocast
+from rlhflab.models.family import anatomy, decoder
 from rlhflab.models.generation import Generation, position_ids_from_mask, response_logprobs_and_entropy
-
-
-def decoder(model: nn.Module) -> nn.Module:
-    """The decoder stack (`model.model` for *ForCausalLM; the model itself for a base model)."""
-    base = model.get_decoder() if hasattr(model, "get_decoder") else model
-    if not (hasattr(base, "layers") and hasattr(base, "norm")):
-        raise TypeError(f"{type(model).__name__}: no decoder with .layers and .norm; cannot split its layers")
-    return base
 
 
 @contextmanager
 def only_layers(model: nn.Module, start: int, stop: int | None, final_norm: bool) -> Iterator[None]:
     """Within the block, the decoder runs layers[start:stop] only (and skips its final norm unless final_norm)."""
+    an = anatomy(model, "reuse_frozen")
     base = decoder(model)
-    layers, norm = base.layers, base.norm
-    base.layers = nn.ModuleList(list(layers)[start:stop])
+    layers, norm = getattr(base, an.layers), getattr(base, an.final_norm)
+    setattr(base, an.layers, nn.ModuleList(list(layers)[start:stop]))
     if not final_norm:
-        base.norm = nn.Identity()
+        setattr(base, an.final_norm, nn.Identity())
     try:
         yield
     finally:
-        base.layers, base.norm = layers, norm
+        setattr(base, an.layers, layers)
+        setattr(base, an.final_norm, norm)
 
 
 @torch.no_grad()
@@ -97,9 +93,10 @@ def trim_left(query_response: Tensor, attention_mask: Tensor, query_len: int) ->
 
 def lower_layers_equal(ours: nn.Module, theirs: nn.Module, n_layers: int) -> bool:
     """Do two decoder LMs hold the same embeddings and lowest n layers (compared in `theirs`' dtype)?"""
-    names = ("embed_tokens.",) + tuple(f"layers.{i}." for i in range(n_layers))
-    mine = dict(ours.get_decoder().named_parameters())
-    other = {k: p for k, p in theirs.get_decoder().named_parameters() if k.startswith(names)}
+    an = anatomy(theirs, "reuse_frozen")
+    names = (f"{an.embeddings}.",) + tuple(f"{an.layers}.{i}." for i in range(n_layers))
+    mine = dict(decoder(ours).named_parameters())
+    other = {k: p for k, p in decoder(theirs).named_parameters() if k.startswith(names)}
     return bool(other) and all(k in mine and torch.equal(mine[k].detach().to(p.dtype), p) for k, p in other.items())
 
 

@@ -21,6 +21,7 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.progress import LineProgress, progress
 from rlhflab.core.rundir import RunDir, atomic_path
 from rlhflab.core.seed import rng_state, set_rng_state
+from rlhflab.models.family import decoder_layers
 from rlhflab.train.distributed import (
     Processes,
     barrier,
@@ -215,7 +216,7 @@ def freeze_lower_layers(model: torch.nn.Module, n_layers: int) -> int:
     """
     if n_layers <= 0:
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
-    layers = model.model.layers
+    layers = decoder_layers(model, "freeze_layers")
     if n_layers > len(layers):
         raise ValueError(f"freeze_layers={n_layers} but the model has only {len(layers)} layers")
     model.get_input_embeddings().requires_grad_(False)

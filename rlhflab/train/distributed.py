@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from rlhflab.models.device import resolve_device
+from rlhflab.models.family import decoder_layers
 from rlhflab.models.generation import Generation
 
 
@@ -219,10 +220,7 @@ def shard_layers(model: torch.nn.Module, procs: Processes) -> int:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    layer_classes = {c for m in model.modules() for c in (getattr(m, "_no_split_modules", None) or [])}
-    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
-    if not layers:
-        raise RuntimeError(f"FSDP: {type(model).__name__} names no decoder-layer class (_no_split_modules)")
+    layers = list(decoder_layers(model, "FSDP (configs/accelerate/fsdp.yaml)"))
     mesh = init_device_mesh(procs.device.type, (procs.world_size,))
     for layer in layers:
         fully_shard(layer, mesh=mesh)

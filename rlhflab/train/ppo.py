@@ -38,9 +38,9 @@ from rlhflab.core.log import get_logger
 from rlhflab.core.progress import progress
 from rlhflab.core.rundir import RunDir, RunError
 from rlhflab.core.seed import seed_everything
-from rlhflab.data.format import format_queries
+from rlhflab.data.format import encode_query, format_queries
 from rlhflab.data.preflight import check_files, check_paths, posts_check
-from rlhflab.data.loaders import load_posts
+from rlhflab.data.loaders import is_hub_id, load_posts
 from rlhflab.data.records import Post
 from rlhflab.models.device import autocast
 from rlhflab.models.generation import Generation, StopRule, decode_responses, generate, pad_queries, stop_rule
@@ -54,6 +54,7 @@ from rlhflab.models.text_reward import (
     load_text_reward,
     needs_reference,
 )
+from rlhflab.models.family import lora_targets
 from rlhflab.models.trunk import LayerReuse, RolloutStates, lower_layers_equal, split_matches_full
 from rlhflab.ops.ppo import (
     gae,
@@ -128,8 +129,10 @@ class LoraOptions:
     r: int = setting(0, "0 = full fine-tuning; > 0: LoRA adapters, and the reference is the same base with them off")
     alpha: int = setting(16, "LoRA scaling alpha")
     target_modules: list[str] = setting(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        help="the modules that get LoRA adapters")
+        default_factory=list,
+        help="the modules that get LoRA adapters; empty: the family's attention projections (q/k/v/o_proj for "
+             "Llama, Mistral, Qwen2, Gemma; qkv_proj, o_proj for Phi-3; query_key_value, attention.dense for "
+             "GPT-NeoX; attn.c_attn, attn.c_proj for GPT-2)")
 
 
 @dataclass
@@ -263,8 +266,9 @@ def load_policy_and_reference(cfg: PPOConfig, device: torch.device):
     if cfg.lora.r > 0:
         from peft import LoraConfig, get_peft_model
 
+        targets = list(cfg.lora.target_modules) or lora_targets(policy)
         policy = get_peft_model(policy, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
-                                                   target_modules=list(cfg.lora.target_modules)))
+                                                   target_modules=targets))
         reference = None
     else:
         freeze_lower_layers(policy, cfg.freeze_layers)
@@ -280,9 +284,10 @@ def preflight(cfg: PPOConfig, reward_fn: RewardFn | None) -> None:
     check_files([posts_check("data.posts", cfg.data.posts, cfg.data.format)])
     check_paths([("model", cfg.model), ("policy_init", cfg.policy_init), ("value_model", cfg.value_model)])
     if reward_fn is None and not is_text_reward(cfg.reward):
-        if not Path(cfg.reward).expanduser().exists():
-            raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory, rouge, "
-                           "python:module:function or style:sentiment|descriptiveness")
+        if not Path(cfg.reward).expanduser().exists() and not is_hub_id(cfg.reward):
+            raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory, a "
+                           "sequence-classification RM (directory or hub id), rouge, python:module:function or "
+                           "style:sentiment|descriptiveness")
         return
     fn = reward_fn or load_text_reward(cfg.reward)  # an unknown style or function: a ValueError naming it
     if needs_reference(fn):
@@ -319,13 +324,11 @@ def plan_reuse(cfg: PPOConfig, policy, reference, value_model: RewardModel, rewa
     if not (cfg.reuse_frozen and cfg.freeze_layers and cfg.lora.r == 0):
         return LayerReuse()
     n = cfg.freeze_layers
-    try:
-        ok = all(split_matches_full(m, n, policy.config.vocab_size) for m in (policy, value_model.lm))
-    except TypeError:  # no .layers/.norm decoder
-        ok = False
+    ok = all(split_matches_full(m, n, policy.config.vocab_size) for m in (policy, value_model.lm))
     if not ok:
-        log.warning("reuse_frozen: this architecture does not split cleanly at layer %d; running every layer "
-                    "in every PPO epoch", n)
+        log.warning("reuse_frozen: %s (model_type %s) does not split cleanly at layer %d (its decoder changes "
+                    "inputs_embeds on the way in); running every layer in every PPO epoch",
+                    type(policy).__name__, policy.config.model_type, n)
         return LayerReuse()
     log.info("the frozen lower %d layers run once per rollout (policy, reference and value model)", n)
     reward_reads_value = (isinstance(reward, RewardModel) and reward.tokenizer.get_vocab() == tokenizer.get_vocab()
@@ -571,7 +574,7 @@ def load_queries(cfg: PPOConfig, tokenizer) -> tuple[list, list[str], list[list[
     if len(posts) < cfg.rollout_batch_size:
         raise ValueError(f"{cfg.data.posts}: {len(posts)} posts, fewer than rollout_batch_size="
                          f"{cfg.rollout_batch_size}")
-    return posts, query_texts, [tokenizer.encode(q, add_special_tokens=False) for q in query_texts]
+    return posts, query_texts, [encode_query(tokenizer, q) for q in query_texts]
 
 
 def resume(run: RunDir, parts: dict[str, tuple], generator: torch.Generator, cfg: PPOConfig, procs: Processes

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from rlhflab.core.log import get_logger
 from rlhflab.core.rundir import RunDir
 from rlhflab.core.seed import seed_everything
-from rlhflab.data.format import format_queries, format_reference
+from rlhflab.data.format import encode_query, format_queries, format_reference
 from rlhflab.data.preflight import check_files, check_paths, posts_check
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.records import Post
@@ -132,7 +132,7 @@ def build_examples(posts: list[Post], tokenizer, data: SFTData) -> tuple[list[Po
     examples = []
     for post, query in zip(posts, queries):
         reference = format_reference(post.reference, tokenizer.eos_token)
-        query_ids = tokenizer.encode(query, add_special_tokens=False)
+        query_ids = encode_query(tokenizer, query)
         response_ids = tokenizer.encode(reference, add_special_tokens=False)[: data.max_response_tokens]
         examples.append(Example(query_ids, response_ids))
     return posts, examples

@@ -26,9 +26,11 @@ class FakeTokenizer:
         self.calls = 0
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        assert add_special_tokens is False
+        ids = [hash(t) % 1000 for t in self._TOKEN.findall(text)]
+        if add_special_tokens:  # only query_prefix asks, once, to learn that there is no BOS: not counted
+            return ids
         self.calls += 1
-        return [hash(t) % 1000 for t in self._TOKEN.findall(text)]
+        return ids
 
 
 def n_tokens(tok, text: str) -> int:
@@ -160,6 +162,8 @@ def test_long_articles_need_few_tokenizations():
 
 def test_format_reference():
     assert format_reference("  My summary.\n", "<|im_end|>") == " My summary.<|im_end|>"
+    assert format_reference(" \n", "<|im_end|>") == "<|im_end|>"  # an empty summary that ended: EOS alone
+    assert format_reference(" \n", "") == " "  # one that did not end still has a token to be scored at
 
 
 def _smollm2_gguf() -> Path | None:
@@ -219,3 +223,29 @@ def test_books_split_holds_out_whole_books():
     assert len(every) == len(train) + len(heldout) == 3172
     assert {p.title for p in heldout} == set(HELDOUT_BOOKS) and not {p.title for p in train} & set(HELDOUT_BOOKS)
     assert all(p.source == "books" and p.reference is None for p in every)
+
+
+class BosTokenizer(FakeTokenizer):
+    """The fake tokenizer with a BOS (id 1) in front when special tokens are asked for, as Llama's adds one."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = super().encode(text, add_special_tokens)
+        return [1, *ids] if add_special_tokens else ids
+
+
+def test_query_prefix_is_the_bos_the_tokenizer_adds_and_encode_query_puts_it_first():
+    from rlhflab.data.format import encode_query, query_prefix
+
+    assert query_prefix(FakeTokenizer()) == []
+    tok = BosTokenizer()
+    assert query_prefix(tok) == [1]
+    assert encode_query(tok, "ab cd") == [1, *tok.encode("ab cd", add_special_tokens=False)]
+
+
+def test_the_query_budget_counts_the_bos():
+    post = tldr("one two\nthree four five six")
+    plain, bos = FakeTokenizer(), BosTokenizer()
+    budget = n_tokens(plain, format_query(post, plain, 10_000))  # the whole query, without a BOS
+    assert format_query(post, plain, budget) == render_query(post)  # fits exactly...
+    cut = format_query(post, bos, budget)  # ...and with a BOS in front one token too long: the post is cut
+    assert cut != render_query(post) and len(bos.encode(cut, add_special_tokens=True)) <= budget
