@@ -63,7 +63,8 @@ def upper_layers(model: nn.Module, n_layers: int) -> Iterator[None]:
 
 @torch.no_grad()
 def split_matches_full(model: nn.Module, n_layers: int, vocab_size: int, atol: float = 1e-4) -> bool:
-    """True when upper(lower(x)) gives the full forward's logits on a short left-padded probe batch (fp32)."""
+    """True when upper(lower(x)) gives the full decoder's last hidden states (what any head — LM, value, reward —
+    reads) on a short left-padded probe batch (fp32)."""
     g = torch.Generator().manual_seed(0)
     device = next(model.parameters()).device
     ids = torch.randint(0, vocab_size, (2, 12), generator=g).to(device)
@@ -73,10 +74,12 @@ def split_matches_full(model: nn.Module, n_layers: int, vocab_size: int, atol: f
     was_training = model.training
     model.eval()
     try:
-        full = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        base = decoder(model)
+        full = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
         hidden = lower_hidden(model, ids, mask, n_layers)
         with upper_layers(model, n_layers):
-            split = model(inputs_embeds=hidden, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            split = base(inputs_embeds=hidden, attention_mask=mask, position_ids=pos, use_cache=False
+                         ).last_hidden_state
     finally:
         model.train(was_training)
     real = mask.bool()

@@ -145,7 +145,8 @@ def test_a_plain_transformers_rm_is_a_judge_and_ppos_reward(tmp_path, shared_dat
     assert all(0.0 < p < 1.0 for p in judge.prefer(posts, a, b))
     # PPO with the tiny BOS-adding policy (the same byte vocabulary) against the plain RM
     cfg = load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml",
-                      ["model=tiny-llama", f"reward={where}", "total_episodes=16", "save_every=0"])
+                      ["model=tiny-llama", f"reward={where}", "total_episodes=16", "save_every=0",
+                       "freeze_layers=1", "reuse_frozen=true"])  # the value model starts as the plain RM
     summary = ppo.train(cfg, str(tmp_path / "ppo"))
     rows = [json.loads(line) for line in (tmp_path / "ppo/metrics.jsonl").read_text().splitlines()]
     assert summary["episodes"] == 16 and all(isinstance(r["objective/score"], float) for r in rows)
