@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import traceback
@@ -46,6 +47,7 @@ EPILOG = """examples:
   rlhflab ppo --config configs/ppo/cpu.yaml --out runs/ppo/cpu model=runs/sft/cpu reward=runs/rm/cpu
   rlhflab best-of-n --config configs/best-of-n/cpu.yaml --out runs/bo16/cpu model=runs/sft/cpu reward=runs/rm/cpu
   rlhflab eval --config configs/eval/cpu.yaml --out runs/eval/cpu
+  rlhflab export-gguf runs/ppo/cpu --out runs/ppo/cpu/policy-q8_0.gguf --dtype q8_0   # for llama.cpp / ollama
   rlhflab sft --show-config            # every key with its default and meaning
 re-running a command with the same --out resumes an interrupted run; a finished run (DONE.json) is left as is."""
 
@@ -111,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print every config key with its default and meaning")
     p.add_argument("overrides", nargs="*", metavar="[PIPELINE.yaml] key=value",
                    help="e.g. configs/pipeline/smoke.yaml rounds=2 'ppo.overrides=[total_episodes=64]'")
+    p = sub.add_parser("export-gguf", help="write a policy as a GGUF file for llama.cpp and ollama (Llama family)",
+                       description="Write a trained policy (a run directory or model directory) as one GGUF file: "
+                                   "weights, hyper-parameters and tokenizer, for llama.cpp, ollama and "
+                                   "transformers' gguf_file= loader. Llama-family models with a byte-level BPE "
+                                   "tokenizer (SmolLM2, Llama 3, Mistral).")
+    p.add_argument("source", help="a finished run directory (its model/), a model directory, or any model spec")
+    p.add_argument("--out", required=True, help="the .gguf file to write (replaced atomically)")
+    p.add_argument("--dtype", default="f16", choices=["f32", "f16", "q8_0"],
+                   help="the matrices' type (norms stay f32); default f16")
+    p.add_argument("--check", action="store_true",
+                   help="load the file back with transformers and print the largest logit difference")
     try:
         from rlhflab.label.cli import add_label_parser
     except ImportError:  # the labelling app's extra is not installed
@@ -135,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_label(args) or 0
     if args.command == "run":
         return run_pipeline(args)
+    if args.command == "export-gguf":
+        return export_gguf(args)
     module_name, cls_name, fn_name, _ = STAGES[args.command]
     module = __import__(module_name, fromlist=[cls_name])
     cfg_cls = getattr(module, cls_name)
@@ -190,6 +205,23 @@ def unwritable(out: str) -> str | None:
     while not os.path.exists(path):
         path = os.path.dirname(path)
     return None if os.access(path, os.W_OK) else f"{path} is not writable"
+
+
+def export_gguf(args: argparse.Namespace) -> int:
+    from rlhflab.core.rundir import RunError
+    from rlhflab.models.gguf_export import export_gguf as export
+    from rlhflab.models.gguf_export import roundtrip_logit_diff
+    from rlhflab.models.loading import ModelLoadError
+
+    try:
+        result = export(args.source, args.out, args.dtype)
+        if args.check:
+            result["max_abs_logit_diff"] = roundtrip_logit_diff(args.source, args.out)
+    except (RunError, ModelLoadError, ValueError, FileNotFoundError) as err:
+        print(f"rlhflab export-gguf: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
