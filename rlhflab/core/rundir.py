@@ -169,7 +169,15 @@ class RunDir:
             self.tracker.purge_after(last_step)
 
     def write_done(self, summary: dict[str, Any]) -> None:
-        atomic_write_json(self.done_path, {k: _plain(v) for k, v in summary.items()})
+        """DONE.json, after the model card of a training stage's model/ (README.md, core/model_card.py)."""
+        summary = {k: _plain(v) for k, v in summary.items()}
+        if (self.model_dir / "config.json").exists() and self.config_path.exists():
+            from rlhflab.core.model_card import model_card
+
+            doc = self.read_config()
+            atomic_write_text(self.model_dir / "README.md", model_card(
+                doc.get("stage", summary.get("stage", "")), doc.get("config", {}), summary, doc.get("git_revision")))
+        atomic_write_json(self.done_path, summary)
         if self.tracker is not None:
             self.tracker.close()
             self.tracker = None

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from rlhflab.core.config import require, setting
 from rlhflab.core.log import get_logger
 from rlhflab.core.progress import LineProgress, progress
-from rlhflab.core.rundir import RunDir, atomic_path
+from rlhflab.core.rundir import RunDir, RunError, atomic_path
 from rlhflab.core.seed import rng_state, set_rng_state
 from rlhflab.models.family import decoder_layers
 from rlhflab.train.distributed import (
@@ -206,6 +206,26 @@ def optimizer_step(model: torch.nn.Module, optimizer, scheduler, max_norm: float
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def push_to_hub(run: RunDir, repo: str | None) -> None:
+    """Upload a finished run's model/ (weights, tokenizer, model card) to the Hub repo `repo` (created private
+    if missing). Runs after DONE.json: a failed upload loses nothing, and the error says how to retry it."""
+    if not repo:
+        return
+    from huggingface_hub import HfApi, get_token
+
+    retry = f"the model is saved in {run.model_dir}; retry with `hf upload {repo} {run.model_dir}`"
+    if not get_token():
+        raise RunError(f"push_to_hub={repo}: no Hugging Face token (run `hf auth login` or set HF_TOKEN); {retry}")
+    api = HfApi()
+    try:
+        api.create_repo(repo, private=True, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(run.model_dir),
+                          commit_message=f"rlhflab: {run.read_config().get('stage', 'model')} {run.path.name}")
+    except Exception as err:  # noqa: BLE001 - network, auth, permissions: one message with the way to retry
+        raise RunError(f"push_to_hub={repo}: the upload failed ({type(err).__name__}: {err}); {retry}") from err
+    log.info("pushed %s to https://huggingface.co/%s", run.model_dir, repo)
 
 
 def freeze_lower_layers(model: torch.nn.Module, n_layers: int) -> int:

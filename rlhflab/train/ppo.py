@@ -76,6 +76,7 @@ from rlhflab.train.common import (
     load_state,
     make_optimizer,
     optimizer_step,
+    push_to_hub,
     save_state,
     stopped_early,
     write_table,
@@ -139,7 +140,7 @@ class LoraOptions:
 class PPOConfig:
     # keys that only affect the steps still to come: a resumed run may change them (recorded in config.yaml)
     RESUMABLE = ("log_every", "sample_every", "n_samples", "save_every", "snapshot_every", "score_batch_size",
-                 "report_to")
+                 "report_to", "push_to_hub")
 
     model: str = setting(
         "smollm2-135m",
@@ -200,6 +201,8 @@ class PPOConfig:
     score_batch_size: int = setting(16, "sequences per no-grad forward (reference, old log-probs, values, reward)")
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
         "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
+    push_to_hub: str | None = setting(
+        None, "after the run: upload model/ (with its model card) to this Hub repo, e.g. me/tldr-sft; needs a token")
     log_every: int = setting(1, "write metrics.jsonl every N updates (and after the last)")
     sample_every: int = setting(10, "write a samples table every this many updates (and after the first and the last)")
     n_samples: int = setting(4, "episodes per samples table")
@@ -560,6 +563,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         barrier(procs)
         return run.read_done()
     summary = finish(run, t_start)
+    push_to_hub(run, cfg.push_to_hub)
     barrier(procs)
     return summary
 

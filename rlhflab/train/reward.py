@@ -76,9 +76,10 @@ from rlhflab.train.common import (
     make_optimizer,
     on_period,
     optimizer_step,
-    plan_phases,
     phased_batches,
+    plan_phases,
     progress_bar,
+    push_to_hub,
     resume,
     save_checkpoint,
     stopped_early,
@@ -146,7 +147,7 @@ class RewardData:
 class RewardConfig:
     # keys that only affect the steps still to come: a resumed run may change them (recorded in config.yaml)
     RESUMABLE = ("log_every", "eval_every", "eval_batch_size", "save_every", "normalise_on", "normalise_limit",
-                 "report_to")
+                 "report_to", "push_to_hub")
 
     model: str = setting("smollm2-135m", "an SFT run directory, embedded name, model directory or hub id")
     allow_partial: bool = setting(False, "start from an unfinished SFT run's last saved model")
@@ -175,6 +176,8 @@ class RewardConfig:
     freeze_layers: int = setting(0, "freeze the embeddings and the lowest N decoder layers")
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
         "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
+    push_to_hub: str | None = setting(
+        None, "after the run: upload model/ (with its model card) to this Hub repo, e.g. me/tldr-sft; needs a token")
     log_every: int = setting(1, "write metrics.jsonl every N optimiser steps")
     eval_every: int = setting(20, "dev accuracy every this many steps; 0 = only at the start and the end")
     eval_batch_size: int = setting(16, "sequences per forward when scoring dev and references")
@@ -595,6 +598,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
         "train_pairs": len(train_pairs), "postless_pairs": len(train_pairs) - n_main, "dev_pairs": len(dev_pairs)},
         norm, data_counts)
     run.write_done(summary)
+    push_to_hub(run, cfg.push_to_hub)
     barrier(procs)
     log.info("rm done: dev accuracy %s after %d steps", summary["dev_accuracy"], step)
     return summary

@@ -44,6 +44,7 @@ from rlhflab.train.common import (
     optimizer_step,
     plan_steps,
     progress_bar,
+    push_to_hub,
     resume,
     save_checkpoint,
     stopped_early,
@@ -86,7 +87,8 @@ class SFTData:
 @dataclass
 class SFTConfig:
     # keys that only affect the steps still to come: a resumed run may change them (recorded in config.yaml)
-    RESUMABLE = ("log_every", "eval_every", "save_every", "n_samples", "sample_max_tokens", "report_to")
+    RESUMABLE = ("log_every", "eval_every", "save_every", "n_samples", "sample_max_tokens", "report_to",
+                 "push_to_hub")
 
     model: str = setting("smollm2-135m", "embedded name, .gguf file, model directory, run directory or hub id")
     seed: int = setting(1, "random seed (the order of the training batches, torch's RNG)")
@@ -104,6 +106,8 @@ class SFTConfig:
     freeze_layers: int = setting(0, "freeze the embeddings and this many lowest layers")
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
         "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
+    push_to_hub: str | None = setting(
+        None, "after the run: upload model/ (with its model card) to this Hub repo, e.g. me/tldr-sft; needs a token")
     log_every: int = setting(1, "write metrics.jsonl every N optimiser steps")
     eval_every: int = setting(50, "eval loss and samples every N optimiser steps; 0 = only at the start and the end")
     save_every: int = setting(50, "checkpoint state/ every N optimiser steps (and after the last)")
@@ -314,6 +318,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
                "eval_loss_first": evals[0] if evals else None, "eval_loss_final": evals[-1] if evals else None,
                "train_loss_final": last_logged(metrics_rows, "train/loss")}
     run.write_done(summary)
+    push_to_hub(run, cfg.push_to_hub)
     barrier(procs)
     log.info("sft done: %s", summary)
     return summary
