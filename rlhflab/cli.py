@@ -142,14 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     # under accelerate/torchrun only the main process logs progress (the others say only what goes wrong)
     setup_logging(args.log_level if os.environ.get("RANK", "0") == "0" else "WARNING")
-    if args.command == "label":
-        from rlhflab.label.cli import run_label
-
-        return run_label(args) or 0
-    if args.command == "run":
-        return run_pipeline(args)
-    if args.command == "export-gguf":
-        return export_gguf(args)
+    if args.command in ("label", "run", "export-gguf"):
+        return not_a_stage(args)
     module_name, cls_name, fn_name, _ = STAGES[args.command]
     module = __import__(module_name, fromlist=[cls_name])
     cfg_cls = getattr(module, cls_name)
@@ -195,6 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:  # under `accelerate launch`: leave the process group before exit, not during interpreter shutdown
         leave_process_group()
     return 0
+
+
+def not_a_stage(args: argparse.Namespace) -> int:
+    """The commands that are not one stage in one run directory: the labelling app, the pipeline, GGUF export."""
+    if args.command == "label":
+        from rlhflab.label.cli import run_label
+
+        return run_label(args) or 0
+    return run_pipeline(args) if args.command == "run" else export_gguf(args)
 
 
 def unwritable(out: str) -> str | None:

@@ -37,6 +37,7 @@ from rlhflab.data.records import BestOfN, Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import fold_by_post, split_by_post
 from rlhflab.eval.models import load_scorer
+from rlhflab.models.reward import length_head_scores
 
 log = get_logger(__name__)
 
@@ -199,12 +200,19 @@ def evaluate(cfg: RMEvalConfig, out: str) -> dict:
                                  batch_size=cfg.batch_size, bf16=cfg.bf16)
     scores = torch.empty(len(texts))
     scores[torch.tensor(order)] = scores_sorted
+    length_scores = None
+    if getattr(rm, "length_head", None) is not None:  # ODIN: the length head too, to report each head apart
+        length_scores = torch.empty(len(texts))
+        length_scores[torch.tensor(order)] = length_head_scores(
+            rm, [q_ids[i] for i in order], [r_ids[i] for i in order], batch_size=cfg.batch_size, bf16=cfg.bf16)
 
     rows = []
     for i, c in enumerate(comparisons):
         s0, s1 = (float(scores[keys[(c.post.id, s.text)]]) for s in c.summaries)
         rc, rr = (s0, s1) if c.choice == 0 else (s1, s0)
         margin = rc - rr
+        if length_scores is not None:
+            lc, lr = (float(length_scores[keys[(c.post.id, x.text)]]) for x in (c.chosen, c.rejected))
         p0 = 1.0 / (1.0 + math.exp(-(s0 - s1)))
         rows.append({
             "index": i, "post_id": c.post.id, "r_chosen": rc, "r_rejected": rr, "margin": margin,
@@ -215,6 +223,7 @@ def evaluate(cfg: RMEvalConfig, out: str) -> dict:
             "policy_pair": " vs ".join(sorted((c.summaries[0].policy or "?", c.summaries[1].policy or "?"))),
             "split": c.split or "?", "batch": c.batch or "?",
             "chosen": c.chosen.text, "rejected": c.rejected.text,
+            **({"l_chosen": lc, "l_rejected": lr} if length_scores is not None else {}),
         })
 
     overall = accuracy_block(rows)
@@ -248,6 +257,8 @@ def evaluate(cfg: RMEvalConfig, out: str) -> dict:
         "worst_errors": [{k: r[k] for k in ("post_id", "confidence", "p_chosen", "r_chosen", "r_rejected",
                                             "chosen", "rejected")} for r in worst],
         "normalisation": rm.normalisation,
+        "heads": getattr(rm, "heads", "single"),
+        **({"per_head": per_head(rows)} if length_scores is not None else {}),
         "repeats": {"duplicates": cfg.duplicates, "contradictions": cfg.contradictions, **repeat_counts},
     }
     from rlhflab.core.rundir import atomic_write_json
@@ -262,6 +273,24 @@ def evaluate(cfg: RMEvalConfig, out: str) -> dict:
     log.info("rm-eval: accuracy %.3f (length baseline %.3f, similar-length %s on %d pairs)", report["accuracy"],
              report["length_baseline_accuracy"], report["similar_length_accuracy"], len(similar))
     return summary
+
+
+def per_head(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """An ODIN RM's heads apart: quality (the reward), length, and their sum (what training fitted), each with
+    accuracy, similar-length accuracy and score-length correlation."""
+    heads = {"quality": lambda r, k: r[f"r_{k}"], "length": lambda r, k: r[f"l_{k}"],
+             "sum": lambda r, k: r[f"r_{k}"] + r[f"l_{k}"]}
+    out = {}
+    for name, score in heads.items():
+        def accuracy(subset: list[dict[str, Any]]) -> float | None:
+            return (sum(rm_correct(score(r, "chosen") - score(r, "rejected")) for r in subset) / len(subset)
+                    if subset else None)
+        out[name] = {"accuracy": accuracy(rows), "similar_length_accuracy": accuracy([r for r in rows
+                                                                                      if r["similar_length"]]),
+                     "score_length_correlation": _correlation(
+                         [score(r, "chosen") for r in rows] + [score(r, "rejected") for r in rows],
+                         [text_length(r["chosen"]) for r in rows] + [text_length(r["rejected"]) for r in rows])}
+    return out
 
 
 def longest_index(b: BestOfN) -> list[int]:

@@ -75,18 +75,22 @@ class RewardModel(nn.Module):
         self.lm = lm
         self.tokenizer = tokenizer
         hidden = lm.config.hidden_size
-        self.head = nn.Linear(hidden, 1)
-        # Small random init (std 1/sqrt(H+1), as in OpenAI's lm-human-preferences): scores start near 0 and
-        # the backbone gets gradients from the first step (a zero head would block them for one step).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            nn.init.normal_(self.head.weight, std=init_std if init_std is not None else 1.0 / (hidden + 1) ** 0.5)
-        nn.init.zeros_(self.head.bias)
+        self.head = init_scalar_head(nn.Linear(hidden, 1), seed, init_std)
+        self.length_head: nn.Linear | None = None  # ODIN's second head (`add_length_head`)
         self.register_buffer("bias", torch.zeros(()), persistent=False)
         self.base_model_spec = base_model
         self.max_query_tokens = max_query_tokens
         self.max_response_tokens = max_response_tokens
         self.normalisation: dict[str, Any] = {}
+
+    def add_length_head(self, seed: int = 0) -> None:
+        """ODIN: a second head trained to carry length, so the quality head (`head`, the reward) need not."""
+        head = init_scalar_head(nn.Linear(self.head.in_features, 1), seed + 1)
+        self.length_head = head.to(self.head.weight.device, self.head.weight.dtype)
+
+    @property
+    def heads(self) -> str:
+        return "single" if self.length_head is None else "odin"
 
     @property
     def hidden_size(self) -> int:
@@ -95,10 +99,23 @@ class RewardModel(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
         """(B, T) ids and mask (any padding side) -> (B,) float32 scores. `inputs_embeds` (B, T, H), when given,
         is fed instead of the ids (frozen lower layers' output, see models/trunk.py)."""
+        return self.read(self.last_states(input_ids, attention_mask, inputs_embeds))
+
+    def read(self, h_last: Tensor) -> Tensor:
+        """(B, H) hidden states at the scored tokens -> (B,) float32 scores: the (quality) head plus the bias."""
+        return self.head(h_last.to(self.head.weight.dtype)).squeeze(-1).float() + self.bias
+
+    def read_length(self, h_last: Tensor) -> Tensor:
+        """(B, H) -> (B,) float32 scores of the ODIN length head (only in training and rm-eval; never a reward)."""
+        if self.length_head is None:
+            raise ValueError("this reward model has one head (heads=single): no length head to read")
+        return self.length_head(h_last.to(self.length_head.weight.dtype)).squeeze(-1).float()
+
+    def last_states(self, input_ids: Tensor, attention_mask: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
+        """(B, T) ids and mask -> (B, H) the backbone's hidden state at each row's last real token."""
         hidden = backbone_states(self.lm, input_ids, attention_mask, inputs_embeds)  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
-        h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
-        return self.head(h_last).squeeze(-1).float() + self.bias  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
 
     def per_token(self, input_ids: Tensor, attention_mask: Tensor, first: int = 0,
                   inputs_embeds: Tensor | None = None) -> Tensor:
@@ -110,7 +127,13 @@ class RewardModel(nn.Module):
 
     def forward_pairs(self, query_ids: Sequence[Sequence[int]], chosen_ids: Sequence[Sequence[int]],
                       rejected_ids: Sequence[Sequence[int]], share_query: bool = True) -> tuple[Tensor, Tensor]:
-        """(r_chosen (m,), r_rejected (m,)) for m comparisons, both summaries of a pair in the same batch.
+        """(r_chosen (m,), r_rejected (m,)) for m comparisons, both summaries of a pair in the same batch."""
+        h_chosen, h_rejected = self.pair_states(query_ids, chosen_ids, rejected_ids, share_query)
+        return self.read(h_chosen), self.read(h_rejected)
+
+    def pair_states(self, query_ids: Sequence[Sequence[int]], chosen_ids: Sequence[Sequence[int]],
+                    rejected_ids: Sequence[Sequence[int]], share_query: bool = True) -> tuple[Tensor, Tensor]:
+        """((m, H), (m, H)) hidden states at the scored token of the chosen and the rejected summaries.
 
         share_query=True: the query runs ONCE per pair and its KV cache is shared by the chosen and the rejected
         summary (the 2m summaries then run in one forward on top of it). Queries are ~90% of the tokens, so this
@@ -124,40 +147,22 @@ class RewardModel(nn.Module):
             seqs = [list(q) + list(c) for q, c in zip(query_ids, chosen_ids)]
             seqs += [list(q) + list(r) for q, r in zip(query_ids, rejected_ids)]
             ids, mask = pad_sequences(seqs, pad)
-            scores = self(ids.to(device), mask.to(device))  # (2m,)
-            return scores[:m], scores[m:]
+            h = self.last_states(ids.to(device), mask.to(device))  # (2m, H)
+            return h[:m], h[m:]
         responses = [list(x) for pair in zip(chosen_ids, rejected_ids) for x in pair]  # c0, r0, c1, r1, ...
-        scores = self.forward_groups(query_ids, responses, 2)  # (m, 2)
-        return scores[:, 0], scores[:, 1]
+        h = self.group_states(query_ids, responses, 2)  # (2m, H)
+        return h[0::2], h[1::2]
 
     def forward_groups(self, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
                        k: int) -> Tensor:
-        """(m, k) scores of k responses to each of m queries; response_ids[i*k : i*k+k] answer query i.
+        """(m, k) scores of k responses to each of m queries; response_ids[i*k : i*k+k] answer query i."""
+        return self.read(self.group_states(query_ids, response_ids, k)).view(len(query_ids), k)
 
-        Each query runs ONCE and its KV cache is repeated for its k responses, which then run in one forward on top
-        of it: the scores (and gradients) of the m*k full query+response sequences at a fraction of the work when
-        queries are long (RM pairs: k = 2; best-of-N: k = N).
-        """
-        m = len(query_ids)
-        check_group_sizes(m, len(response_ids), k)
-        device = self.head.weight.device
-        pad = self.tokenizer.pad_token_id
-        q_ids, q_mask = pad_sequences(query_ids, pad, side="left")  # (m, Tq)
-        q_ids, q_mask = q_ids.to(device), q_mask.to(device)
-        r_ids, r_mask = pad_sequences(response_ids, pad, side="right")  # (m*k, Tr)
-        r_ids, r_mask = r_ids.to(device), r_mask.to(device)
-        out = self.lm.base_model(input_ids=q_ids, attention_mask=q_mask, position_ids=position_ids_from_mask(q_mask),
-                                 use_cache=True)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(k)  # each query's keys/values serve its k responses (grads add up)
-        q_mask_k = q_mask.repeat_interleave(k, dim=0)  # (m*k, Tq)
-        full_mask = torch.cat([q_mask_k, r_mask], dim=1)  # (m*k, Tq+Tr)
-        positions = q_mask_k.sum(-1, keepdim=True) + torch.arange(r_ids.shape[1], device=device)[None]  # (m*k, Tr)
-        hidden = self.lm.base_model(input_ids=r_ids, attention_mask=full_mask, position_ids=positions,
-                                    past_key_values=cache, use_cache=True).last_hidden_state  # (m*k, Tr, H)
-        last = last_token_index(full_mask) - q_ids.shape[1]  # (m*k,) the last real token is in the response
-        h_last = hidden[torch.arange(m * k, device=device), last]  # (m*k, H)
-        return (self.head(h_last).squeeze(-1).float() + self.bias).view(m, k)  # (m, k)
+    def group_states(self, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+                     k: int) -> Tensor:
+        """(m*k, H) hidden states at the scored token of k responses to each of m queries (`shared_query_states`)."""
+        return shared_query_states(self.lm, self.tokenizer.pad_token_id, query_ids, response_ids, k,
+                                   self.head.weight.device)
 
     # ------------------------------------------------------------------------------------------- scoring helpers
 
@@ -222,6 +227,59 @@ def backbone_states(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, in
     return lm.base_model(input_ids=None if inputs_embeds is not None else input_ids, inputs_embeds=inputs_embeds,
                          attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
                          ).last_hidden_state
+
+
+def shared_query_states(lm: nn.Module, pad: int, query_ids: Sequence[Sequence[int]],
+                        response_ids: Sequence[Sequence[int]], k: int, device: torch.device) -> Tensor:
+    """(m*k, H) `lm`'s backbone states at the last real token of k responses to each of m queries
+    (response_ids[i*k : i*k+k] answer query i).
+
+    Each query runs ONCE and its KV cache is repeated for its k responses, which then run in one forward on top
+    of it: the states (and gradients) of the m*k full query+response sequences at a fraction of the work when
+    queries are long (RM pairs: k = 2; best-of-N: k = N).
+    """
+    m = len(query_ids)
+    check_group_sizes(m, len(response_ids), k)
+    q_ids, q_mask = pad_sequences(query_ids, pad, side="left")  # (m, Tq)
+    q_ids, q_mask = q_ids.to(device), q_mask.to(device)
+    r_ids, r_mask = pad_sequences(response_ids, pad, side="right")  # (m*k, Tr)
+    r_ids, r_mask = r_ids.to(device), r_mask.to(device)
+    out = lm.base_model(input_ids=q_ids, attention_mask=q_mask, position_ids=position_ids_from_mask(q_mask),
+                        use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)  # each query's keys/values serve its k responses (grads add up)
+    q_mask_k = q_mask.repeat_interleave(k, dim=0)  # (m*k, Tq)
+    full_mask = torch.cat([q_mask_k, r_mask], dim=1)  # (m*k, Tq+Tr)
+    positions = q_mask_k.sum(-1, keepdim=True) + torch.arange(r_ids.shape[1], device=device)[None]  # (m*k, Tr)
+    hidden = lm.base_model(input_ids=r_ids, attention_mask=full_mask, position_ids=positions,
+                           past_key_values=cache, use_cache=True).last_hidden_state  # (m*k, Tr, H)
+    last = last_token_index(full_mask) - q_ids.shape[1]  # (m*k,) the last real token is in the response
+    return hidden[torch.arange(m * k, device=device), last]  # (m*k, H)
+
+
+@torch.no_grad()
+def length_head_scores(rm: RewardModel, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+                       batch_size: int = 16, bf16: bool = False) -> Tensor:
+    """(B,) float32 ODIN length-head scores of query+response token lists (on CPU), as `score_ids` for the
+    quality head; rm-eval reports both heads."""
+    seqs = [list(q) + list(r) for q, r in zip(query_ids, response_ids)]
+    device = next(rm.parameters()).device
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        ids, mask = pad_sequences(seqs[i : i + batch_size], rm.tokenizer.pad_token_id)
+        with autocast(device, bf16):
+            out.append(rm.read_length(rm.last_states(ids.to(device), mask.to(device))).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def init_scalar_head(head: nn.Linear, seed: int, std: float | None = None) -> nn.Linear:
+    """Small random init (std 1/sqrt(H+1), as in OpenAI's lm-human-preferences), zero bias: scores start near 0
+    and the backbone gets gradients from the first step (a zero head would block them for one step)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        nn.init.normal_(head.weight, std=std if std is not None else 1.0 / (head.in_features + 1) ** 0.5)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 def check_group_sizes(n_queries: int, n_responses: int, k: int) -> None:
@@ -325,9 +383,12 @@ def save_reward_model(rm: RewardModel, out_dir: str | Path, lm_state_dict: dict[
     weights[SCORE_KEY] = rm.head.weight.detach().float().contiguous().cpu()  # (1, H)
     with atomic_path(out_dir) as tmp:
         save_model(rm.lm, rm.tokenizer, tmp, state_dict=weights)
-        save_file({"weight": rm.head.weight.detach().float().contiguous().cpu(),
-                   "bias": rm.head.bias.detach().float().contiguous().cpu()}, str(tmp / HEAD_FILE))
-        meta = {"format": FORMAT, "version": 1, "bias": float(rm.bias), "hidden_size": rm.hidden_size,
+        heads = {"weight": rm.head.weight, "bias": rm.head.bias}
+        if rm.length_head is not None:  # ODIN: the length head rides along (never part of the score)
+            heads.update({"length_weight": rm.length_head.weight, "length_bias": rm.length_head.bias})
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in heads.items()}, str(tmp / HEAD_FILE))
+        meta = {"format": FORMAT, "version": 1, "heads": rm.heads, "bias": float(rm.bias),
+                "hidden_size": rm.hidden_size,
                 "base_model": rm.base_model_spec, "max_query_tokens": rm.max_query_tokens,
                 "max_response_tokens": rm.max_response_tokens, "normalisation": rm.normalisation}
         (tmp / REWARD_JSON).write_text(json.dumps(meta, indent=2) + "\n")
@@ -406,6 +467,9 @@ def _load_dir(model_dir: Path, dtype: str) -> RewardModel:
     rm = RewardModel(lm, tokenizer, base_model=meta.get("base_model", ""),
                      max_query_tokens=meta["max_query_tokens"], max_response_tokens=meta["max_response_tokens"])
     head = load_file(str(model_dir / HEAD_FILE))
+    if "length_weight" in head:  # an ODIN RM: both heads
+        rm.add_length_head()
+        rm.length_head.load_state_dict({"weight": head.pop("length_weight"), "bias": head.pop("length_bias")})
     rm.head.load_state_dict(head)
     rm.bias.fill_(float(meta["bias"]))
     rm.normalisation = meta.get("normalisation", {})
@@ -453,7 +517,10 @@ def _load_partial(run: RunDir) -> RewardModel:
     rm = new_reward_model(cfg["model"], max_query_tokens=data.get("max_query_tokens", 512),
                           max_response_tokens=data.get("max_response_tokens", 64), seed=cfg.get("seed", 0),
                           allow_partial=True)
-    rm.load_state_dict(torch.load(weights_path, weights_only=True), strict=False)
+    weights = torch.load(weights_path, weights_only=True)
+    if any(k.startswith("length_head.") for k in weights):
+        rm.add_length_head()
+    rm.load_state_dict(weights, strict=False)
     log.warning("%s: using the last checkpoint of an unfinished run (not normalised)", run.path)
     return rm.eval()
 

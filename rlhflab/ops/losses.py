@@ -91,3 +91,23 @@ def p_chosen(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
 
 __all__ = ["best_of_n_loss", "confidence_preference_loss", "top1_accuracy", "confidence_target", "p_chosen", "preference_accuracy",
            "preference_loss"]
+
+
+# ------------------------------------------------------------------------------------- ODIN (Chen et al. 2024)
+
+def pearson(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
+    """Pearson correlation of two (n,) vectors -> a scalar in [-1, 1] (0 when either is constant), differentiable.
+
+    ρ = Σ (x - x̄)(y - ȳ) / sqrt(Σ (x - x̄)² · Σ (y - ȳ)² + eps)"""
+    xc, yc = x.float() - x.float().mean(), y.float() - y.float().mean()
+    return (xc * yc).sum() / torch.sqrt((xc * xc).sum() * (yc * yc).sum() + eps)
+
+
+def odin_length_terms(quality: Tensor, length_scores: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """ODIN's two length terms over one batch of responses: (|ρ(quality, length)|, -ρ(length head, length)).
+
+    quality, length_scores: (n,) the two heads' scores; lengths: (n,) response lengths in tokens. Adding the first
+    to the loss drives the quality head's correlation with length to 0; the second keeps the length head carrying
+    it (minimising -ρ maximises ρ)."""
+    lengths = lengths.to(quality.device).float()
+    return pearson(quality, lengths).abs(), -pearson(length_scores, lengths)

@@ -61,6 +61,8 @@ from rlhflab.models.reward import (
 from rlhflab.ops.losses import (
     best_of_n_loss,
     confidence_preference_losses,
+    odin_length_terms,
+    pearson,
     preference_accuracy,
     preference_losses,
     top1_accuracy,
@@ -144,6 +146,15 @@ class RewardData:
 
 
 @dataclass
+class OdinOptions:
+    decorrelate: float = setting(1.0, "weight of |ρ(quality head, response length)| over each micro batch")
+    length: float = setting(1.0, "weight of −ρ(length head, response length): the length head keeps the length")
+
+    def __post_init__(self) -> None:
+        require(self.decorrelate >= 0 and self.length >= 0, "odin", "the term weights must be >= 0")
+
+
+@dataclass
 class RewardConfig:
     # keys that only affect the steps still to come: a resumed run may change them (recorded in config.yaml)
     RESUMABLE = ("log_every", "eval_every", "eval_batch_size", "save_every", "normalise_on", "normalise_limit",
@@ -171,6 +182,11 @@ class RewardConfig:
     share_query: bool = setting(
         True,
         "run each query once, both summaries on its KV cache (same scores, ~half the work)")
+    heads: Literal["single", "odin"] = setting(
+        "single",
+        "single: one scalar head; odin: a quality and a length head (Chen et al. 2024), trained on their sum with "
+        "the quality head decorrelated from length — the quality head alone is the reward")
+    odin: OdinOptions = setting(default_factory=OdinOptions, help="ODIN's length terms (heads=odin)")
     bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     freeze_layers: int = setting(0, "freeze the embeddings and the lowest N decoder layers")
@@ -370,6 +386,10 @@ def trainable_reward_model(cfg: RewardConfig, procs: Processes) -> tuple[RewardM
         rm = new_reward_model(cfg.model, max_query_tokens=cfg.data.max_query_tokens,
                               max_response_tokens=cfg.data.max_response_tokens, seed=cfg.seed,
                               allow_partial=cfg.allow_partial)
+    if cfg.heads == "odin" and rm.length_head is None:
+        rm.add_length_head(seed=cfg.seed)
+    elif cfg.heads == "single":
+        rm.length_head = None  # continuing an ODIN RM as a single-head one keeps its quality head only
     rm.to(procs.device)
     freeze_lower_layers(rm.lm, cfg.freeze_layers)
     # every loss here sees only r_chosen − r_rejected, so the head's bias has a zero gradient in exact arithmetic;
@@ -385,35 +405,67 @@ def trainable_reward_model(cfg: RewardConfig, procs: Processes) -> tuple[RewardM
 def example_loss(rm: RewardModel, examples: list[Example], cfg: RewardConfig, loss_kind: str
                  ) -> tuple[torch.Tensor, float, float, int]:
     """(mean loss, accuracy, summed margin, tokens) of one micro batch of pairs or best-of-N groups. The margin of a
-    group is its pick's score minus the mean of the others'."""
+    group is its pick's score minus the mean of the others'. With ODIN heads the preference loss is on the sum of
+    the two heads, plus the length terms; accuracy and margin are the quality head's (the reward)."""
     if isinstance(examples[0], GroupExample):
-        scores, best, tokens = forward_groups(rm, examples, cfg.bf16, cfg.share_query)  # (m, N), (m,)
+        states, best, tokens = forward_group_states(rm, examples, cfg.bf16, cfg.share_query)  # (m*N, H), (m,)
+        m = len(examples)
+        with autocast(states.device, cfg.bf16):
+            scores = rm.read(states).view(m, -1)  # (m, N) the quality head
+            fitted = scores if rm.length_head is None else scores + rm.read_length(states).view(m, -1)
+            extra = odin_terms(rm, scores.reshape(-1), states, [len(r) for g in examples for r in g.response_ids],
+                               cfg)
+        loss = best_of_n_loss(fitted, best) + extra
         picked = scores.gather(1, best[:, None]).squeeze(1)  # (m,)
         others = (scores.sum(1) - picked) / (scores.shape[1] - 1)
-        return (best_of_n_loss(scores, best), float(top1_accuracy(scores.detach(), best)),
-                float((picked - others).detach().sum()), tokens)
-    r_chosen, r_rejected, tokens = forward_pairs(rm, examples, cfg.bf16, cfg.share_query)
-    loss = pair_loss(r_chosen, r_rejected, torch.tensor([p.distance for p in examples]), loss_kind,
-                     torch.tensor([p.weight for p in examples], device=r_chosen.device))
+        return loss, float(top1_accuracy(scores.detach(), best)), float((picked - others).detach().sum()), tokens
+    h_chosen, h_rejected, tokens = forward_pair_states(rm, examples, cfg.bf16, cfg.share_query)
+    lengths = [len(p.chosen_ids) for p in examples] + [len(p.rejected_ids) for p in examples]
+    with autocast(h_chosen.device, cfg.bf16):
+        r_chosen, r_rejected = rm.read(h_chosen), rm.read(h_rejected)  # (m,) the quality head
+        f_chosen, f_rejected = r_chosen, r_rejected
+        if rm.length_head is not None:
+            f_chosen, f_rejected = r_chosen + rm.read_length(h_chosen), r_rejected + rm.read_length(h_rejected)
+        extra = odin_terms(rm, torch.cat([r_chosen, r_rejected]), torch.cat([h_chosen, h_rejected]), lengths, cfg)
+    loss = pair_loss(f_chosen, f_rejected, torch.tensor([p.distance for p in examples]), loss_kind,
+                     torch.tensor([p.weight for p in examples], device=r_chosen.device)) + extra
     return (loss, float(preference_accuracy(r_chosen.detach(), r_rejected.detach())),
             float((r_chosen - r_rejected).detach().sum()), tokens)
 
 
-def forward_groups(rm: RewardModel, groups: list[GroupExample], bf16: bool, share_query: bool = True
-                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """((m, N) scores, (m,) picks, tokens processed): each query once with its N responses on its KV cache
-    (share_query), or one forward of the m*N full sequences."""
+def odin_terms(rm: RewardModel, quality: torch.Tensor, states: torch.Tensor, lengths: list[int],
+               cfg: RewardConfig) -> torch.Tensor | float:
+    """ODIN's length terms of a micro batch's responses (0 for a single-head RM): quality (n,), states (n, H)."""
+    if rm.length_head is None:
+        return 0.0
+    decorrelation, keep_length = odin_length_terms(quality, rm.read_length(states), torch.tensor(lengths))
+    return cfg.odin.decorrelate * decorrelation + cfg.odin.length * keep_length
+
+
+def forward_group_states(rm: RewardModel, groups: list[GroupExample], bf16: bool, share_query: bool = True
+                         ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """((m*N, H) states at the scored tokens, (m,) picks, tokens processed): each query once with its N responses
+    on its KV cache (share_query), or one forward of the m*N full sequences."""
     k = len(groups[0].response_ids)
     responses = [r for g in groups for r in g.response_ids]
-    with autocast(rm.head.weight.device, bf16):
+    device = rm.head.weight.device
+    with autocast(device, bf16):
         if share_query:
-            scores = rm.forward_groups([g.query_ids for g in groups], responses, k)
+            states = rm.group_states([g.query_ids for g in groups], responses, k)
         else:
             seqs = [list(g.query_ids) + list(r) for g in groups for r in g.response_ids]
             ids, mask = pad_sequences(seqs, rm.tokenizer.pad_token_id)
-            scores = rm(ids.to(rm.head.weight.device), mask.to(rm.head.weight.device)).reshape(len(groups), k)
+            states = rm.last_states(ids.to(device), mask.to(device))
     tokens = sum((1 if share_query else k) * len(g.query_ids) + sum(map(len, g.response_ids)) for g in groups)
-    return scores, torch.tensor([g.best for g in groups], device=scores.device), tokens
+    return states, torch.tensor([g.best for g in groups], device=states.device), tokens
+
+
+def forward_groups(rm: RewardModel, groups: list[GroupExample], bf16: bool, share_query: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """((m, N) quality scores, (m,) picks, tokens processed)."""
+    states, best, tokens = forward_group_states(rm, groups, bf16, share_query)
+    with autocast(states.device, bf16):
+        return rm.read(states).view(len(groups), -1), best, tokens
 
 
 def pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, distance: torch.Tensor, kind: str,
@@ -424,23 +476,33 @@ def pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, distance: torch.
     return weighted_mean(preference_losses(r_chosen, r_rejected), weight)
 
 
-def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_query: bool = True
-                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(r_chosen (m,), r_rejected (m,), tokens processed) of one micro batch: chosen and rejected together —
-    the query once and both summaries on its cache (share_query), or one forward of the 2m full sequences."""
+def forward_pair_states(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_query: bool = True
+                        ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """((m, H) chosen, (m, H) rejected states at the scored tokens, tokens processed) of one micro batch: chosen
+    and rejected together — the query once and both summaries on its cache (share_query), or one forward of the 2m
+    full sequences."""
     with autocast(rm.head.weight.device, bf16):
-        r_chosen, r_rejected = rm.forward_pairs([p.query_ids for p in pairs], [p.chosen_ids for p in pairs],
-                                                [p.rejected_ids for p in pairs], share_query=share_query)
+        h_chosen, h_rejected = rm.pair_states([p.query_ids for p in pairs], [p.chosen_ids for p in pairs],
+                                              [p.rejected_ids for p in pairs], share_query=share_query)
     per_query = 1 if share_query else 2
     tokens = sum(per_query * len(p.query_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    return r_chosen, r_rejected, tokens
+    return h_chosen, h_rejected, tokens
+
+
+def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_query: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(r_chosen (m,), r_rejected (m,), tokens processed): the quality head's scores."""
+    h_chosen, h_rejected, tokens = forward_pair_states(rm, pairs, bf16, share_query)
+    with autocast(h_chosen.device, bf16):
+        return rm.read(h_chosen), rm.read(h_rejected), tokens
 
 
 @torch.no_grad()
 def evaluate(rm: RewardModel, pairs: list[Example], cfg: RewardConfig, procs: Processes) -> dict[str, float]:
     """Dev accuracy, loss and mean margin (pairs sorted by length, so the batches pad little). With several
     processes each scores a contiguous share of the batches; the scores are gathered in batch order. Best-of-N
-    groups: top-1 accuracy, the softmax loss, and the pick's margin over the others' mean."""
+    groups: top-1 accuracy, the softmax loss, and the pick's margin over the others' mean. Pairs also get the
+    Pearson correlation of the scores with response length (and of the ODIN length head's)."""
     groups = isinstance(pairs[0], GroupExample)
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].query_ids))
     per = max(1, cfg.eval_batch_size // (len(pairs[0].response_ids) if groups else 2))  # type: ignore[union-attr]
@@ -448,9 +510,9 @@ def evaluate(rm: RewardModel, pairs: list[Example], cfg: RewardConfig, procs: Pr
     scored = []
     for k, keep in lockstep_chunks(len(starts), procs):
         chunk = [pairs[j] for j in order[starts[k] : starts[k] + per]]
-        a, b, _ = (forward_groups if groups else forward_pairs)(rm, chunk, cfg.bf16, cfg.share_query)
+        scored_chunk = score_groups_chunk(rm, chunk, cfg) if groups else score_pairs_chunk(rm, chunk, cfg)
         if keep:
-            scored.append((a.float().cpu(), b.cpu()))
+            scored.append(scored_chunk)
     scored = gather_objects(scored, procs)
     if groups:
         scores, best = torch.cat([a for a, _ in scored]), torch.cat([b for _, b in scored])
@@ -458,10 +520,32 @@ def evaluate(rm: RewardModel, pairs: list[Example], cfg: RewardConfig, procs: Pr
         return {"eval/accuracy": float(top1_accuracy(scores, best)), "eval/loss": float(best_of_n_loss(scores, best)),
                 "eval/margin": float((picked - (scores.sum(1) - picked) / (scores.shape[1] - 1)).mean()),
                 "eval/chance": 1.0 / scores.shape[1], "eval/n_pairs": len(pairs)}
-    r_chosen, r_rejected = torch.cat([a for a, _ in scored]), torch.cat([b.float() for _, b in scored])
-    return {"eval/accuracy": float(preference_accuracy(r_chosen, r_rejected)),
-            "eval/loss": float(preference_losses(r_chosen, r_rejected).mean()),
-            "eval/margin": float((r_chosen - r_rejected).mean()), "eval/n_pairs": len(pairs)}
+    r_chosen, r_rejected, quality, length_head, lengths = (torch.cat(parts) for parts in zip(*scored))
+    out = {"eval/accuracy": float(preference_accuracy(r_chosen, r_rejected)),
+           "eval/loss": float(preference_losses(r_chosen, r_rejected).mean()),
+           "eval/margin": float((r_chosen - r_rejected).mean()), "eval/n_pairs": len(pairs),
+           "eval/length_correlation": float(pearson(quality, lengths))}
+    if rm.length_head is not None:
+        out["eval/length_head_correlation"] = float(pearson(length_head, lengths))
+    return out
+
+
+def score_groups_chunk(rm: RewardModel, chunk: list[GroupExample], cfg: RewardConfig) -> tuple:
+    scores, best, _ = forward_groups(rm, chunk, cfg.bf16, cfg.share_query)
+    return scores.float().cpu(), best.cpu()
+
+
+def score_pairs_chunk(rm: RewardModel, chunk: list[PairExample], cfg: RewardConfig) -> tuple:
+    """(r_chosen, r_rejected, every response's quality score, its length-head score (zeros for one head), its
+    length in tokens), on the CPU."""
+    h_chosen, h_rejected, _ = forward_pair_states(rm, chunk, cfg.bf16, cfg.share_query)
+    states = torch.cat([h_chosen, h_rejected])
+    with autocast(states.device, cfg.bf16):
+        quality = rm.read(states).float().cpu()
+        length_head = rm.read_length(states).float().cpu() if rm.length_head is not None else torch.zeros_like(quality)
+    lengths = torch.tensor([len(p.chosen_ids) for p in chunk] + [len(p.rejected_ids) for p in chunk])
+    m = len(chunk)
+    return quality[:m], quality[m:], quality, length_head, lengths
 
 
 def summarise(rows: list[dict[str, Any]], head: dict[str, Any], norm: dict[str, Any], data_counts: dict[str, int]
@@ -474,6 +558,7 @@ def summarise(rows: list[dict[str, Any]], head: dict[str, Any], norm: dict[str, 
                "dev_accuracy": evals[-1]["eval/accuracy"] if evals else None,
                "dev_accuracy_before": evals[0]["eval/accuracy"] if evals and evals[0]["step"] == 0 else None,
                "dev_loss": evals[-1]["eval/loss"] if evals else None,
+               "dev_length_correlation": evals[-1].get("eval/length_correlation") if evals else None,
                "best_dev_accuracy": best["eval/accuracy"] if best else None,
                "best_dev_step": best["step"] if best else None,
                "train_loss_final": last_logged(rows, "train/loss"),
@@ -595,6 +680,7 @@ def train(cfg: RewardConfig, out: str, stop_after: int | None = None) -> dict:
     save_reward_model(rm, run.model_dir, lm_weights)
     summary = summarise(run.read_metrics(), {
         "stage": "rm", "step": step, "wall_s": time.time() - t_start, "pairs_seen": pairs_seen, "loss": loss_kind,
+        "heads": cfg.heads,
         "train_pairs": len(train_pairs), "postless_pairs": len(train_pairs) - n_main, "dev_pairs": len(dev_pairs)},
         norm, data_counts)
     run.write_done(summary)
