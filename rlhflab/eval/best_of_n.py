@@ -38,6 +38,7 @@ from rlhflab.data.resumable import ResumableRows, append_rows, dumps_rows, pendi
 from rlhflab.models.device import autocast, resolve_device
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model
+from rlhflab.models.ensemble import RewardEnsemble, is_ensemble_spec
 from rlhflab.models.reward import RewardModel, load_reward_model
 from rlhflab.models.text_reward import (
     TextReward,
@@ -148,7 +149,7 @@ def best_of_n(cfg: BestOfNConfig, out: str, stop_after: int | None = None) -> di
     model, tokenizer = load_model(cfg.model, allow_partial=cfg.allow_partial)
     device = resolve_device(cfg.device)
     model.to(device).eval()
-    if isinstance(rm, RewardModel):
+    if isinstance(rm, (RewardModel, RewardEnsemble)):
         rm.to(device)
 
     run.start("best-of-n", cfg)
@@ -206,9 +207,9 @@ def load_ranker(cfg: BestOfNConfig) -> RewardModel | TextReward:
         if needs_reference(fn):
             check_references(fn, list(load_posts(cfg.posts, format=cfg.format, limit=cfg.limit)), cfg.posts)
         return fn
-    if not Path(cfg.reward).expanduser().exists():
-        raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory, rouge, "
-                       "style:NAME or python:module:function")
+    if not is_ensemble_spec(cfg.reward) and not Path(cfg.reward).expanduser().exists():
+        raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory, "
+                       "ensemble:<rule>:<rm>,<rm>,..., rouge, style:NAME or python:module:function")
     return load_reward_model(cfg.reward, allow_partial=cfg.allow_partial)
 
 
@@ -253,7 +254,7 @@ def score_candidates(rm: RewardModel | TextReward, chunk: list[Post], query_text
     """(P, k) scores of the P posts' k candidates (texts[b*k + i] is post b's candidate i); `query_texts`: the
     P formatted queries the policy read."""
     k = cfg.n
-    if not isinstance(rm, RewardModel):
+    if not isinstance(rm, (RewardModel, RewardEnsemble)):
         scores = call_text_reward(rm, [q for q in query_texts for _ in range(k)], texts,
                                   [p for p in chunk for _ in range(k)])
         return torch.tensor(scores, dtype=torch.float32).view(len(chunk), k)

@@ -404,7 +404,9 @@ def build_judge(spec: JudgeSpec, cache_dir: Path, load_rm: Callable[[str], Any],
     import os
 
     if spec.kind == "rm":
-        if not Path(spec.spec or "").expanduser().exists() and not is_hub_id(spec.spec or ""):
+        members = (spec.spec or "").split(":", 2)[-1].split(",") if (spec.spec or "").startswith("ensemble:") \
+            else [spec.spec or ""]
+        if not all(Path(m).expanduser().exists() or is_hub_id(m) for m in members):
             raise RunError(f"judge {spec.name}: spec={spec.spec}: not found — expected an `rlhflab rm` run "
                            "directory or a sequence-classification RM (directory or hub id)")
         return RMJudge(spec, cache_dir, load_rm, bf16=bf16)

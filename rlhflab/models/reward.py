@@ -435,6 +435,10 @@ def load_reward_model(spec: str | Path, allow_partial: bool = False, dtype: str 
     An unfinished run (no DONE.json) is an error unless `allow_partial`: then its last checkpoint (state/) is put
     on the base model named in its config, with no normalisation (bias 0).
     """
+    if str(spec).startswith("ensemble:"):  # K reward models as one (models/ensemble.py)
+        from rlhflab.models.ensemble import load_ensemble
+
+        return load_ensemble(str(spec), load_reward_model, allow_partial=allow_partial, dtype=dtype)
     path = Path(spec).expanduser()
     if is_run_dir(path):
         run = RunDir(path)

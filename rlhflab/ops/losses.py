@@ -111,3 +111,17 @@ def odin_length_terms(quality: Tensor, length_scores: Tensor, lengths: Tensor) -
     it (minimising -ρ maximises ρ)."""
     lengths = lengths.to(quality.device).float()
     return pearson(quality, lengths).abs(), -pearson(length_scores, lengths)
+
+
+# ------------------------------------------------------------------------ RM ensembles (Coste et al. 2023)
+
+def combine_ensemble(scores: Tensor, rule: str, lam: float = 0.0) -> Tensor:
+    """(K, B) the K members' scores -> (B,) the ensemble's: `mean`; `min` (worst case); `uwo`, uncertainty-
+    weighted, mean − λ·std with the population std over the K members (σ = sqrt(Σ (s − s̄)² / K))."""
+    if rule == "mean":
+        return scores.mean(0)
+    if rule == "min":
+        return scores.min(0).values
+    if rule == "uwo":
+        return scores.mean(0) - lam * scores.std(0, unbiased=False)
+    raise ValueError(f"ensemble rule {rule!r}: choose mean, min or uwo=<lambda>")

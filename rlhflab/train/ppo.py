@@ -54,6 +54,12 @@ from rlhflab.models.text_reward import (
     load_text_reward,
     needs_reference,
 )
+from rlhflab.models.ensemble import (
+    RewardEnsemble,
+    first_member,
+    is_ensemble_spec,
+    parse_ensemble_spec,
+)
 from rlhflab.models.family import lora_targets
 from rlhflab.models.trunk import LayerReuse, RolloutStates, lower_layers_equal, split_matches_full
 from rlhflab.ops.ppo import (
@@ -287,6 +293,9 @@ def preflight(cfg: PPOConfig, reward_fn: RewardFn | None) -> None:
     check_files([posts_check("data.posts", cfg.data.posts, cfg.data.format)])
     check_paths([("model", cfg.model), ("policy_init", cfg.policy_init), ("value_model", cfg.value_model)])
     if reward_fn is None and not is_text_reward(cfg.reward):
+        if is_ensemble_spec(cfg.reward):
+            check_paths([(f"reward member {i}", m) for i, m in enumerate(parse_ensemble_spec(cfg.reward)[2])])
+            return
         if not Path(cfg.reward).expanduser().exists() and not is_hub_id(cfg.reward):
             raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory, a "
                            "sequence-classification RM (directory or hub id), rouge, python:module:function or "
@@ -310,7 +319,8 @@ def load_reward(cfg: PPOConfig, reward_fn: RewardFn | None, device: torch.device
 def load_value_model(cfg: PPOConfig, device: torch.device) -> RewardModel:
     """The value model starts as the reward model (the paper), or — for a callable reward, or a `value_model`
     that is a plain language model — as that model with a fresh scalar head."""
-    spec = cfg.value_model or (cfg.model if is_text_reward(cfg.reward) else cfg.reward)
+    spec = cfg.value_model or (cfg.model if is_text_reward(cfg.reward) else
+                               first_member(cfg.reward) if is_ensemble_spec(cfg.reward) else cfg.reward)
     try:
         value = load_reward_model(spec, allow_partial=cfg.allow_partial)
     except NotARewardModelError:
@@ -352,7 +362,7 @@ def score_responses(reward, tokenizer, queries: list[list[int]], gen: Generation
     response texts) and `posts` of the same rows, for a text reward. `states`: the value model's frozen-layer
     states of these rows, when the RM has the same lower layers (it runs only its upper ones on them, in the
     rollout's layout)."""
-    if not isinstance(reward, RewardModel):
+    if not isinstance(reward, (RewardModel, RewardEnsemble)):
         return torch.tensor(call_text_reward(reward, *texts, posts), dtype=torch.float32)
     if states is not None:
         return states.in_chunks(lambda mb: mb.scores(reward, "value"), cfg.score_batch_size, cfg.bf16).cpu()

@@ -90,3 +90,27 @@ def test_odins_quality_head_keeps_the_planted_feature_and_drops_length():
         # the quality head still orders pairs by the planted feature
         planted_wins = (c[:, 0] > r[:, 0]).float()
         assert float(((quality(c) > quality(r)).squeeze(-1).float() == planted_wins).float().mean()) > 0.95
+
+
+def test_the_ensemble_rules_by_hand():
+    from rlhflab.ops.losses import combine_ensemble
+
+    scores = torch.tensor([[1.0, 0.0], [2.0, 0.0], [6.0, 3.0]])  # 3 members x 2 responses
+    assert combine_ensemble(scores, "mean").tolist() == [3.0, 1.0]
+    assert combine_ensemble(scores, "min").tolist() == [1.0, 0.0]
+    # population std: response 0 sqrt(((1-3)² + (2-3)² + (6-3)²) / 3) = sqrt(14/3); response 1 sqrt(2)
+    assert combine_ensemble(scores, "uwo", 0.5).tolist() == pytest.approx([3 - 0.5 * math.sqrt(14 / 3),
+                                                                           1 - 0.5 * math.sqrt(2)])
+    with pytest.raises(ValueError, match="mean, min or uwo"):
+        combine_ensemble(scores, "max")
+
+
+def test_ensemble_specs_parse_or_say_what_is_wrong():
+    from rlhflab.models.ensemble import parse_ensemble_spec
+
+    assert parse_ensemble_spec("ensemble:uwo=0.5:a,b,c") == ("uwo", 0.5, ["a", "b", "c"])
+    assert parse_ensemble_spec("ensemble:min:a,b") == ("min", 0.0, ["a", "b"])
+    for bad, why in (("ensemble:mean:a", "at least two"), ("ensemble:max:a,b", "the rule is"),
+                     ("ensemble:uwo:a,b", "the rule is"), ("ensemble:uwo=x:a,b", "must be a number")):
+        with pytest.raises(ValueError, match=why):
+            parse_ensemble_spec(bad)
