@@ -95,3 +95,39 @@ def test_the_pipeline_passes_report_to_to_its_training_stages_only(tmp_path, mon
     assert sft[-2:] == ["report_to=tensorboard", "report_to=none"]  # the stage's own override comes last: it wins
     assert ppo[-1] == "report_to=tensorboard"
     assert not any(a.startswith("report_to") for a in sample)  # sampling trains nothing
+
+
+def _rm_with(report_to: str, run: Path, env: dict) -> None:
+    """The tiny RM stage with `report_to`, in a child process: the trackers read their settings at import."""
+    import os
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "rlhflab", "rm", "--config", "configs/rm/tiny.yaml", "--out", str(run),
+                    f"report_to={report_to}", "max_steps=3", "data.limit=48", "normalise_on=null", "eval_every=0"],
+                   cwd=REPO, check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+
+
+def test_trackio_offline_holds_the_same_rows_as_metrics_jsonl(tmp_path, shared_data):
+    import sqlite3
+
+    pytest.importorskip("trackio")
+    _rm_with("trackio", tmp_path / "rm", {"TRACKIO_DIR": str(tmp_path / "trackio")})
+    db = sqlite3.connect(tmp_path / "trackio" / "rlhflab.db")
+    logged = {step: json.loads(m) for step, m in db.execute("select step, metrics from metrics order by step")}
+    rows = [json.loads(line) for line in (tmp_path / "rm/metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        for key in ("train/loss", "train/lr"):
+            if key in row:
+                assert logged[row["step"]][key] == pytest.approx(row[key], rel=1e-6), (row["step"], key)
+    assert "data/train_rows_in" in logged[0]  # the step-0 data counts too
+
+
+def test_wandb_offline_writes_one_run_per_run_directory(tmp_path, shared_data):
+    pytest.importorskip("wandb")
+    from rlhflab.core.tracking import _run_id
+
+    run = tmp_path / "rm"
+    _rm_with("wandb", run, {"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1 and files[0].stat().st_size > 0
+    assert files[0].name == f"run-{_run_id(run)}.wandb"  # the id a resumed run continues
