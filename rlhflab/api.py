@@ -30,6 +30,7 @@ STAGES = {
     "rm": ("rlhflab.train.reward", "RewardConfig", "train"),
     "rm_eval": ("rlhflab.eval.rm_eval", "RMEvalConfig", "evaluate"),
     "score": ("rlhflab.eval.score", "ScoreConfig", "score"),
+    "dpo": ("rlhflab.train.dpo", "DPOConfig", "train"),
     "ppo": ("rlhflab.train.ppo", "PPOConfig", "train"),
     "best_of_n": ("rlhflab.eval.best_of_n", "BestOfNConfig", "best_of_n"),
     "simulate_labels": ("rlhflab.eval.simulate", "SimulateConfig", "simulate"),

@@ -25,6 +25,8 @@ STAGES = {
     "rm-eval": ("rlhflab.eval.rm_eval", "RMEvalConfig", "evaluate",
                 "reward-model accuracy (per confidence, policy pair, split, batch), length baseline, calibration"),
     "score": ("rlhflab.eval.score", "ScoreConfig", "score", "add reward-model scores to a samples file"),
+    "dpo": ("rlhflab.train.dpo", "DPOConfig", "train",
+            "direct preference optimisation on the comparisons, reference = the SFT model (Rafailov et al. 2023)"),
     "ppo": ("rlhflab.train.ppo", "PPOConfig", "train",
             "optimise a policy against a reward model with PPO and a KL penalty to the SFT model"),
     "best-of-n": ("rlhflab.eval.best_of_n", "BestOfNConfig", "best_of_n",
@@ -44,6 +46,7 @@ EPILOG = """examples:
   rlhflab sample --config configs/sample/smoke.yaml --out runs/sample/sft model=runs/sft/smoke
   rlhflab rm --config configs/rm/cpu.yaml --out runs/rm/cpu model=runs/sft/cpu
   rlhflab rm-eval --config configs/rm-eval/cpu.yaml --out runs/rm-eval/cpu model=runs/rm/cpu split=dev
+  rlhflab dpo --config configs/dpo/cpu.yaml --out runs/dpo/cpu model=runs/sft/cpu
   rlhflab ppo --config configs/ppo/cpu.yaml --out runs/ppo/cpu model=runs/sft/cpu reward=runs/rm/cpu
   rlhflab best-of-n --config configs/best-of-n/cpu.yaml --out runs/bo16/cpu model=runs/sft/cpu reward=runs/rm/cpu
   rlhflab eval --config configs/eval/cpu.yaml --out runs/eval/cpu

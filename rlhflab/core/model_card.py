@@ -15,10 +15,12 @@ import yaml
 # the embedded model's name on the Hub, for the card's base_model (local paths are not valid there)
 HUB_NAMES = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-PIPELINE_TAG = {"sft": "text-generation", "ppo": "text-generation", "rm": "text-classification"}
+PIPELINE_TAG = {"sft": "text-generation", "ppo": "text-generation", "dpo": "text-generation",
+                "rm": "text-classification"}
 WHAT = {"sft": "a policy fine-tuned on reference summaries (supervised fine-tuning)",
         "rm": "a reward model trained on human comparisons (a scalar score of a query and a response)",
-        "ppo": "a policy optimised with PPO against a reward model, with a KL penalty to its starting model"}
+        "ppo": "a policy optimised with PPO against a reward model, with a KL penalty to its starting model",
+        "dpo": "a policy trained with direct preference optimisation on human comparisons (Rafailov et al. 2023)"}
 
 
 def hub_base_model(spec: str | None) -> str | None:
@@ -42,6 +44,8 @@ def model_card(stage: str, config: dict[str, Any], summary: dict[str, Any], git_
              "## Trained from and on", "", f"- base model: `{base}`"]
     if stage == "ppo":
         lines.append(f"- reward: `{config.get('reward')}`")
+    if stage == "dpo":
+        lines.append(f"- reference: `{config.get('reference') or base}`, β = {config.get('beta')}")
     for key, value in (config.get("data") or {}).items():
         if isinstance(value, str) and value:
             lines.append(f"- data.{key}: `{value}`")

@@ -125,3 +125,16 @@ def combine_ensemble(scores: Tensor, rule: str, lam: float = 0.0) -> Tensor:
     if rule == "uwo":
         return scores.mean(0) - lam * scores.std(0, unbiased=False)
     raise ValueError(f"ensemble rule {rule!r}: choose mean, min or uwo=<lambda>")
+
+
+# ------------------------------------------------------------------------------------- DPO (Rafailov et al.)
+
+def dpo_losses(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+               beta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(m,) per-pair DPO losses and the (m,) implied rewards of the chosen and the rejected summaries.
+
+    Inputs are (m,) summed log-probs of each summary given its query. The implied reward is
+    r = β·(log π(y|x) − log π_ref(y|x)); the loss is −log σ(r_chosen − r_rejected)."""
+    r_chosen = beta * (policy_chosen - ref_chosen)
+    r_rejected = beta * (policy_rejected - ref_rejected)
+    return -F.logsigmoid(r_chosen - r_rejected), r_chosen, r_rejected

@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "rlhflab"
 STAGE_LOOPS = {  # each stage's loop may be longer than a helper: it reads top to bottom in numbered steps
-    "train/sft.py:train", "train/reward.py:train", "train/ppo.py:train", "eval/evaluate.py:evaluate",
+    "train/sft.py:train", "train/reward.py:train", "train/dpo.py:train", "train/ppo.py:train", "eval/evaluate.py:evaluate",
     "eval/rm_eval.py:evaluate", "eval/best_of_n.py:best_of_n", "eval/sample.py:sample", "eval/simulate.py:simulate",
 }
 DECLARATIVE = ("label/migrations/",)  # schema migrations: one statement per table, nothing to factor out
