@@ -30,8 +30,9 @@ from rm_more_labels import BATCH13, COMMANDS, REPO, pooled, rlhflab  # noqa: E40
 OUT_JSON = REPO / "benchmarks" / "results" / "rm_length.json"
 GOAL = ("the quality head's |correlation with length| <= 0.10 while its overall accuracy stays within 2 points of "
         "the single head's; similar-length accuracy >= 0.60")
-# the cheap recipe that fits 12 RM runs on 2 cores: 26 of 30 layers frozen, 256-token queries, one epoch
-CPU_RECIPE = ["freeze_layers=26", "data.max_query_tokens=256", "optim.lr=1e-4", "epochs=1", "normalise_on=null"]
+# the cheap recipe that fits 12 RM runs on 2 cores: 28 of 30 layers frozen, 192-token queries, one epoch
+CPU_RECIPE = ["freeze_layers=28", "data.max_query_tokens=192", "optim.lr=1e-4", "epochs=1", "normalise_on=null",
+              "eval_batch_size=32"]
 
 
 def train(name: str, fold: int, extra: list[str], args: argparse.Namespace) -> Path:
@@ -91,9 +92,14 @@ def main() -> int:
         args.overrides = [*CPU_RECIPE, *args.overrides]
     t0 = time.time()
     rows: dict[str, list[dict]] = {"single": [], "odin_quality": [], "ensemble": []}
-    for fold in range(args.folds):
+    for fold in range(args.folds):  # the result is rewritten after every fold: an interrupted run says how far
         for arm, fold_arm_rows in fold_rows(fold, args).items():
             rows[arm] += fold_arm_rows
+        write_result(rows, fold + 1, args, t0)
+    return 0
+
+
+def write_result(rows: dict[str, list[dict]], folds_done: int, args: argparse.Namespace, t0: float) -> None:
     pools = {arm: pooled(r) for arm, r in rows.items()}
     result = {arm: arm_fields(p) for arm, p in pools.items()}
     base = pools["single"]
@@ -102,7 +108,8 @@ def main() -> int:
                                  "length_correlation": None, "n_pairs": base["n_pairs"],
                                  "n_similar": base["n_similar_length"]}
     result |= verdict(result)
-    result |= {"folds": args.folds, "fold_by": "post (data.folds / rm-eval folds)", "profile": args.profile,
+    result |= {"folds": args.folds, "folds_completed": folds_done, "complete": folds_done == args.folds,
+               "fold_by": "post (data.folds / rm-eval folds)", "profile": args.profile,
                "sft": args.sft, "overrides": args.overrides,
                "ensemble_members": "mean of heads=single at seeds 1, 2, 3",
                "length_unit": "characters of the stripped summary", "commands": COMMANDS,

@@ -25,5 +25,6 @@ def test_the_tiny_rm_length_benchmark_writes_every_field(tmp_path, shared_data):
     assert doc["length_baseline"]["length_correlation"] is None
     n = doc["single"]["n_pairs"]
     assert n > 0 and all(doc[a]["n_pairs"] == n for a in ("odin_quality", "ensemble", "length_baseline"))
+    assert doc["complete"] and doc["folds_completed"] == 2
     assert isinstance(doc["goal_met"], bool) and set(doc["goal_parts"]) == {
         "odin_abs_length_correlation_le_0.10", "odin_accuracy_within_2_points", "odin_similar_length_accuracy_ge_0.60"}
