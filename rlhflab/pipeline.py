@@ -274,9 +274,10 @@ def run_pipeline(runner: StageRunner) -> dict[str, Any]:
         report = runner.stage("eval", "eval", cfg.eval, d / "eval", eval_wiring(cfg, sft, policy, gold))
     summary = {"out": str(d), "wall_s": time.time() - t0, "rounds": rounds,
                "report": report.get("html") or report.get("report"), "judge_score": report.get("judge_score"),
-               "judge": report.get("judge"), "win_rate": report.get("win_rate"),
-               "length_controlled_win_rate": report.get("length_controlled_win_rate"),
-               "mean_tokens": report.get("mean_tokens"), "stages": runner.record}
+               "judge": report.get("judge"),
+               **{k: report.get(k) for k in ("win_rate", "win_rate_ci", "length_controlled_win_rate",
+                                             "length_controlled_win_rate_ci", "mean_tokens", "differences", "ci_level")},
+               "stages": runner.record}
     write_jsonl(d / "pipeline.jsonl", [summary])
     return summary
 
@@ -543,14 +544,35 @@ def closing_summary(summary: dict[str, Any]) -> str:
         lines[-1] += (f"; PPO score {r['ppo_score_first']:.3f} -> {r['ppo_score_last']:.3f}, "
                       f"KL {r['ppo_kl_last']:.2f}")
     if summary.get("win_rate"):
-        lines.append(f"  win rate against the references (judge {summary['judge']}), mean length in tokens:")
-        for name, w in summary["win_rate"].items():
-            lc = (summary.get("length_controlled_win_rate") or {}).get(name)
-            toks = (summary.get("mean_tokens") or {}).get(name)
-            lines.append(f"    {name:<10} {w:.2f}  (length-controlled {lc:.2f}, {toks:.1f} tokens)"
-                         if lc is not None and toks is not None else f"    {name:<10} {w:.2f}")
+        lines += win_rate_lines(summary)
     lines.append(f"  report: {summary['report']}")
     return "\n".join(lines)
 
+
+def _rate(v: float | None, ci: list[float] | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def win_rate_lines(summary: dict[str, Any]) -> list[str]:
+    """Every policy's win rate against the references with its CI, length-controlled beside it, then every two
+    policies: their paired difference and, plainly, whether it is beyond its CI."""
+    get = lambda key, name: (summary.get(key) or {}).get(name)  # noqa: E731 - older DONE files lack keys
+    level = summary.get("ci_level") or 0.95
+    lines = [f"  win rate against the references (judge {summary['judge']}) [{level:.0%} CI], mean length in tokens:"]
+    for name, w in summary["win_rate"].items():
+        toks = get("mean_tokens", name)
+        lines.append(f"    {name:<10} {_rate(w, get('win_rate_ci', name))}  (length-controlled "
+                     f"{_rate(get('length_controlled_win_rate', name), get('length_controlled_win_rate_ci', name))}"
+                     + (f", {toks:.1f} tokens)" if toks is not None else ")"))
+    for d in summary.get("differences") or []:
+        if d["win_rate_difference"] is None:
+            continue
+        verdict = ("differ beyond the CI" if d["differ"] else
+                   "do not differ: the CI of the difference includes 0" if d["differ"] is False else "too few posts")
+        lines.append(f"    {d['a']} − {d['b']}: {_rate(d['win_rate_difference'], d['win_rate_difference_ci'])} "
+                     f"on {d['n']} posts: {verdict}")
+    return lines
 
 __all__ = ["PipelineConfig", "PipelineError", "WAITING_FOR_LABELS", "WaitingForLabels", "pair_samples", "run"]

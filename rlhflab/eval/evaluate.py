@@ -43,7 +43,7 @@ from rlhflab.eval import metrics
 from rlhflab.eval.curves import best_of_n_curve, kl_curve, rm_accuracy
 from rlhflab.eval.judges import JudgeSpec, Text, build_judge
 from rlhflab.eval.judging import (REFERENCE_KIND, JudgeSummary, Verdicts, judge_pairs, judge_set, length_control,
-                                  references, summarise_judge)
+                                  pareto_view, references, summarise_judge)
 from rlhflab.eval.models import ModelCache, length_unit
 from rlhflab.eval.report import write_html, write_plots
 from rlhflab.eval.sampling import EvalRun, Interruption, KLEstimate, policy_kl, policy_samples
@@ -452,6 +452,7 @@ def build_report(cfg: EvalConfig, posts: list[Post], main: SetResult, transfer: 
                      "temperature": cfg.temperature, "kl_reference": cfg.kl_reference,
                      "kl_samples": cfg.kl_samples, "kl_temperature": cfg.kl_temperature, "ci_level": cfg.ci_level},
         **main.report_json(with_fits=False),
+        "pareto": {j.name: pareto_view(main.policies, j.name) for j in cfg.judges},
         **sections,
         "transfer": ({"posts": {"file": cfg.transfer.posts, "n": len(transfer.posts),
                                 "max_query_tokens": cfg.transfer.max_query_tokens}, **transfer.report_json()}
@@ -460,12 +461,20 @@ def build_report(cfg: EvalConfig, posts: list[Post], main: SetResult, transfer: 
 
 
 def done_summary(cfg: EvalConfig, run: RunDir, main: SetResult, wall_s: float) -> dict[str, Any]:
-    pol = main.policies
+    """DONE.json: the primary judge's numbers per policy, each with its interval, and which policies differ."""
+    pol, judge = main.policies, cfg.judges[0].name
+    by_judge = {k: v["by_judge"][judge] for k, v in pol.items()}
     return {"stage": "eval", "wall_s": wall_s, "report": str(run.path / "report.json"),
-            "html": str(run.path / "report.html"), "n_posts": len(main.posts), "judge": cfg.judges[0].name,
+            "html": str(run.path / "report.html"), "n_posts": len(main.posts), "judge": judge,
+            "ci_level": cfg.ci_level,
             "win_rate": {k: v["win_rate"] for k, v in pol.items()},
+            "win_rate_ci": {k: v["win_rate_ci"] for k, v in pol.items()},
             "length_controlled_win_rate": {k: v["length_controlled_win_rate"] for k, v in pol.items()},
-            "mean_tokens": {k: v["mean_tokens"] for k, v in pol.items()}}
+            "length_controlled_win_rate_ci": {k: v["length_controlled_win_rate_ci"] for k, v in pol.items()},
+            "mean_score": {k: (j.get("score") or {}).get("mean") for k, j in by_judge.items()},
+            "mean_score_ci": {k: j.get("mean_score_ci") for k, j in by_judge.items()},
+            "mean_tokens": {k: v["mean_tokens"] for k, v in pol.items()},
+            "differences": main.judge_fits[judge]["differences"]}
 
 
 # ------------------------------------------------------------------------------------------------ the stage

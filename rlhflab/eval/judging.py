@@ -131,17 +131,57 @@ def policy_entry(name: str, kind: str, verdicts: Verdicts, lc: LengthControl, ci
     if verdicts.scores is not None and verdicts.reference_scores is not None:
         s, ref = verdicts.scores[name], verdicts.reference_scores
         r["score"] = metrics.summary_stats(s)
+        r["mean_score_ci"] = metrics.mean_interval(s, ci_level)
         r["mean_score_margin"] = sum(a - b for a, b in zip(s, ref)) / len(s)
     else:
         r["preference_distribution"] = metrics.summary_stats([v for v in verdicts.prefs[name] if v is not None])
     return r
 
 
+def policy_differences(verdicts: Verdicts, kinds: dict[str, str], ci_level: float) -> list[dict[str, Any]]:
+    """Every two policies (the reference left out) on the same posts: the paired difference of their win
+    outcomes against the reference and, for a scoring judge, of their scores, each with its interval and
+    whether it excludes 0 (`differ`)."""
+    names = [n for n in verdicts.prefs if kinds[n] != REFERENCE_KIND]
+    wins = {n: [None if p is None else metrics.win_outcome(p) for p in verdicts.prefs[n]] for n in names}
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            w = metrics.paired_difference(wins[a], wins[b], ci_level)
+            row = {"a": a, "b": b, "n": w["n"], "win_rate_difference": w["difference"],
+                   "win_rate_difference_ci": w["ci"], "differ": w["differ"]}
+            if verdicts.scores is not None:
+                s = metrics.paired_difference(verdicts.scores[a], verdicts.scores[b], ci_level)
+                row |= {"score_difference": s["difference"], "score_difference_ci": s["ci"], "score_differ": s["differ"]}
+            out.append(row)
+    return out
+
+
 def summarise_judge(judge: Judge, verdicts: Verdicts, kinds: dict[str, str], lc: LengthControl,
                     ci_level: float) -> JudgeSummary:
     per_policy = {name: policy_entry(name, kinds[name], verdicts, lc, ci_level) for name in verdicts.prefs}
     fit: dict[str, Any] = {"kind": judge.kind, "spec": judge.spec, "note": judge.note, "length_slope": lc.slope,
-                           "n_comparisons": lc.n_comparisons}
+                           "n_comparisons": lc.n_comparisons,
+                           "differences": policy_differences(verdicts, kinds, ci_level)}
     if verdicts.reference_scores is not None:
         fit["reference_score"] = metrics.summary_stats(verdicts.reference_scores)
+        fit["reference_score_ci"] = metrics.mean_interval(verdicts.reference_scores, ci_level)
     return JudgeSummary(per_policy, fit)
+
+
+def pareto_view(policies: dict[str, dict[str, Any]], judge: str) -> dict[str, Any]:
+    """Every policy (the reference included) as a point (mean tokens, the judge's mean score — its win rate for a
+    judge that does not score), its length-controlled win rate beside it, and whether it is on the Pareto front:
+    no policy is at most as long and at least as good. A point off the front is explained by length."""
+    scored = all(r["by_judge"][judge].get("score") for r in policies.values())
+    points = []
+    for name, r in policies.items():
+        j = r["by_judge"][judge]
+        y, y_ci = ((j["score"]["mean"], j.get("mean_score_ci")) if scored else (j["win_rate"], j["win_rate_ci"]))
+        points.append({"policy": name, "kind": r["kind"], "mean_tokens": r["mean_tokens"], "y": y, "y_ci": y_ci,
+                       "length_controlled_win_rate": j["length_controlled_win_rate"],
+                       "length_controlled_win_rate_ci": j["length_controlled_win_rate_ci"]})
+    valid = [p for p in points if p["y"] is not None]
+    for p, front in zip(valid, metrics.pareto_front([(p["mean_tokens"], p["y"]) for p in valid])):
+        p["on_front"] = front
+    return {"y": "mean score" if scored else "win rate against the reference", "points": points}

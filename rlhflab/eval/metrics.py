@@ -12,7 +12,10 @@
   again, and the analytic KL of best-of-n from its base policy (Stiennon et al. 2020, appendix: log n − (n−1)/n).
 - `split_sentences`, `lead_k`: the lead-3 baseline (the first three sentences of the article).
 - `rouge`: mean ROUGE-1/2/L F1 from the `rouge-score` package (Porter stemming on, as in the usual setup).
-- `summary_stats`: mean, spread and quantiles of a score distribution.
+- `summary_stats`, `mean_interval`: mean, spread and quantiles of a score distribution; the mean's interval.
+- `paired_difference`: two policies judged on the same posts, mean(a − b) per post with its interval: "do they
+  differ?" answered on the pairs, which is tighter and more honest than whether two intervals overlap.
+- `pareto_front`: which (length, score) points no other point beats on both (the "more than length?" view).
 """
 
 from __future__ import annotations
@@ -310,3 +313,36 @@ def mean_and_se(values: Sequence[float]) -> tuple[float | None, float | None]:
     a = np.asarray(values, dtype=float)
     se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else None
     return float(a.mean()), se
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> list[float] | None:
+    """The normal-approximation interval of the mean, mean ± z·s/√n (s with ddof=1); None for n < 2."""
+    mean, se = mean_and_se(values)
+    if mean is None or se is None:
+        return None
+    z = z_value(level)
+    return [mean - z * se, mean + z * se]
+
+
+def paired_difference(a: Sequence[float | None], b: Sequence[float | None],
+                      level: float = 0.95) -> dict[str, float | int | list[float] | bool | None]:
+    """mean(a_i − b_i) over the posts where both have a value, its interval mean ± z·s_d/√n, and `differ`: the
+    interval excludes 0. With every difference equal (s_d = 0) the interval is that difference itself."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
+    d = [x - y for x, y in zip(a, b) if x is not None and y is not None]
+    if not d:
+        return {"n": 0, "difference": None, "ci": None, "differ": None}
+    mean, se = mean_and_se(d)
+    assert mean is not None
+    half = z_value(level) * (se or 0.0)
+    ci = [mean - half, mean + half] if len(d) > 1 else None
+    return {"n": len(d), "difference": mean, "ci": ci,
+            "differ": None if ci is None else bool(ci[0] > 0 or ci[1] < 0)}
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """points: (length, score). True where no other point is at most as long and at least as good, and strictly
+    better in one of the two: the policies that length alone does not explain away."""
+    return [not any(l2 <= l1 and s2 >= s1 and (l2 < l1 or s2 > s1) for j, (l2, s2) in enumerate(points) if j != i)
+            for i, (l1, s1) in enumerate(points)]

@@ -17,7 +17,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-PLOTS = ("win_rate", "scores", "kl_curve", "best_of_n", "rm_confidence", "transfer")
+PLOTS = ("win_rate", "scores", "pareto", "kl_curve", "best_of_n", "rm_confidence", "transfer")
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -36,7 +36,7 @@ def _pyplot():
 
 
 # the plots drawn from one report section, which they skip when the report has none
-PLOT_SECTIONS = {"kl_curve": "kl_curve", "best_of_n": "best_of_n", "rm_confidence": "rm_accuracy_vs_confidence",
+PLOT_SECTIONS = {"pareto": "pareto", "kl_curve": "kl_curve", "best_of_n": "best_of_n", "rm_confidence": "rm_accuracy_vs_confidence",
                  "transfer": "transfer"}
 
 
@@ -48,7 +48,7 @@ def write_plots(out: Path, report: dict[str, Any],
     if plt is None:
         return {}
     files: dict[str, str] = {}
-    drawers = {"win_rate": _win_rate, "scores": _scores, "kl_curve": _kl_curve, "best_of_n": _best_of_n,
+    drawers = {"win_rate": _win_rate, "scores": _scores, "pareto": _pareto, "kl_curve": _kl_curve, "best_of_n": _best_of_n,
                "rm_confidence": _rm_confidence, "transfer": _transfer}
     for name in PLOTS:
         if name in PLOT_SECTIONS and not report.get(PLOT_SECTIONS[name]):
@@ -126,6 +126,30 @@ def _scores(plt, report: dict[str, Any], dist: dict[str, dict[str, list[float]]]
         ax.axhline(0.0, color="grey", ls="--", lw=1)
         ax.set_ylabel(f"{judge} score")
         ax.set_title(f"score distribution, judge {judge}", fontsize=9)
+    return fig
+
+
+def _pareto(plt, report: dict[str, Any]):
+    """Each judge: every policy at (mean tokens, mean score ± CI), the Pareto front joined, the length-controlled
+    win rate in each label. A policy below the front is beaten by one no longer than it."""
+    views = report["pareto"]
+    fig, axes = plt.subplots(1, len(views), figsize=(5.2 * len(views), 4.2), squeeze=False)
+    for ax, (judge, view) in zip(axes[0], views.items()):
+        pts = [p for p in view["points"] if p["y"] is not None]
+        for p in pts:
+            err = [[p["y"] - p["y_ci"][0]], [p["y_ci"][1] - p["y"]]] if p["y_ci"] else None
+            ax.errorbar(p["mean_tokens"], p["y"], yerr=err, fmt="o" if p.get("on_front") else "s", capsize=3,
+                        color="C0" if p.get("on_front") else "C7")
+            lc = p["length_controlled_win_rate"]
+            ax.annotate(p["policy"] + (f"\nLC {lc:.2f}" if lc is not None else ""), (p["mean_tokens"], p["y"]),
+                        textcoords="offset points", xytext=(5, 4), fontsize=7)
+        front = sorted((p["mean_tokens"], p["y"]) for p in pts if p.get("on_front"))
+        if len(front) > 1:
+            ax.plot(*zip(*front), color="C0", lw=1, ls="--", label="Pareto front")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlabel("mean summary length (tokens)")
+        ax.set_ylabel(f"{view['y']} [{judge}]")
+        ax.set_title(f"judge {judge}: better, or only longer?", fontsize=9)
     return fig
 
 
@@ -305,6 +329,8 @@ def write_html(path: Path, report: dict[str, Any], out: Path, main: dict[str, An
     parts = _heading(report) + _judges_table(report)
     parts.append("<h2>Policies against the reference</h2>" + policy_table(report["policies"], judges))
     parts.append(image(out, "win_rate") + image(out, "scores"))
+    if report.get("pareto"):
+        parts += _pareto_section(report, out)
     if report.get("likert"):
         parts += _likert_section(report["likert"])
     if report.get("kl_curve"):
@@ -355,12 +381,28 @@ def verdict(report: dict[str, Any]) -> str:
     if len(rated) == 1:
         return text + "."
     rate2, name2, second = rated[1]
-    apart = lo > second["win_rate_ci"][1]
-    return text + (f"; ahead of {name2} ({rate2:.3f} [{second['win_rate_ci'][0]:.2f}, "
-                   f"{second['win_rate_ci'][1]:.2f}]), " + ("the intervals do not overlap." if apart else
-                                                            "but the intervals overlap: the two are not shown to "
-                                                            "differ."))
+    runner_up = (f"; ahead of {name2} ({rate2:.3f} [{second['win_rate_ci'][0]:.2f}, "
+                 f"{second['win_rate_ci'][1]:.2f}])")
+    d = pair_difference(report, judge, name, name2)
+    if d is None or d["differ"] is None:
+        return text + runner_up + "."
+    gap = f"by {d['win_rate_difference']:+.3f} [{d['win_rate_difference_ci'][0]:+.2f}, " \
+          f"{d['win_rate_difference_ci'][1]:+.2f}] on the same {d['n']} posts"
+    return text + runner_up + (f" {gap}, beyond its CI." if d["differ"] else
+                               f", but {gap}: the two are not shown to differ.")
 
+
+def pair_difference(report: dict[str, Any], judge: str, a: str, b: str) -> dict[str, Any] | None:
+    """The judge's paired difference of policies a and b, signed as a − b."""
+    fit = next(j for j in report["judges"] if j["name"] == judge)
+    for d in fit.get("differences") or []:
+        if {d["a"], d["b"]} == {a, b}:
+            if d["a"] == a:
+                return d
+            lo, hi = d["win_rate_difference_ci"] or (None, None)
+            return {**d, "a": a, "b": b, "win_rate_difference": -d["win_rate_difference"],
+                    "win_rate_difference_ci": None if lo is None else [-hi, -lo]}
+    return None
 
 def _judges_table(report: dict[str, Any]) -> list[str]:
     parts = ["<h2>Judges</h2><table><tr><th>judge</th><th>kind</th><th>spec</th><th>note</th></tr>"]
@@ -368,6 +410,42 @@ def _judges_table(report: dict[str, Any]) -> list[str]:
         primary = " (primary)" if j["name"] == report["primary_judge"] else ""
         parts.append(f"<tr><td>{e(j['name'])}{primary}</td><td>{e(j['kind'])}</td><td>{e(j['spec'])}</td>"
                      f"<td>{e(j['note'])}</td></tr>")
+    return parts + ["</table>"]
+
+
+def _pareto_section(report: dict[str, Any], out: Path) -> list[str]:
+    """Score against length for every judge, then every two policies on the primary judge: do they differ?"""
+    parts = ["<h2>More than length? Score against summary length</h2><p class=note>A policy off the Pareto front "
+             "is beaten by one that is no longer: its gain is explained by length. The length-controlled win rate "
+             "is the win rate predicted at the reference's length.</p>" + image(out, "pareto")]
+    for judge, view in report["pareto"].items():
+        parts.append(f"<h3>judge {e(judge)}</h3><table><tr><th>policy</th><th>mean tokens</th><th>{e(view['y'])}"
+                     "</th><th>length-controlled win rate</th><th>on the front</th></tr>")
+        for p in view["points"]:
+            y = num(p["y"]) + (f" [{p['y_ci'][0]:.2f}, {p['y_ci'][1]:.2f}]" if p["y_ci"] else "")
+            parts.append(f"<tr><td>{e(p['policy'])}</td><td class=num>{num(p['mean_tokens'], 1)}</td>"
+                         f"<td class=num>{y}</td><td class=num>"
+                         f"{ci(p['length_controlled_win_rate'], p['length_controlled_win_rate_ci'])}</td>"
+                         f"<td>{'yes' if p.get('on_front') else 'no'}</td></tr>")
+        parts.append("</table>")
+    return parts + _differences_table(report)
+
+
+def _differences_table(report: dict[str, Any]) -> list[str]:
+    judge = report["primary_judge"]
+    diffs = next(j for j in report["judges"] if j["name"] == judge).get("differences") or []
+    if not diffs:
+        return []
+    scored = "score_difference" in diffs[0]
+    parts = [f"<h3>Which policies differ (judge {e(judge)}, paired on the same posts)</h3><table><tr><th>a − b"
+             "</th><th>posts</th><th>win-rate difference [CI]</th>" + ("<th>score difference [CI]</th>" if scored
+                                                                        else "") + "<th>verdict</th></tr>"]
+    for d in diffs:
+        verdict_text = ("differ" if d["differ"] else "not shown to differ" if d["differ"] is False else "—")
+        cells = [f"{e(d['a'])} − {e(d['b'])}", e(d["n"]), ci(d["win_rate_difference"], d["win_rate_difference_ci"])]
+        if scored:
+            cells.append(ci(d["score_difference"], d["score_difference_ci"]))
+        parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{verdict_text}</td></tr>")
     return parts + ["</table>"]
 
 

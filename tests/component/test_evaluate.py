@@ -222,7 +222,7 @@ def test_curves_rm_accuracy_and_transfer(full, world):
 
 def test_html_embeds_every_plot_and_escapes_text(full):
     out, _, rep = full
-    assert set(rep["plots"]) == {"win_rate", "scores", "kl_curve", "best_of_n", "rm_confidence", "transfer"}
+    assert set(rep["plots"]) == {"win_rate", "scores", "pareto", "kl_curve", "best_of_n", "rm_confidence", "transfer"}
     for name in rep["plots"].values():
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
@@ -394,20 +394,70 @@ def test_parse_choice(answer, choice):
 # ------------------------------------------------------------------------------------------------ the page
 
 
-def fake_report(*rates: tuple[str, float, float, float]) -> dict:
+def fake_report(*rates: tuple[str, float, float, float], differences: tuple[dict, ...] = ()) -> dict:
     return {"primary_judge": "gold", "settings": {"ci_level": 0.95},
+            "judges": [{"name": "gold", "differences": list(differences)}],
             "policies": {name: {"by_judge": {"gold": {"win_rate": r, "win_rate_ci": [lo, hi], "n": 100}}}
                          for name, r, lo, hi in rates}}
 
 
-def test_the_verdict_names_the_winner_and_says_whether_the_cis_separate():
-    apart = verdict(fake_report(("sft", 0.40, 0.31, 0.49), ("ppo", 0.62, 0.52, 0.71)))
+def difference(a: str, b: str, d: float, lo: float, hi: float) -> dict:
+    return {"a": a, "b": b, "n": 100, "win_rate_difference": d, "win_rate_difference_ci": [lo, hi],
+            "differ": lo > 0 or hi < 0}
+
+
+def test_the_verdict_names_the_winner_and_says_whether_the_paired_difference_is_beyond_its_ci():
+    apart = verdict(fake_report(("sft", 0.40, 0.31, 0.49), ("ppo", 0.62, 0.52, 0.71),
+                                differences=(difference("sft", "ppo", -0.22, -0.30, -0.14),)))
     assert apart.startswith("On the primary judge (gold), ppo is preferred to the reference most often: 0.620 "
                             "[0.52, 0.71] of 100 posts, above 0.5 beyond its 95% CI; ahead of sft (0.400")
-    assert apart.endswith("the intervals do not overlap.")
-    close = verdict(fake_report(("sft", 0.45, 0.35, 0.55), ("ppo", 0.48, 0.38, 0.58)))
-    assert "ppo is preferred" in close and "within its 95% CI" in close and "not shown to differ" in close
+    # the difference is stored as sft − ppo: the verdict turns it to the winner's side
+    assert apart.endswith("by +0.220 [+0.14, +0.30] on the same 100 posts, beyond its CI.")
+    # overlapping intervals, yet the paired difference can be beyond its CI: the verdict follows the pairs
+    paired = verdict(fake_report(("sft", 0.45, 0.35, 0.55), ("ppo", 0.50, 0.40, 0.60),
+                                 differences=(difference("ppo", "sft", 0.05, 0.01, 0.09),)))
+    assert paired.endswith("by +0.050 [+0.01, +0.09] on the same 100 posts, beyond its CI.")
+    close = verdict(fake_report(("sft", 0.45, 0.35, 0.55), ("ppo", 0.48, 0.38, 0.58),
+                                differences=(difference("ppo", "sft", 0.03, -0.05, 0.11),)))
+    assert "ppo is preferred" in close and "within its 95% CI" in close
+    assert close.endswith("but by +0.030 [-0.05, +0.11] on the same 100 posts: the two are not shown to differ.")
     assert "below 0.5 beyond its" in verdict(fake_report(("ppo", 0.2, 0.1, 0.3)))
+
+
+def test_pareto_view_and_paired_differences_match_a_hand_computation(full):
+    out, summary, rep = full
+    pol = rep["policies"]
+    view = rep["pareto"]["rm"]
+    assert view["y"] == "mean score" and [p["policy"] for p in view["points"]] == list(pol)
+    for p in view["points"]:
+        r = pol[p["policy"]]
+        assert p["mean_tokens"] == r["mean_tokens"] and p["y"] == r["by_judge"]["rm"]["score"]["mean"]
+        lo, hi = p["y_ci"]
+        assert lo < p["y"] < hi
+        # on the front exactly when no other policy is at most as long and at least as good, one strictly
+        beaten = any(q["mean_tokens"] <= p["mean_tokens"] and q["y"] >= p["y"] and
+                     (q["mean_tokens"] < p["mean_tokens"] or q["y"] > p["y"]) for q in view["points"] if q is not p)
+        assert p["on_front"] is not beaten
+    assert rep["pareto"]["py"]["y"] == "win rate against the reference"  # a judge that does not score
+    # differences: every two policies but the reference; lead3 − sft on the python judge by hand
+    diffs = {(d["a"], d["b"]): d for d in next(j for j in rep["judges"] if j["name"] == "py")["differences"]}
+    assert set(diffs) == {("sft", "ppo"), ("sft", "bo4"), ("sft", "lead3"), ("ppo", "bo4"), ("ppo", "lead3"),
+                          ("bo4", "lead3")}
+    d = diffs[("sft", "lead3")]
+    assert d["n"] == 6 and "score_difference" not in d
+    assert d["win_rate_difference"] == pytest.approx(pol["sft"]["by_judge"]["py"]["win_rate"]
+                                                     - pol["lead3"]["by_judge"]["py"]["win_rate"])
+    lo, hi = d["win_rate_difference_ci"]
+    assert lo <= d["win_rate_difference"] <= hi and d["differ"] == (lo > 0 or hi < 0)
+    rm_diff = next(j for j in rep["judges"] if j["name"] == "rm")["differences"][0]
+    assert rm_diff["score_difference"] == pytest.approx(pol["sft"]["by_judge"]["rm"]["score"]["mean"]
+                                                        - pol["ppo"]["by_judge"]["rm"]["score"]["mean"], abs=1e-6)
+    # DONE.json: the primary judge's intervals and differences, for scripts and the pipeline's closing summary
+    assert summary["win_rate_ci"] == {k: v["win_rate_ci"] for k, v in pol.items()}
+    assert summary["mean_score_ci"]["sft"] == pol["sft"]["by_judge"]["rm"]["mean_score_ci"]
+    assert summary["differences"] == next(j for j in rep["judges"] if j["name"] == "rm")["differences"]
+    page = (out / "report.html").read_text()
+    assert "More than length?" in page and "Which policies differ" in page
 
 
 def test_the_first_screen_gives_the_verdict(full):

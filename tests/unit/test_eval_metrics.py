@@ -1,5 +1,6 @@
 """The evaluation's math by hand: win rates and Wilson intervals, length control on synthetic data with a known
-effect, best-of-k, lead-3 sentence splitting, ROUGE wiring, score summaries."""
+effect, best-of-k, lead-3 sentence splitting, ROUGE wiring, score summaries, paired differences and the Pareto
+front."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from rlhflab.eval.metrics import (
     length_controlled_win_rates,
     log_length_ratio,
     mean_and_se,
+    mean_interval,
+    paired_difference,
+    pareto_front,
     rank_order,
     rouge,
     sigmoid,
@@ -212,3 +216,32 @@ def test_summary_stats_and_standard_error():
     mean, se = mean_and_se([1.0, 3.0])
     assert mean == 2.0 and se == pytest.approx(math.sqrt(2) / math.sqrt(2))  # std 1.414 / sqrt 2
     assert mean_and_se([4.0]) == (4.0, None)
+
+
+def test_mean_interval_by_hand():
+    lo, hi = mean_interval([1.0, 3.0])  # mean 2, s = √2, se = s/√2 = 1
+    assert (lo, hi) == pytest.approx((2 - 1.959964, 2 + 1.959964), abs=1e-6)
+    assert mean_interval([5.0]) is None and mean_interval([]) is None
+
+
+def test_paired_difference_by_hand():
+    # d = [1, 0, 0, 0.5]: mean 0.375; s² = (0.625² + 0.375² + 0.375² + 0.125²)/3 = 0.6875/3; se = s/2
+    got = paired_difference([1.0, 1.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.0])
+    half = 1.959964 * math.sqrt(0.6875 / 3) / 2
+    assert got["n"] == 4 and got["difference"] == pytest.approx(0.375)
+    assert got["ci"] == pytest.approx([0.375 - half, 0.375 + half], abs=1e-6) and got["differ"] is False
+    # every post the same difference: no spread, the interval is the difference, and it excludes 0
+    assert paired_difference([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]) == {"n": 3, "difference": 1.0, "ci": [1.0, 1.0],
+                                                                  "differ": True}
+    # a post that either lacks is left out; one pair has no interval
+    assert paired_difference([1.0, None], [0.0, 0.0]) == {"n": 1, "difference": 1.0, "ci": None, "differ": None}
+    assert paired_difference([None], [1.0])["difference"] is None
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+def test_pareto_front_by_hand():
+    # (tokens, score): (15, 0.5) is beaten by (10, 1.0), (30, 2.0) by (20, 2.0); equal points beat neither
+    points = [(10, 1.0), (20, 2.0), (15, 0.5), (10, 1.0), (30, 2.0)]
+    assert pareto_front(points) == [True, True, False, True, False]
+    assert pareto_front([]) == [] and pareto_front([(5, 0.0)]) == [True]

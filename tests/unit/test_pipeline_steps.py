@@ -1,11 +1,13 @@
-"""The pipeline's own small steps: config merging, pairing samples into tasks, reading the app's progress."""
+"""The pipeline's own small steps: config merging, pairing samples into tasks, reading the app's progress, the
+closing summary."""
 
 from __future__ import annotations
 
 import pytest
 
 from rlhflab.data.records import Post, Sample
-from rlhflab.pipeline import PipelineConfig, PipelineError, merge, pair_samples, remaining_tasks, validate
+from rlhflab.pipeline import (PipelineConfig, PipelineError, closing_summary, merge, pair_samples, remaining_tasks,
+                              validate)
 
 
 def test_merge_puts_the_wiring_into_nested_sections_and_keeps_the_rest():
@@ -139,3 +141,25 @@ def test_a_reused_sft_run_is_what_the_next_stages_start_from(tmp_path, monkeypat
     assert command == "rm" and wiring["model"] == str(run)  # the gold RM starts from the reused SFT run
     assert runner.record[0] == {"stage": "sft", "run_dir": str(run), "skipped": True, "reused": True}
     assert "reused, not retrained" in capsys.readouterr().out
+
+
+def test_the_closing_summary_gives_every_win_rate_with_its_ci_and_says_which_policies_do_not_differ():
+    summary = {"wall_s": 120, "out": "runs/x", "report": "runs/x/eval/report.html", "rounds": [], "judge": "gold",
+               "ci_level": 0.9, "win_rate": {"sft": 0.30, "ppo": 0.42},
+               "win_rate_ci": {"sft": [0.21, 0.41], "ppo": [0.32, 0.53]},
+               "length_controlled_win_rate": {"sft": 0.33, "ppo": 0.38},
+               "length_controlled_win_rate_ci": {"sft": [0.25, 0.41], "ppo": [0.29, 0.47]},
+               "mean_tokens": {"sft": 24.0, "ppo": 31.5},
+               "differences": [{"a": "sft", "b": "ppo", "n": 64, "win_rate_difference": -0.12,
+                                "win_rate_difference_ci": [-0.25, 0.01], "differ": False}]}
+    text = closing_summary(summary)
+    assert "(judge gold) [90% CI]" in text
+    assert "sft        0.30 [0.21, 0.41]  (length-controlled 0.33 [0.25, 0.41], 24.0 tokens)" in text
+    assert "ppo        0.42 [0.32, 0.53]  (length-controlled 0.38 [0.29, 0.47], 31.5 tokens)" in text
+    assert "sft − ppo: -0.12 [-0.25, 0.01] on 64 posts: do not differ: the CI of the difference includes 0" in text
+    summary["differences"][0] |= {"win_rate_difference_ci": [-0.20, -0.04], "differ": True}
+    assert "on 64 posts: differ beyond the CI" in closing_summary(summary)
+    # a summary from before the intervals were recorded still prints
+    old = {k: v for k, v in summary.items() if k not in ("win_rate_ci", "length_controlled_win_rate_ci",
+                                                         "differences", "ci_level")}
+    assert "sft        0.30  (length-controlled 0.33, 24.0 tokens)" in closing_summary(old)
