@@ -37,6 +37,33 @@ def timed(cmd: list[str], cwd: Path, log: Path) -> float:
     return time.time() - t0
 
 
+GOAL = ("PPO's mean gold-judge score above SFT's by more than its CI (the paired difference's 95% interval, on the "
+        "same posts, above 0), on at least 64 eval posts")
+
+
+def gold_results(report: dict) -> dict:
+    """The gold judge's numbers for SFT and PPO (the issue's `gold.{sft,ppo}.*`), their paired difference and the
+    goal's verdict; the unpaired intervals' separation beside it."""
+    gold = {}
+    for name in ("sft", "ppo"):
+        r = report["policies"][name]
+        j = r["by_judge"]["gold"]
+        gold[name] = {"win_rate": j["win_rate"], "win_rate_ci": j["win_rate_ci"], "mean_score": j["score"]["mean"],
+                      "mean_score_ci": j["mean_score_ci"], "mean_tokens": r["mean_tokens"],
+                      "length_controlled_win_rate": j["length_controlled_win_rate"],
+                      "length_controlled_win_rate_ci": j["length_controlled_win_rate_ci"]}
+    fit = next(j for j in report["judges"] if j["name"] == "gold")
+    d = next(d for d in fit["differences"] if {d["a"], d["b"]} == {"sft", "ppo"})
+    sign = 1.0 if d["a"] == "ppo" else -1.0
+    lo, hi = sorted(sign * v for v in d["score_difference_ci"])
+    diff = {"score": sign * d["score_difference"], "score_ci": [lo, hi],
+            "win_rate": sign * d["win_rate_difference"], "n": d["n"]}
+    n_posts = report["posts"]["n"]
+    return {"n_posts": n_posts, "gold": gold, "gold_ppo_minus_sft": diff, "goal": GOAL,
+            "goal_met": bool(lo > 0 and n_posts >= 64),
+            "unpaired_intervals_separate": gold["ppo"]["mean_score_ci"][0] > gold["sft"]["mean_score_ci"][1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=Path, help="clone into this directory and keep it (default: a temp dir)")
@@ -68,9 +95,11 @@ def main() -> None:
         "length_controlled_win_rate": summary["length_controlled_win_rate"],
         "mean_tokens": summary["mean_tokens"],
         "report_bytes": (clone / "runs" / "demo" / "eval" / "report.html").stat().st_size,
+        **gold_results(json.loads((clone / "runs" / "demo" / "eval" / "report.json").read_text())),
     }
     OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("wall_s", "install_s", "pipeline_s")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("wall_s", "install_s", "pipeline_s", "gold_ppo_minus_sft", "goal_met")},
+                     indent=2))
     print(f"wrote {OUT}")
 
 

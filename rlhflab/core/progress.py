@@ -101,7 +101,12 @@ def _duration(seconds: float) -> str:
 def quiet_library_bars(stream: TextIO | None = None) -> None:
     """Off a terminal, turn off the Hugging Face libraries' own bars ("Loading weights", dataset maps): they read
     these variables when first imported, which is after logging is set up."""
-    if os.environ.get("RLHFLAB_PROGRESS") == "bar" or _isatty(stream or sys.stderr):
+    if not library_bars_quiet(stream):
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def library_bars_quiet(stream: TextIO | None = None) -> bool:
+    """Whether the libraries' own bars are off: off a terminal, unless RLHFLAB_PROGRESS=bar."""
+    return os.environ.get("RLHFLAB_PROGRESS") != "bar" and not _isatty(stream or sys.stderr)

@@ -302,8 +302,30 @@ def _reward_head_expected(path: Path) -> Iterator[None]:
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """De-quantise a GGUF file (slow: ~20 s for 135M) into a plain, savable model."""
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with _quiet_gguf_bar():
+        gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     return _savable(gguf_model).to(dtype), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_gguf_bar() -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar, which no Hugging Face setting turns off: off a terminal
+    (where rlhflab's progress is plain lines) it is made silent, so a log file gets no carriage-return redraws."""
+    from rlhflab.core.progress import library_bars_quiet
+
+    if not library_bars_quiet():
+        yield
+        return
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def _embedded_cache() -> Path:

@@ -114,3 +114,15 @@ def test_llama_cpp_continues_a_prompt_as_rlhflab_does(tmp_path):
         if len(theirs) == 12:
             break
     assert theirs == ours
+
+
+def test_loading_a_gguf_file_off_a_terminal_draws_no_bar(models, tmp_path, capsys, monkeypatch):
+    """transformers' GGUF reader has its own tqdm bar; in a log file it would be a line of carriage returns."""
+    path = export_gguf(str(models["tiny"]), tmp_path / "m.gguf", "f32")["path"]
+    monkeypatch.delenv("RLHFLAB_PROGRESS", raising=False)
+    capsys.readouterr()
+    load_model(path)
+    assert "de-quantizing" not in capsys.readouterr().err  # pytest's captured stderr is not a terminal
+    monkeypatch.setenv("RLHFLAB_PROGRESS", "bar")  # asked for: the library's bar is back
+    load_model(path)
+    assert "de-quantizing" in capsys.readouterr().err
