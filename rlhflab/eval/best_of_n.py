@@ -31,14 +31,14 @@ from rlhflab.core.progress import progress
 from rlhflab.core.rundir import RunDir, RunError, atomic_write_text, is_run_dir
 from rlhflab.core.seed import seed_everything
 from rlhflab.data.format import encode_query, format_queries, format_query
-from rlhflab.data.loaders import load_posts
+from rlhflab.data.loaders import is_hub_id, load_posts
 from rlhflab.data.preflight import check_files, posts_check
 from rlhflab.data.records import Post, Sample
 from rlhflab.data.resumable import ResumableRows, append_rows, dumps_rows, pending_batches, read_rows
 from rlhflab.models.device import autocast, resolve_device
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model
-from rlhflab.models.ensemble import RewardEnsemble, is_ensemble_spec
+from rlhflab.models.ensemble import RewardEnsemble, reward_members
 from rlhflab.models.reward import RewardModel, load_reward_model
 from rlhflab.models.text_reward import (
     TextReward,
@@ -207,8 +207,12 @@ def load_ranker(cfg: BestOfNConfig) -> RewardModel | TextReward:
         if needs_reference(fn):
             check_references(fn, list(load_posts(cfg.posts, format=cfg.format, limit=cfg.limit)), cfg.posts)
         return fn
-    if not is_ensemble_spec(cfg.reward) and not Path(cfg.reward).expanduser().exists():
-        raise RunError(f"reward={cfg.reward}: not found — expected an `rlhflab rm` run directory, "
+    try:
+        missing = [m for m in reward_members(cfg.reward) if not Path(m).expanduser().exists() and not is_hub_id(m)]
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    if missing:
+        raise RunError(f"reward={cfg.reward}: {missing[0]} not found — expected an `rlhflab rm` run directory, "
                        "ensemble:<rule>:<rm>,<rm>,..., rouge, style:NAME or python:module:function")
     return load_reward_model(cfg.reward, allow_partial=cfg.allow_partial)
 

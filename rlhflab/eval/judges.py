@@ -404,8 +404,12 @@ def build_judge(spec: JudgeSpec, cache_dir: Path, load_rm: Callable[[str], Any],
     import os
 
     if spec.kind == "rm":
-        members = (spec.spec or "").split(":", 2)[-1].split(",") if (spec.spec or "").startswith("ensemble:") \
-            else [spec.spec or ""]
+        from rlhflab.models.ensemble import reward_members
+
+        try:
+            members = reward_members(spec.spec or "")
+        except ValueError as err:
+            raise RunError(f"judge {spec.name}: {err}") from None
         if not all(Path(m).expanduser().exists() or is_hub_id(m) for m in members):
             raise RunError(f"judge {spec.name}: spec={spec.spec}: not found — expected an `rlhflab rm` run "
                            "directory or a sequence-classification RM (directory or hub id)")

@@ -47,6 +47,11 @@ def parse_ensemble_spec(spec: str) -> tuple[str, float, list[str]]:
         raise ValueError(f"reward {spec!r}: uwo's lambda must be a number, got {lam!r}") from None
 
 
+def reward_members(spec: str) -> list[str]:
+    """The reward models a reward spec names: an ensemble's members, else the spec itself."""
+    return parse_ensemble_spec(spec)[2] if is_ensemble_spec(spec) else [spec]
+
+
 class RewardEnsemble(nn.Module):
     """K RewardModels scored together and combined by `rule` (ops/losses.py:combine_ensemble)."""
 

@@ -70,3 +70,19 @@ def test_a_missing_member_is_named_before_anything_loads(members, tmp_path):
     cfg = load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml", [f"reward={spec}", "total_episodes=8"])
     with pytest.raises(Exception, match="nope"):
         ppo.preflight(cfg, None)
+
+
+def test_a_bad_ensemble_spec_is_refused_by_the_judge_and_by_best_of_n(members, tmp_path):
+    from rlhflab.core.rundir import RunError
+    from rlhflab.eval.best_of_n import BestOfNConfig, load_ranker
+
+    with pytest.raises(RunError, match="judge ens: .*the rule is mean, min or uwo"):
+        build_judge(JudgeSpec(name="ens", kind="rm", spec=f"ensemble:avg:{members[0]},{members[1]}"),
+                    tmp_path / "judge", load_reward_model)
+    with pytest.raises(RunError, match="judge ens: .*not found"):
+        build_judge(JudgeSpec(name="ens", kind="rm", spec=f"ensemble:min:{members[0]},{tmp_path / 'nope'}"),
+                    tmp_path / "judge", load_reward_model)
+    with pytest.raises(RunError, match=f"{tmp_path / 'nope'} not found"):
+        load_ranker(BestOfNConfig(reward=f"ensemble:mean:{members[0]},{tmp_path / 'nope'}", posts=str(BATCH13)))
+    with pytest.raises(RunError, match="at least two reward models"):
+        load_ranker(BestOfNConfig(reward=f"ensemble:mean:{members[0]}", posts=str(BATCH13)))
