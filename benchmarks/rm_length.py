@@ -25,14 +25,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rm_more_labels import BATCH13, COMMANDS, REPO, pooled, rlhflab  # noqa: E402
+from rm_more_labels import BATCH13, COMMANDS, CPU_RECIPE, REPO, pooled, rlhflab  # noqa: E402
 
 OUT_JSON = REPO / "benchmarks" / "results" / "rm_length.json"
 GOAL = ("the quality head's |correlation with length| <= 0.10 while its overall accuracy stays within 2 points of "
         "the single head's; similar-length accuracy >= 0.60")
-# the cheap recipe that fits 12 RM runs on 2 cores: 28 of 30 layers frozen, 192-token queries, one epoch
-CPU_RECIPE = ["freeze_layers=28", "data.max_query_tokens=192", "optim.lr=1e-4", "epochs=1", "normalise_on=null",
-              "eval_batch_size=32"]
 
 
 def train(name: str, fold: int, extra: list[str], args: argparse.Namespace) -> Path:

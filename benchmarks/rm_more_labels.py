@@ -10,8 +10,12 @@ folds' dev pairs together are every batch13 pair once, so each arm's numbers are
   length_correlation       Pearson correlation of score and summary length (characters), over every summary
   length_baseline          "the longer summary wins" on the same pairs (the number to beat)
 
-    python benchmarks/rm_more_labels.py --sft runs/sft/cpu [--profile cpu] [--folds 5]
+    python benchmarks/rm_more_labels.py [--folds 3] [--batch13-from runs/rm_length/single]
     python benchmarks/rm_more_labels.py --profile tiny     # tiny random model, 96 rows, 3 folds: the plumbing
+
+The cpu profile trains every RM with rm_length.py's recipe (CPU_RECIPE: 28 of 30 layers frozen, 192-token queries,
+one epoch over the comparisons) on the same folds, so `batch13_only` is rm_length.py's `single` arm:
+`--batch13-from` links those finished runs instead of training them again.
 
 Every step is an ordinary `rlhflab` command (printed, skipped when its run is done, so an interrupted benchmark
 resumes). The cpu and gpu profiles write benchmarks/results/rm_more_labels.json; tiny writes under --out only.
@@ -38,6 +42,9 @@ ARMS = {  # arm -> the overrides that make it
     "postless_first": [f"data.postless={POSTLESS}", "data.postless_schedule=first", "data.postless_epochs=1"],
     "postless_mixed": [f"data.postless={POSTLESS}", "data.postless_schedule=mixed", "data.postless_weight=0.5"],
 }
+# the cheap recipe that fits the k folds' RMs on 2 cores (rm_length.py uses it too, so the two compare)
+CPU_RECIPE = ["freeze_layers=28", "data.max_query_tokens=192", "optim.lr=1e-4", "epochs=1", "normalise_on=null",
+              "eval_batch_size=32"]
 GOAL = ("the best variant's similar-length accuracy >= 0.60 and its overall accuracy >= 3 points above "
         "batch13_only (pooled over the folds)")
 COMMANDS: list[str] = []
@@ -101,30 +108,53 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
     ap.add_argument("--sft", default=None, help="the SFT run the RMs start from (tiny: the tiny model)")
-    ap.add_argument("--folds", type=int, default=None, help="k of the k-fold by post (default 5; tiny 3)")
+    ap.add_argument("--folds", type=int, default=None, help="k of the k-fold by post (default 3, as rm_length.py)")
+    ap.add_argument("--batch13-from", type=Path, default=None,
+                    help="rm_length.py's single-arm runs (DIR/rm_fold<k>): batch13_only reuses them")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated, from " + ", ".join(ARMS))
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "rm_more_labels")
     ap.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     ap.add_argument("overrides", nargs="*", help="extra `rlhflab rm` overrides for every arm, e.g. epochs=2")
     args = ap.parse_args()
-    args.folds = args.folds or (3 if args.profile == "tiny" else 5)
+    args.folds = args.folds or 3
     args.sft = args.sft or ("tiny" if args.profile == "tiny" else "smollm2-135m")
     args.limit = 96 if args.profile == "tiny" else "null"  # rm-eval must see the rows the RMs were split from
     if args.profile == "tiny":
         args.overrides = [f"data.limit={args.limit}", "max_steps=2", "normalise_on=null", *args.overrides]
+    elif args.profile == "cpu":
+        args.overrides = [*CPU_RECIPE, *args.overrides]
     arms = args.arms.split(",")
     unknown = sorted(set(arms) - set(ARMS))
     if unknown or "batch13_only" not in arms:
         ap.error(f"--arms: {', '.join(unknown) or 'batch13_only is required (the baseline)'}")
     t0 = time.time()
-    result: dict = {}
-    for arm in arms:
-        rows = [row for fold in range(args.folds) for row in run_fold(arm, fold, args, args.out)]
-        result[arm] = pooled(rows)
+    rows: dict[str, list[dict]] = {arm: [] for arm in arms}
+    for fold in range(args.folds):  # fold by fold, the result rewritten after each: an interrupted run says how far
+        if args.batch13_from:
+            link_finished(args.batch13_from / f"rm_fold{fold}", args.out / "batch13_only" / f"rm_fold{fold}")
+        for arm in arms:
+            rows[arm] += run_fold(arm, fold, args, args.out)
+        write_result(rows, fold + 1, args, t0)
+    return 0
+
+
+def link_finished(source: Path, target: Path) -> None:
+    """Use a finished RM run (same recipe, same fold) as this arm's: `rlhflab rm` then skips it as done."""
+    if (source / "DONE.json").is_file() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source.resolve(), target_is_directory=True)
+
+
+def write_result(rows: dict[str, list[dict]], folds_done: int, args: argparse.Namespace, t0: float) -> None:
+    arms = list(rows)
+    result: dict = {arm: pooled(r) for arm, r in rows.items()}
     result |= verdict(result) if len(arms) > 1 else {}
-    result |= {"folds": args.folds, "fold_by": "post (data.folds / rm-eval folds: the post-id hash split_by_post "
-                                              "uses)", "arms": {a: ARMS[a] for a in arms}, "profile": args.profile,
-               "sft": args.sft, "overrides": args.overrides, "commands": COMMANDS, "wall_s": round(time.time() - t0),
+    result |= {"folds": args.folds, "folds_completed": folds_done, "complete": folds_done == args.folds,
+               "fold_by": "post (data.folds / rm-eval folds: the post-id hash split_by_post uses)",
+               "arms": {a: ARMS[a] for a in arms}, "profile": args.profile, "sft": args.sft,
+               "overrides": args.overrides, "commands": COMMANDS,
+               "batch13_from": str(args.batch13_from) if args.batch13_from else None,
+               "wall_s": round(time.time() - t0),
                "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
                "note": args.note}
     target = OUT_JSON if args.profile != "tiny" else args.out / "rm_more_labels.json"
@@ -132,8 +162,6 @@ def main() -> int:
     target.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({a: result[a] for a in arms} | {k: result.get(k) for k in ("best_variant", "goal_met")},
                      indent=2))
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

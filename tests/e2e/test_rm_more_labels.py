@@ -32,3 +32,13 @@ def test_the_tiny_more_labels_benchmark_pools_the_same_folds_for_every_arm(tmp_p
     assert res["best_variant"] in arms[1:] and isinstance(res["goal_met"], bool)
     rm_commands = [c for c in res["commands"] if c.startswith("rlhflab rm ")]
     assert sum("data.postless_schedule=first" in c for c in rm_commands) == 2
+    assert res["folds_completed"] == 2 and res["complete"] is True
+
+    # batch13_only from finished runs of the same recipe and folds (rm_length.py's single arm): linked, not trained
+    out2 = tmp_path / "rmml2"
+    subprocess.run([sys.executable, "benchmarks/rm_more_labels.py", "--profile", "tiny", "--folds", "2", "--out",
+                    str(out2), "--arms", "batch13_only", "--batch13-from", str(out / "batch13_only")], cwd=REPO,
+                   check=True, capture_output=True)
+    again = json.loads((out2 / "rm_more_labels.json").read_text())
+    assert (out2 / "batch13_only" / "rm_fold1").is_symlink()
+    assert again["batch13_only"] == res["batch13_only"] and again["batch13_from"] == str(out / "batch13_only")
