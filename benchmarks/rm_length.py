@@ -62,6 +62,27 @@ def arm_fields(p: dict) -> dict:
             "length_correlation": p["length_correlation"], "n_pairs": p["n_pairs"], "n_similar": p["n_similar_length"]}
 
 
+def odin_heads(evals: Path, folds_done: int) -> dict:
+    """All three of the ODIN RM's readings (quality, length, their sum) pooled over the folds from rm-eval's
+    `per_head`: accuracies weighted by each fold's pairs (exact), the correlation as the folds' pair-weighted mean
+    (a summary, not the pooled correlation the arms get)."""
+    reports = [json.loads((evals / f"eval_fold{k}" / "report.json").read_text()) for k in range(folds_done)]
+    if not reports or "per_head" not in reports[0]:
+        return {}
+    out = {}
+    for head in reports[0]["per_head"]:
+        n = sum(r["n_pairs"] for r in reports)
+        n_sim = sum(r["similar_length_n"] for r in reports)
+        heads = [(r, r["per_head"][head]) for r in reports]
+        out[head] = {
+            "accuracy": sum(h["accuracy"] * r["n_pairs"] for r, h in heads) / n,
+            "similar_length_accuracy": (sum((h["similar_length_accuracy"] or 0) * r["similar_length_n"]
+                                            for r, h in heads) / n_sim) if n_sim else None,
+            "length_correlation_fold_mean": sum(h["score_length_correlation"] * r["n_pairs"] for r, h in heads) / n,
+            "n_pairs": n}
+    return out
+
+
 def verdict(result: dict) -> dict:
     single, odin = result["single"], result["odin_quality"]
     decorrelated = abs(odin["length_correlation"] or 1.0) <= 0.10
@@ -105,6 +126,7 @@ def write_result(rows: dict[str, list[dict]], folds_done: int, args: argparse.Na
                                  "length_correlation": None, "n_pairs": base["n_pairs"],
                                  "n_similar": base["n_similar_length"]}
     result |= verdict(result)
+    result["odin_heads"] = odin_heads(args.out / "odin_quality", folds_done)
     result |= {"folds": args.folds, "folds_completed": folds_done, "complete": folds_done == args.folds,
                "fold_by": "post (data.folds / rm-eval folds)", "profile": args.profile,
                "sft": args.sft, "overrides": args.overrides,
