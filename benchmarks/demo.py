@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
 
+from rlhflab.eval.report import pair_difference  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "demo.json"
 
@@ -52,12 +54,11 @@ def gold_results(report: dict) -> dict:
                       "mean_score_ci": j["mean_score_ci"], "mean_tokens": r["mean_tokens"],
                       "length_controlled_win_rate": j["length_controlled_win_rate"],
                       "length_controlled_win_rate_ci": j["length_controlled_win_rate_ci"]}
-    fit = next(j for j in report["judges"] if j["name"] == "gold")
-    d = next(d for d in fit["differences"] if {d["a"], d["b"]} == {"sft", "ppo"})
-    sign = 1.0 if d["a"] == "ppo" else -1.0
-    lo, hi = sorted(sign * v for v in d["score_difference_ci"])
-    diff = {"score": sign * d["score_difference"], "score_ci": [lo, hi],
-            "win_rate": sign * d["win_rate_difference"], "n": d["n"]}
+    d = pair_difference(report, "gold", "ppo", "sft")
+    assert d is not None, "the eval report has no gold-judge difference of ppo and sft"
+    lo, _ = d["score_difference_ci"]
+    diff = {"score": d["score_difference"], "score_ci": d["score_difference_ci"],
+            "win_rate": d["win_rate_difference"], "n": d["n"]}
     n_posts = report["posts"]["n"]
     return {"n_posts": n_posts, "gold": gold, "gold_ppo_minus_sft": diff, "goal": GOAL,
             "goal_met": bool(lo > 0 and n_posts >= 64),

@@ -69,10 +69,10 @@ def odin_heads(evals: Path, folds_done: int) -> dict:
     reports = [json.loads((evals / f"eval_fold{k}" / "report.json").read_text()) for k in range(folds_done)]
     if not reports or "per_head" not in reports[0]:
         return {}
+    n = sum(r["n_pairs"] for r in reports)
+    n_sim = sum(r["similar_length_n"] for r in reports)
     out = {}
     for head in reports[0]["per_head"]:
-        n = sum(r["n_pairs"] for r in reports)
-        n_sim = sum(r["similar_length_n"] for r in reports)
         heads = [(r, r["per_head"][head]) for r in reports]
         out[head] = {
             "accuracy": sum(h["accuracy"] * r["n_pairs"] for r, h in heads) / n,

@@ -163,5 +163,6 @@ def write_result(rows: dict[str, list[dict]], folds_done: int, args: argparse.Na
     print(json.dumps({a: result[a] for a in arms} | {k: result.get(k) for k in ("best_variant", "goal_met")},
                      indent=2))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -276,7 +276,8 @@ def run_pipeline(runner: StageRunner) -> dict[str, Any]:
                "report": report.get("html") or report.get("report"), "judge_score": report.get("judge_score"),
                "judge": report.get("judge"),
                **{k: report.get(k) for k in ("win_rate", "win_rate_ci", "length_controlled_win_rate",
-                                             "length_controlled_win_rate_ci", "mean_tokens", "differences", "ci_level")},
+                                             "length_controlled_win_rate_ci", "mean_tokens", "differences",
+                                             "ci_level")},
                "stages": runner.record}
     write_jsonl(d / "pipeline.jsonl", [summary])
     return summary

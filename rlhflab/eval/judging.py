@@ -152,7 +152,8 @@ def policy_differences(verdicts: Verdicts, kinds: dict[str, str], ci_level: floa
                    "win_rate_difference_ci": w["ci"], "differ": w["differ"]}
             if verdicts.scores is not None:
                 s = metrics.paired_difference(verdicts.scores[a], verdicts.scores[b], ci_level)
-                row |= {"score_difference": s["difference"], "score_difference_ci": s["ci"], "score_differ": s["differ"]}
+                row |= {"score_difference": s["difference"], "score_difference_ci": s["ci"],
+                        "score_differ": s["differ"]}
             out.append(row)
     return out
 

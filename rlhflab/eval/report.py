@@ -36,8 +36,8 @@ def _pyplot():
 
 
 # the plots drawn from one report section, which they skip when the report has none
-PLOT_SECTIONS = {"pareto": "pareto", "kl_curve": "kl_curve", "best_of_n": "best_of_n", "rm_confidence": "rm_accuracy_vs_confidence",
-                 "transfer": "transfer"}
+PLOT_SECTIONS = {"pareto": "pareto", "kl_curve": "kl_curve", "best_of_n": "best_of_n",
+                 "rm_confidence": "rm_accuracy_vs_confidence", "transfer": "transfer"}
 
 
 def write_plots(out: Path, report: dict[str, Any],
@@ -48,8 +48,8 @@ def write_plots(out: Path, report: dict[str, Any],
     if plt is None:
         return {}
     files: dict[str, str] = {}
-    drawers = {"win_rate": _win_rate, "scores": _scores, "pareto": _pareto, "kl_curve": _kl_curve, "best_of_n": _best_of_n,
-               "rm_confidence": _rm_confidence, "transfer": _transfer}
+    drawers = {"win_rate": _win_rate, "scores": _scores, "pareto": _pareto, "kl_curve": _kl_curve,
+               "best_of_n": _best_of_n, "rm_confidence": _rm_confidence, "transfer": _transfer}
     for name in PLOTS:
         if name in PLOT_SECTIONS and not report.get(PLOT_SECTIONS[name]):
             continue
@@ -393,16 +393,22 @@ def verdict(report: dict[str, Any]) -> str:
 
 
 def pair_difference(report: dict[str, Any], judge: str, a: str, b: str) -> dict[str, Any] | None:
-    """The judge's paired difference of policies a and b, signed as a − b."""
+    """The judge's paired difference of policies a and b (win rates and, for a scoring judge, scores), signed as
+    a − b."""
     fit = next(j for j in report["judges"] if j["name"] == judge)
     for d in fit.get("differences") or []:
         if {d["a"], d["b"]} == {a, b}:
             if d["a"] == a:
                 return d
-            lo, hi = d["win_rate_difference_ci"] or (None, None)
-            return {**d, "a": a, "b": b, "win_rate_difference": -d["win_rate_difference"],
-                    "win_rate_difference_ci": None if lo is None else [-hi, -lo]}
+            flipped = {**d, "a": a, "b": b}
+            for key in ("win_rate_difference", "score_difference"):
+                if d.get(key) is not None:
+                    flipped[key] = -d[key]
+                if d.get(key + "_ci") is not None:
+                    flipped[key + "_ci"] = [-d[key + "_ci"][1], -d[key + "_ci"][0]]
+            return flipped
     return None
+
 
 def _judges_table(report: dict[str, Any]) -> list[str]:
     parts = ["<h2>Judges</h2><table><tr><th>judge</th><th>kind</th><th>spec</th><th>note</th></tr>"]

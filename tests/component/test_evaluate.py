@@ -24,7 +24,7 @@ from rlhflab.eval import sampling as sampling_module  # noqa: E402
 from rlhflab.eval.evaluate import EvalConfig, evaluate  # noqa: E402
 from rlhflab.eval.judges import JudgeSpec, OpenAIJudge, Text, parse_choice  # noqa: E402
 from rlhflab.eval.metrics import lead_k, rouge  # noqa: E402
-from rlhflab.eval.report import verdict  # noqa: E402
+from rlhflab.eval.report import pair_difference, verdict  # noqa: E402
 from rlhflab.models.loading import save_model, tiny_model_and_tokenizer  # noqa: E402
 from rlhflab.models.reward import load_reward_model, new_reward_model, save_reward_model  # noqa: E402
 
@@ -422,6 +422,17 @@ def test_the_verdict_names_the_winner_and_says_whether_the_paired_difference_is_
     assert "ppo is preferred" in close and "within its 95% CI" in close
     assert close.endswith("but by +0.030 [-0.05, +0.11] on the same 100 posts: the two are not shown to differ.")
     assert "below 0.5 beyond its" in verdict(fake_report(("ppo", 0.2, 0.1, 0.3)))
+
+
+def test_a_pair_difference_read_the_other_way_round_flips_every_difference_and_interval():
+    stored = difference("sft", "ppo", -0.22, -0.30, -0.14) | {"score_difference": -0.4,
+                                                              "score_difference_ci": [-0.5, -0.3]}
+    rep = fake_report(("sft", 0.40, 0.31, 0.49), ("ppo", 0.62, 0.52, 0.71), differences=(stored,))
+    got = pair_difference(rep, "gold", "ppo", "sft")
+    assert (got["a"], got["b"], got["n"], got["differ"]) == ("ppo", "sft", 100, True)
+    assert got["win_rate_difference"] == 0.22 and got["win_rate_difference_ci"] == [0.14, 0.30]
+    assert got["score_difference"] == 0.4 and got["score_difference_ci"] == [0.3, 0.5]
+    assert pair_difference(rep, "gold", "sft", "ppo") == stored and pair_difference(rep, "gold", "sft", "x") is None
 
 
 def test_pareto_view_and_paired_differences_match_a_hand_computation(full):
