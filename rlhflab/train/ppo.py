@@ -161,7 +161,11 @@ class PPOConfig:
         "`posts`); or \"style:sentiment\" / \"style:descriptiveness\" (a programmatic judge of the response)")
     value_model: str | None = setting(
         None,
-        "the value model's start; None: the reward RM (a callable reward: the policy's model + a fresh head)")
+        "the value model's start; None: as value_init says (a callable reward: the policy's model + a fresh head)")
+    value_init: Literal["reward", "fresh"] = setting(
+        "reward",
+        "with value_model None: start the value model as the reward RM (the paper), or as `model` with a zero "
+        "head, every value 0 (no bias at the EOS token from the RM's scores of partial responses: docs/stages.md)")
     seed: int = setting(1, "random seed (episode sampling seeds, minibatch shuffle, post order, fresh heads)")
     data: PPOData = setting(default_factory=PPOData, help="the posts whose queries PPO rolls out on")
     total_episodes: int = setting(
@@ -317,14 +321,22 @@ def load_reward(cfg: PPOConfig, reward_fn: RewardFn | None, device: torch.device
 
 
 def load_value_model(cfg: PPOConfig, device: torch.device) -> RewardModel:
-    """The value model starts as the reward model (the paper), or — for a callable reward, or a `value_model`
-    that is a plain language model — as that model with a fresh scalar head."""
+    """The value model starts as the reward model (the paper), or — for value_init=fresh, a callable reward, or a
+    `value_model` that is a plain language model — as that model with a fresh scalar head."""
+    if cfg.value_model is None and cfg.value_init == "fresh":
+        value = new_reward_model(cfg.model, seed=cfg.seed, allow_partial=cfg.allow_partial)
+        torch.nn.init.zeros_(value.head.weight)  # every value starts at 0: the normalised RM's average score
+        return prepare_value(value, cfg, device)
     spec = cfg.value_model or (cfg.model if is_text_reward(cfg.reward) else
                                first_member(cfg.reward) if is_ensemble_spec(cfg.reward) else cfg.reward)
     try:
         value = load_reward_model(spec, allow_partial=cfg.allow_partial)
     except NotARewardModelError:
         value = new_reward_model(spec, seed=cfg.seed, allow_partial=cfg.allow_partial)
+    return prepare_value(value, cfg, device)
+
+
+def prepare_value(value: RewardModel, cfg: PPOConfig, device: torch.device) -> RewardModel:
     value.requires_grad_(True)
     freeze_lower_layers(value.lm, cfg.freeze_layers)
     return value.to(device).train()
@@ -347,8 +359,7 @@ def plan_reuse(cfg: PPOConfig, policy, reference, value_model: RewardModel, rewa
     reward_reads_value = (isinstance(reward, RewardModel) and reward.tokenizer.get_vocab() == tokenizer.get_vocab()
                           and lower_layers_equal(value_model.lm, reward.lm, n))
     if reward_reads_value:
-        log.info("the reward model shares the value model's frozen lower %d layers (the value model started as "
-                 "it)", n)
+        log.info("the reward model shares the value model's frozen lower %d layers (they are the same weights)", n)
     reference_reads_policy = reference is None or not cfg.policy_init or lower_layers_equal(policy, reference, n)
     return LayerReuse(n, reference_reads_policy, reward_reads_value)
 

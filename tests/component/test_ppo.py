@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from rlhflab.core.config import load_config  # noqa: E402
 from rlhflab.models.loading import load_model  # noqa: E402
+from rlhflab.models.reward import load_reward_model  # noqa: E402
 from rlhflab.train import ppo  # noqa: E402
 from rlhflab.train.reward import RewardConfig  # noqa: E402
 from rlhflab.train.reward import train as train_rm  # noqa: E402
@@ -222,3 +223,16 @@ def test_a_run_continues_from_an_earlier_policy_against_the_sft_reference(tmp_pa
     assert fresh["episodes"] == 8
     with pytest.raises(ValueError, match="policy_init with lora"):
         ppo.train(tiny_cfg(*args, "lora.r=4"), str(tmp_path / "lora"))
+
+
+def test_the_value_model_starts_as_the_rm_or_with_a_fresh_head_on_the_policy(tiny_rm):
+    """value_init=reward (the default) copies the RM, head included; fresh puts a zero head on `model`: every
+    value starts at 0, not at the RM's score of the partial response."""
+    rm = load_reward_model(str(tiny_rm))
+    base = load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml", [f"reward={tiny_rm}"])
+    from_rm = ppo.load_value_model(base, torch.device("cpu"))
+    assert torch.equal(from_rm.head.weight, rm.head.weight) and torch.equal(from_rm.bias, rm.bias)
+    fresh_cfg = load_config(ppo.PPOConfig, REPO / "configs/ppo/tiny.yaml", [f"reward={tiny_rm}", "value_init=fresh"])
+    fresh = ppo.load_value_model(fresh_cfg, torch.device("cpu"))
+    assert fresh.base_model_spec == fresh_cfg.model and not fresh.head.weight.any() and fresh.bias == 0
+    assert all(p.requires_grad for p in fresh.head.parameters())
