@@ -1,6 +1,6 @@
-"""Where a training step's time goes (issue 17, step 1): torch.profiler over one PPO training phase (every micro
-batch of one update's PPO epochs, with their optimizer steps) and over one SFT optimizer step, each op's self CPU
-time put in one of six buckets:
+"""Where a training step's time goes (issue 17, step 1): torch.profiler over one PPO training phase (by default one
+micro batch of 4 episodes, forward and backward of policy and value model, and one optimizer step of each) and
+over one SFT optimizer step, each op's self CPU time put in one of six buckets:
 
     matmul          aten::mm / addmm / bmm / matmul / linear (forward and backward)
     attention       scaled-dot-product attention kernels and their backward
@@ -13,9 +13,11 @@ time put in one of six buckets:
 The steps are the real ones: `rlhflab ppo` and `rlhflab sft` run in this process, and the function that runs the
 timed region (`ppo_epochs`, and SFT's `optimizer_step` marking step boundaries) is wrapped so that the profiler
 is on for exactly the k-th call (the first is warm-up). Matmul FLOPs come from the profiler (with_flops), so the
-matmul bucket's GFLOP/s can be set against this machine's bf16 matmul peak, measured here too.
+matmul bucket's GFLOP/s can be set against this machine's bf16 matmul peak, measured here too. The profiler
+keeps every op's event in memory: one micro batch of the 135M model in full fine-tuning peaks at ~15 GB RSS, and
+a whole ppo_vs_trl training phase (4 epochs × 8 episodes) did not fit in 24 GB.
 
-    python benchmarks/profile_step.py                 # the ppo_vs_trl setup: full fine-tuning, 8 episodes, ...
+    python benchmarks/profile_step.py                 # full fine-tuning, 512-token queries, 48-token responses
     python benchmarks/profile_step.py --freeze-layers 20 --out benchmarks/results/profile_step_frozen20_cpu.json
 """
 
@@ -155,10 +157,10 @@ def sft_profile(a: argparse.Namespace, work: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--rollout", type=int, default=8)
-    p.add_argument("--mini", type=int, default=8)
+    p.add_argument("--rollout", type=int, default=4)
+    p.add_argument("--mini", type=int, default=4)
     p.add_argument("--micro", type=int, default=4)
-    p.add_argument("--ppo-epochs", type=int, default=4)
+    p.add_argument("--ppo-epochs", type=int, default=1)
     p.add_argument("--response-length", type=int, default=48)
     p.add_argument("--max-query-tokens", type=int, default=512)
     p.add_argument("--freeze-layers", type=int, default=0)

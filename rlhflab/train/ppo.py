@@ -555,7 +555,8 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
                    "objective/score_penalised": float(penalised_scores.mean()), "objective/kl_coef": kl_coef,
                    **rollout_stats, **train_stats,
                    "response/length": float(gen.response_mask.sum(1).float().mean()),
-                   "response/eos_rate": float(gen.eos.float().mean()), "response/ended_rate": float(gen.ended.float().mean()),
+                   "response/eos_rate": float(gen.eos.float().mean()),
+                   "response/ended_rate": float(gen.ended.float().mean()),
                    "ppo/lr": optimizers[0][1].get_last_lr()[0],
                    "time/generation_s": t1 - t0, "time/scoring_s": t2 - t1, "time/training_s": t3 - t2,
                    "time/update_s": t3 - t0, "time/episodes_per_s": cfg.rollout_batch_size / (t3 - t0)}

@@ -42,4 +42,4 @@ def test_the_tiny_profile_splits_both_steps(tmp_path, shared_data):
         assert s["seconds"]["matmul"] > 0 and s["seconds"]["optimizer"] > 0, step
         assert s["matmul_gflop"] > 0 and 0 < s["matmul_fraction_of_peak"]
         assert s["total_s"] <= s["wall_s"] * 1.5 * doc["machine"]["cores"]  # self times of one window, not the run
-    assert doc["ppo_training_phase"]["micro_batches"] == 2 * 4 // 2
+    assert doc["ppo_training_phase"]["micro_batches"] == 2 * 4 // 2  # epochs × rollout // micro
