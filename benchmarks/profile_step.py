@@ -5,8 +5,8 @@ over one SFT optimizer step, each op's self CPU time put in one of six buckets:
     matmul          aten::mm / addmm / bmm / matmul / linear (forward and backward)
     attention       scaled-dot-product attention kernels and their backward
     optimizer       everything under AdamW's step (the profiler's "Optimizer.step#AdamW.step" region)
-    casts           dtype conversions (aten::to / _to_copy / copy_ between dtypes): autocast's weight and
-                    activation casts
+    casts           aten::to / _to_copy / copy_ (every copy_, whatever its dtypes: under bf16 autocast most
+                    are its weight and activation casts)
     norm_elementwise  RMSNorm, SiLU, rotary, softmax/log-softmax of the LM head, losses, masks, reductions
     other           whatever is left (indexing, views, Python-side ops, autograd bookkeeping)
 
