@@ -223,10 +223,11 @@ class RewardModel(nn.Module):
 def backbone_states(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, inputs_embeds: Tensor | None = None
                     ) -> Tensor:
     """(B, T) ids and mask -> (B, T, H) last hidden states of `lm`'s backbone, positions from the mask (any padding
-    side). `inputs_embeds` (B, T, H), when given, is fed instead of the ids."""
+    side). `inputs_embeds` (B, T, H), when given, is fed instead of the ids. No KV cache: nothing reads it (and
+    a cache handed to compiled layers made each layer recompile, see models/compiled.py)."""
     return lm.base_model(input_ids=None if inputs_embeds is not None else input_ids, inputs_embeds=inputs_embeds,
-                         attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-                         ).last_hidden_state
+                         attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                         use_cache=False).last_hidden_state
 
 
 def shared_query_states(lm: nn.Module, pad: int, query_ids: Sequence[Sequence[int]],

@@ -90,6 +90,13 @@ def check_launch(cfg: BatchFields, procs: Processes) -> BatchSizes:
     return batch_sizes(cfg.batch_size, cfg.micro_batch_size, procs.world_size)
 
 
+def check_compile(compile: bool, procs: Processes) -> None:
+    """compile=true is refused under FSDP: fully_shard's per-layer hooks inside compiled layers are untested."""
+    if compile and procs.shard:
+        raise ValueError("compile=true with FSDP (fsdp.yaml): compiled layers under fully_shard's hooks are not "
+                         "tested yet; launch with multi_gpu.yaml or a single process, or set compile=false")
+
+
 def plan_steps(n_examples: int, batch_size: int, epochs: int, max_steps: int | None) -> tuple[int, int]:
     """(steps per epoch, total steps). Incomplete last batches are dropped so every step has the same size."""
     per_epoch = n_examples // batch_size
@@ -189,12 +196,22 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int, sharded: bool = False):
     """AdamW over the trainable parameters (frozen ones are left out, which also saves their Adam state)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                  fused=can_fuse(params, sharded) or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, cfg))
     return optimizer, scheduler
+
+
+def can_fuse(params: list[torch.nn.Parameter], sharded: bool) -> bool:
+    """Can AdamW run fused (one kernel for a whole step)? On the CPU it is ~6× faster than torch's default there,
+    the per-tensor for-loop: 0.13 s against 0.79 s per step for SmolLM2-135M's 135M fp32 parameters (issue 17).
+    Torch fuses floating-point tensors on the CPU or CUDA; under FSDP2 (sharded) the default is kept, as torch's
+    fused kernel refuses the mix of sharded DTensor layers and whole embeddings."""
+    return not sharded and bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                                for p in params)
 
 
 def optimizer_step(model: torch.nn.Module, optimizer, scheduler, max_norm: float, procs: Processes) -> torch.Tensor:

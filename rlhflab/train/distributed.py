@@ -317,8 +317,12 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer, procs: Processes) -> 
 
 
 def load_full_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
-    """optimizer.load_state_dict for a state written by full_optimizer_state, re-sharded like the parameters."""
+    """optimizer.load_state_dict for a state written by full_optimizer_state, re-sharded like the parameters. The
+    optimizer keeps its own implementation (fused or not): a one-process run's fused AdamW state resumes sharded."""
+    implementation = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(sd)
+    for group, impl in zip(optimizer.param_groups, implementation):
+        group.update(impl)
     for p, st in optimizer.state.items():
         if is_sharded(p):
             for k, v in st.items():

@@ -172,7 +172,8 @@ def summary_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     at the positions that predict a summary token."""
     device = model.get_output_embeddings().weight.device
     batch = {k: v.to(device) for k, v in batch.items()}
-    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]  # (2m, T-1): position t predicts token t+1
     keep = targets != -100
     logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
@@ -255,7 +256,7 @@ def train(cfg: DPOConfig, out: str, stop_after: int | None = None) -> dict:
     pad_id = tokenizer.pad_token_id
     train_pairs, dev_pairs = load_pairs(cfg, tokenizer)
     per_epoch, total_steps = plan_steps(len(train_pairs), sizes.batch_size, cfg.epochs, cfg.max_steps)
-    optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps, procs.shard)
     log.info("dpo: %d train / %d dev pairs, %d steps, β=%g, batch %d = %d micro × %d accum × %d processes, %.1fM "
              "trainable params", len(train_pairs), len(dev_pairs), total_steps, cfg.beta, sizes.batch_size,
              sizes.micro_batch_size, sizes.grad_accum_steps, sizes.world_size, trainable / 1e6)

@@ -87,3 +87,25 @@ def test_optimizer_step_is_clip_step_schedule_zero_grad():
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert sched_a.get_last_lr() == sched_b.get_last_lr()
     assert all(p.grad is None for p in a.parameters())
+
+
+def test_adamw_runs_fused_on_the_cpu_with_the_for_loop_steps_numbers():
+    """make_optimizer's AdamW is the fused one where torch has it, and its steps are torch's default AdamW's."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    cfg = OptimConfig(lr=1e-2, warmup_ratio=0.0, min_lr_ratio=1.0)
+    start = a.weight.detach().clone()
+    fused, _ = make_optimizer(a, cfg, total_steps=3)
+    plain = torch.optim.AdamW(b.parameters(), lr=1e-2, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                              foreach=False)
+    assert fused.param_groups[0]["fused"] is True
+    x = torch.randn(4, 5)
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+    assert (a.weight - start).abs().min() > 1e-3  # three steps of lr 1e-2 moved every weight
