@@ -49,7 +49,7 @@ DATA = REPO.parent / "shared" / "data" / "tldr" / "train.jsonl.gz"
 PPO_PY = REPO / ".venv-bench-ppo" / "bin" / "python"  # TRL 1.12: the last TRL with PPOTrainer (experimental)
 RLOO_PY = REPO / ".venv-bench" / "bin" / "python"  # current TRL
 WORKER = REPO / "benchmarks" / "_trl_ppo_worker.py"
-TRAINERS = ("rlhflab", "trl_ppo", "trl_rloo", "rlhflab_no_reuse")  # the last: reuse_frozen=false (an A/B)
+TRAINERS = ("rlhflab", "trl_ppo", "trl_rloo", "rlhflab_no_reuse", "rlhflab_no_compile")  # the last two: A/Bs
 SPLIT = ("seconds", "generation_s", "scoring_s", "training_s", "other_s")  # per update; other = the rest
 
 
@@ -64,7 +64,8 @@ def overrides(a: argparse.Namespace, n_posts: int) -> list[str]:
             "gamma=1.0", "lam=0.95", "clip_range=0.2", "clip_range_value=0.2", f"optim.lr={a.lr}",
             f"value_optim.lr={a.lr}", "lora.r=0", f"freeze_layers={a.freeze_layers}", "bf16=true",
             f"frozen_bf16={'true' if a.frozen_bf16 else 'false'}", "device=cpu", "log_every=1",
-            f"save_every={a.updates + 1}", f"sample_every={a.updates + 1}"]  # no checkpoint or samples mid-run
+            f"save_every={a.updates + 1}", f"sample_every={a.updates + 1}",  # no checkpoint or samples mid-run
+            f"compile={'true' if a.compile else 'false'}"]
 
 
 def run_child(cmd: list[str], log: Path, cwd: Path) -> int:
@@ -120,6 +121,13 @@ def summarise(updates: list[dict], peak_rss_mib: float) -> dict:
     split = {k: median([u.get(k) for u in timed]) for k in SPLIT}
     return {"episodes_per_s": eps, "peak_rss_mib": peak_rss_mib, "median_update_split_s": split,
             "updates": updates}
+
+
+def compile_seconds(runs: list[dict]) -> float | None:
+    """torch.compile's one-off cost, estimated as the warm-up update's training phase minus the median of the
+    timed updates' (the first update also warms the allocator: an upper bound on the compile time)."""
+    est = [r["updates"][0]["training_s"] - r["median_update_split_s"]["training_s"] for r in runs]
+    return median(est)
 
 
 def median(xs: list) -> float | None:
@@ -216,6 +224,8 @@ def main() -> None:
                              "trainers; rlhflab then runs those layers once per rollout)")
     parser.add_argument("--rollout-forward-batch", type=int, default=None,
                         help="TRL PPO local_rollout_forward_batch_size (default: TRL's 64, at most --rollout)")
+    parser.add_argument("--compile", action="store_true",
+                        help="rlhflab compile=true (each decoder layer torch.compile'd for the PPO epochs)")
     parser.add_argument("--rloo-k", type=int, default=2, help="RLOO completions per prompt (num_generations)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--only", default=",".join(TRAINERS[:3]), help=f"comma-separated subset of {','.join(TRAINERS)}")
@@ -260,6 +270,8 @@ def main() -> None:
                 res = run_rlhflab(args_ppo, work)
             elif trainer == "rlhflab_no_reuse":
                 res = run_rlhflab([*args_ppo, "reuse_frozen=false"], work)
+            elif trainer == "rlhflab_no_compile":
+                res = run_rlhflab([*args_ppo, "compile=false"], work)
             else:
                 res = run_trl(trainer.removeprefix("trl_"), spec, work)
             runs[trainer].append(res)
@@ -298,6 +310,8 @@ def main() -> None:
         "episodes_per_s_ratio_vs_trl_rloo": ratio("episodes_per_s", "trl_rloo"),
         "peak_memory_ratio_vs_trl_rloo": ratio("peak_rss_mib", "trl_rloo"),
         "episodes_per_s_ratio_vs_rlhflab_no_reuse": ratio("episodes_per_s", "rlhflab_no_reuse"),
+        "episodes_per_s_ratio_vs_rlhflab_no_compile": ratio("episodes_per_s", "rlhflab_no_compile"),
+        "compile_s_estimate": compile_seconds(runs.get("rlhflab", [])) if a.compile else None,
         "medians": med,
         "rlhflab_time_split_s": med.get("rlhflab", {}).get("update_split_s"),
         "flops_per_update": flops,

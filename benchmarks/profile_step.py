@@ -19,6 +19,10 @@ a whole ppo_vs_trl training phase (4 epochs × 8 episodes) did not fit in 24 GB.
 
     python benchmarks/profile_step.py                 # full fine-tuning, 512-token queries, 48-token responses
     python benchmarks/profile_step.py --freeze-layers 20 --out benchmarks/results/profile_step_frozen20_cpu.json
+    python benchmarks/profile_step.py --compile --out benchmarks/results/profile_step_compile_cpu.json
+
+With --compile, inductor's fused kernels (`cpp_fused_*`: norms, activations, casts and adds in one loop) count as
+norm_elementwise; its matmuls are still aten::mm and count as matmul.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def bucket(name: str, under_optimizer: bool) -> str:
         return "matmul"
     if "scaled_dot_product" in name or "flash_attention" in name:
         return "attention"
+    if "cpp_fused" in name:  # an inductor kernel (compile=true): norms, activations, casts and adds fused
+        return "norm_elementwise"
     if name in CASTS or name.startswith("ToCopyBackward"):
         return "casts"
     low = name.lower()
@@ -127,7 +133,7 @@ def ppo_profile(a: argparse.Namespace, work: Path) -> dict:
         f"rollout_batch_size={a.rollout}", f"mini_batch_size={a.mini}", f"micro_batch_size={a.micro}",
         f"ppo_epochs={a.ppo_epochs}", f"max_new_tokens={a.response_length}", "stop_at_eos=false",
         "no_eos_penalty=null", f"freeze_layers={a.freeze_layers}", "bf16=true", "frozen_bf16=true",
-        "device=cpu", "save_every=0", "sample_every=0"])
+        "device=cpu", "save_every=0", "sample_every=0", f"compile={str(a.compile).lower()}"])
     sink: dict = {}
     profile_call(ppo, "ppo_epochs", 2, sink)  # the second update's training phase; the first is warm-up
     ppo.train(cfg, str(work / "ppo"))
@@ -146,7 +152,7 @@ def sft_profile(a: argparse.Namespace, work: Path) -> dict:
         f"model={a.model}", f"data.train={DATA}", "data.eval=null", "data.limit_train=64",
         "data.max_query_tokens=512", "data.max_response_tokens=64", f"batch_size={2 * a.micro}",
         f"micro_batch_size={a.micro}", f"freeze_layers={a.freeze_layers}", "bf16=true", "max_steps=3",
-        "eval_every=0", "save_every=0", "n_samples=0", "device=cpu"])
+        "eval_every=0", "save_every=0", "n_samples=0", "device=cpu", f"compile={str(a.compile).lower()}"])
     sink: dict = {}
     profile_call(sft, "optimizer_step", 3, sink, start_after_previous=True)  # step 3: after step 2 ended
     sft.train(cfg, str(work / "sft"))
@@ -164,6 +170,7 @@ def main() -> None:
     p.add_argument("--response-length", type=int, default=48)
     p.add_argument("--max-query-tokens", type=int, default=512)
     p.add_argument("--freeze-layers", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="compile=true in both stages (the window is after warm-up)")
     p.add_argument("--note", default="")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "profile_step_cpu.json"))
     a = p.parse_args()

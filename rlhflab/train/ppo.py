@@ -42,6 +42,7 @@ from rlhflab.data.format import encode_query, format_queries
 from rlhflab.data.preflight import check_files, check_paths, posts_check
 from rlhflab.data.loaders import is_hub_id, load_posts
 from rlhflab.data.records import Post
+from rlhflab.models.compiled import compiled_layers
 from rlhflab.models.device import autocast
 from rlhflab.models.generation import Generation, StopRule, decode_responses, generate, pad_queries, stop_rule
 from rlhflab.models.loading import load_model, save_model
@@ -78,6 +79,7 @@ from rlhflab.train.common import (
     OptimConfig,
     batch_sizes,
     check_batch_fields,
+    check_compile,
     freeze_lower_layers,
     load_state,
     make_optimizer,
@@ -206,6 +208,9 @@ class PPOConfig:
         True,
         "run the frozen lower layers once per rollout, not in every PPO epoch (same math)")
     bf16: bool = setting(False, "bf16 autocast (trained weights stay fp32)")
+    compile: bool = setting(
+        False,
+        "torch.compile each decoder layer of the policy and value model for the PPO epochs' forward+backward")
     frozen_bf16: bool = setting(False, "keep the reference and the reward model's weights in bf16")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     score_batch_size: int = setting(16, "sequences per no-grad forward (reference, old log-probs, values, reward)")
@@ -470,7 +475,8 @@ def micro_batch_loss(rollout: Rollout, idx: torch.Tensor, m: PPOModels, cfg: PPO
     """The clipped policy loss plus the clipped value loss of the rollout's rows `idx`, and their statistics.
     With frozen-layer reuse only the upper layers run, on the rollout's states."""
     mb, mask = rollout.states.rows(idx), rollout.mask[idx]
-    with autocast(mb.ids.device, cfg.bf16):
+    with autocast(mb.ids.device, cfg.bf16), compiled_layers(m.policy, cfg.compile), \
+            compiled_layers(m.value_model, cfg.compile):
         logprobs, entropy = mb.logprobs(m.policy, cfg.temperature, "policy", entropy=True)
         values = mb.values(m.value_model, "value")
     pg_loss, pg = ppo_policy_loss(logprobs, rollout.logprobs[idx], rollout.advantages[idx], mask, cfg.clip_range)
@@ -499,8 +505,8 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     posts, query_texts, queries = load_queries(cfg, tokenizer)
     n_updates = cfg.total_episodes // cfg.rollout_batch_size
     opt_steps = n_updates * cfg.ppo_epochs * (cfg.rollout_batch_size // cfg.mini_batch_size)
-    optimizers = (make_optimizer(policy, cfg.optim, opt_steps), make_optimizer(m.value_model, cfg.value_optim,
-                                                                               opt_steps))
+    optimizers = (make_optimizer(policy, cfg.optim, opt_steps, procs.shard),
+                  make_optimizer(m.value_model, cfg.value_optim, opt_steps, procs.shard))
     parts = {"policy": (policy, *optimizers[0]), "value": (m.value_model, *optimizers[1])}
     generator = torch.Generator().manual_seed(cfg.seed)  # the minibatch shuffle: the same on every process
     update, kl_coef = resume(run, parts, generator, cfg, procs)
@@ -652,6 +658,7 @@ def check_launch(cfg: PPOConfig, procs: Processes) -> BatchSizes:
     """PPO's checks of the launch: each process rolls out an equal share and runs an equal share of whole micro
     batches of each minibatch -> the minibatch sizes."""
     check_divides("rollout_batch_size", cfg.rollout_batch_size, procs.world_size)
+    check_compile(cfg.compile, procs)
     if procs.shard and cfg.lora.r > 0:
         raise ValueError("FSDP with lora.r > 0: a LoRA policy keeps little to shard (Adam state only for the "
                          "adapters); launch it with multi_gpu.yaml, or use full fine-tuning with fsdp.yaml")

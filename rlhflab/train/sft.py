@@ -28,6 +28,7 @@ from rlhflab.data.format import encode_query, format_queries, format_reference
 from rlhflab.data.preflight import check_files, check_paths, posts_check
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.records import Post
+from rlhflab.models.compiled import compiled_layers
 from rlhflab.models.device import autocast
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model, save_model
@@ -35,6 +36,7 @@ from rlhflab.core.config import require, setting
 from rlhflab.train.common import (
     OptimConfig,
     check_batch_fields,
+    check_compile,
     check_launch,
     epoch_batches,
     freeze_lower_layers,
@@ -102,6 +104,7 @@ class SFTConfig:
         "response",
         "cross-entropy on the reference summary only (response) or on the query too (sequence)")
     bf16: bool = setting(False, "bf16 autocast for forward/backward; weights and optimiser stay fp32")
+    compile: bool = setting(False, "torch.compile each decoder layer for the training forward+backward")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     freeze_layers: int = setting(0, "freeze the embeddings and this many lowest layers")
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
@@ -167,7 +170,8 @@ def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
     """
     device = model.get_output_embeddings().weight.device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              use_cache=False).last_hidden_state  # a KV cache: unread, and recompiles compiled layers
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
     keep = targets != -100  # (B, T-1)
     logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V), N = labelled tokens
@@ -229,6 +233,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         return done
     seed_everything(cfg.seed)  # the same seed on every process: they hold the same model
     sizes = check_launch(cfg, procs)
+    check_compile(cfg.compile, procs)
     t_start = time.time()
 
     # (1) model and data
@@ -240,7 +245,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
     model.train()  # dropout is already 0 in the config; train() only matters for layers that check it
     train_posts, train_ex, eval_posts, eval_ex = load_data(cfg, tokenizer)
     per_epoch, total_steps = plan_steps(len(train_ex), sizes.batch_size, cfg.epochs, cfg.max_steps)
-    optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps, procs.shard)
     pad_id = tokenizer.pad_token_id
     lengths = [len(e.query_ids) + len(e.response_ids) for e in train_ex]
     log.info("sft: %d train / %d eval examples, %d steps (%d per epoch), batch %d = %d micro × %d accum × %d "
@@ -274,7 +279,7 @@ def train(cfg: SFTConfig, out: str, stop_after: int | None = None) -> dict:
         n_target = int(sum_across([n_target_here], procs)[0])
         loss_total = 0.0
         for b in batches:
-            with autocast(model.device, cfg.bf16):
+            with autocast(model.device, cfg.bf16), compiled_layers(model, cfg.compile):
                 loss_sum, _ = token_losses(model, b)
             (loss_sum / n_target).backward()
             loss_total += loss_sum.item()
