@@ -21,8 +21,9 @@ a whole ppo_vs_trl training phase (4 epochs × 8 episodes) did not fit in 24 GB.
     python benchmarks/profile_step.py --freeze-layers 20 --out benchmarks/results/profile_step_frozen20_cpu.json
     python benchmarks/profile_step.py --compile --out benchmarks/results/profile_step_compile_cpu.json
 
-With --compile, inductor's fused kernels (`cpp_fused_*`: norms, activations, casts and adds in one loop) count as
-norm_elementwise; its matmuls are still aten::mm and count as matmul.
+With --compile, the self time of each compiled graph's call ("## Call CompiledFxGraph …": inductor's fused loops of
+norms, activations, casts and adds) counts as norm_elementwise; the matmuls and attention it calls are still
+aten ops and count as themselves.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def bucket(name: str, under_optimizer: bool) -> str:
         return "matmul"
     if "scaled_dot_product" in name or "flash_attention" in name:
         return "attention"
-    if "cpp_fused" in name:  # an inductor kernel (compile=true): norms, activations, casts and adds fused
-        return "norm_elementwise"
+    if "CompiledFxGraph" in name:  # compile=true: inductor's fused loops (norms, activations, casts, adds); the
+        return "norm_elementwise"  # graph's matmuls and attention are its aten children, counted as themselves
     if name in CASTS or name.startswith("ToCopyBackward"):
         return "casts"
     low = name.lower()
