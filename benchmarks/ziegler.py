@@ -142,9 +142,6 @@ def result(task: str, report: dict, out: Path, wall_s: float) -> dict:
     arms = {k: {"judge_score": v["judge_score"], "judge_score_greedy": v.get("judge_score_greedy"),
                 "judge_score_ci": v.get("judge_score_ci"), "kl": v["kl"], "mean_tokens": v.get("mean_tokens"),
                 "ended_rate": v.get("ended_rate")} for k, v in report["arms"].items()}
-    base, judge, rm5 = (arms.get(k, {}).get("judge_score") for k in ("base", "ppo_judge", "ppo_rm_5k"))
-    recovered = (rm5 - base) / (judge - base) if None not in (base, judge, rm5) and judge != base else None
-    kl_ratio = (arms["ppo_rm_5k"]["kl"] / arms["ppo_judge"]["kl"]) if recovered is not None else None
     accuracy = {}
     for key in LABEL_COUNTS:
         rep = out / f"rm_eval_{key}" / "report.json"
@@ -154,11 +151,9 @@ def result(task: str, report: dict, out: Path, wall_s: float) -> dict:
                              "longest_wins_accuracy": r["longest_wins_accuracy"], "n_labels": r["n_labels"]}
     return {
         "task": task, "judge": report["judge"], "arms": arms, "missing_arms": [a for a in ALL_ARMS if a not in arms],
-        "recovered_fraction_5k": recovered, "kl_ratio_5k_to_judge": kl_ratio,
         "goal": "with 5k labels, ppo_rm_5k recovers >= 70% of ppo_judge's judge-score gain over base at a KL "
                 "within 1.5x of ppo_judge's",
-        "goal_met": None if recovered is None else bool(recovered >= 0.7 and kl_ratio <= 1.5),
-        "rm_top1_accuracy_5k": accuracy.get("5k", {}).get("top1_accuracy"), "rm_heldout_accuracy": accuracy,
+        "rm_heldout_accuracy": accuracy,
         "heldout_books": list(HELDOUT_BOOKS), "n_heldout_prompts": report["n_prompts"],
         "judge_score_definition": "mean judge score of 2 sampled continuations (T=0.7) of each of the held-out "
                                   "prompts; judge_score_greedy: of the greedy one; kl: nats per continuation from "
@@ -166,6 +161,20 @@ def result(task: str, report: dict, out: Path, wall_s: float) -> dict:
         "commands": COMMANDS, "wall_s": wall_s, "eval_dir": str(Path(report["eval_dir"]).relative_to(REPO)),
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "plot": f"benchmarks/results/ziegler_{task}.png",
+    }
+
+
+def with_goal(res: dict) -> dict:
+    """The goal's fields, from whichever arms `res` holds (a merge of partial runs included): the 5k RM arm's share
+    of the judge arm's score gain over base, its KL against the judge arm's, and the 5k RM's held-out top-1."""
+    arms = res["arms"]
+    base, judge, rm5 = (arms.get(k, {}).get("judge_score") for k in ("base", "ppo_judge", "ppo_rm_5k"))
+    recovered = (rm5 - base) / (judge - base) if None not in (base, judge, rm5) and judge != base else None
+    kl_ratio = arms["ppo_rm_5k"]["kl"] / arms["ppo_judge"]["kl"] if recovered is not None else None
+    return res | {
+        "recovered_fraction_5k": recovered, "kl_ratio_5k_to_judge": kl_ratio,
+        "goal_met": None if recovered is None else bool(recovered >= 0.7 and kl_ratio <= 1.5),
+        "rm_top1_accuracy_5k": res.get("rm_heldout_accuracy", {}).get("5k", {}).get("top1_accuracy"),
     }
 
 
@@ -238,6 +247,7 @@ def main() -> None:
     path = results / f"ziegler_{args.task}.json"
     if arms != ALL_ARMS and path.exists():
         res = merge(json.loads(path.read_text()), res)
+    res = with_goal(res)
     path.write_text(json.dumps(res, indent=2) + "\n")
     plot = results / f"ziegler_{args.task}.png"
     if arms == ALL_ARMS:

@@ -38,3 +38,16 @@ def test_a_first_partial_run_replaces_a_not_run_placeholder_and_keeps_its_reason
     assert later["arms"]["ppo_judge"]["judge_score"] == 0.5 and later["arms"]["ppo_rm_1k"]["judge_score"] == 0.3
     assert "ppo_rm_1k" not in later["not_run"] and later["base_in_later_evals"][0]["agrees_with_first"]
     assert later["commands"] == ["c1", "c1"]
+
+
+def test_the_goal_fields_are_computed_from_the_merged_arms_not_from_one_partial_run():
+    z = _ziegler()
+    first = _new({"base": {"judge_score": 0.2, "kl": 0.0}, "ppo_judge": {"judge_score": 1.2, "kl": 10.0}}, "runs/e1")
+    first = z.with_goal(first)
+    assert first["recovered_fraction_5k"] is None and first["goal_met"] is None
+    later = _new({"base": {"judge_score": 0.2, "kl": 0.0}, "ppo_rm_5k": {"judge_score": 0.9, "kl": 16.0}}, "runs/e2")
+    later["rm_heldout_accuracy"] = {"5k": {"top1_accuracy": 0.41}}
+    merged = z.with_goal(z.merge(first, later))
+    # (0.9 − 0.2) / (1.2 − 0.2) = 0.7 of the gain, at 16 / 10 = 1.6x the judge arm's KL: over 1.5x, so missed
+    assert abs(merged["recovered_fraction_5k"] - 0.7) < 1e-12 and abs(merged["kl_ratio_5k_to_judge"] - 1.6) < 1e-12
+    assert merged["goal_met"] is False and merged["rm_top1_accuracy_5k"] == 0.41
