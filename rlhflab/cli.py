@@ -14,7 +14,7 @@ import sys
 import traceback
 import typing
 
-from rlhflab.core.config import ConfigError, load_config
+from rlhflab.core.config import ConfigError, load_config, type_name
 from rlhflab.core.log import LEVELS, setup_logging
 
 STAGES = {
@@ -76,9 +76,7 @@ def describe_config(cls, prefix: str = "", defaults: object | None = None) -> li
                                    f"{[dataclasses.asdict(d) for d in default]!r}", f))
             lines += describe_config(item, f"{prefix}{f.name}[].")
             continue
-        generic = typing.get_origin(tp) is not None  # Literal[...], X | None, list[str]: the full spelling
-        type_name = str(tp).replace("typing.", "") if generic else getattr(tp, "__name__", str(tp))
-        lines.append(with_help(f"  {prefix}{f.name} ({type_name}) = {default!r}", f))
+        lines.append(with_help(f"  {prefix}{f.name} ({type_name(tp)}) = {default!r}", f))
     return lines
 
 

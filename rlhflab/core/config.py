@@ -139,7 +139,7 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
                 return coerce(option, value, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -169,6 +169,20 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def type_name(tp: Any) -> str:
+    """An annotation as a person reads it: `bool | 'auto'`, `int | None`, `'a' | 'b'`, `list[str]`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(option) for option in typing.get_args(tp))
+    if origin is typing.Literal:
+        return " | ".join(repr(v) for v in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

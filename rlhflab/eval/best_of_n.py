@@ -35,7 +35,7 @@ from rlhflab.data.loaders import is_hub_id, load_posts
 from rlhflab.data.preflight import check_files, posts_check
 from rlhflab.data.records import Post, Sample
 from rlhflab.data.resumable import ResumableRows, append_rows, dumps_rows, pending_batches, read_rows
-from rlhflab.models.device import autocast, resolve_device
+from rlhflab.models.device import Bf16, autocast, resolve_device
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model
 from rlhflab.models.ensemble import RewardEnsemble, reward_members
@@ -72,7 +72,7 @@ class BestOfNConfig:
         "rank a summary that never ended with this score instead of its RM score")
     write_all: bool = setting(False, "also write every candidate to candidates.jsonl (best-of-k curves for k < n)")
     seed: int = setting(1, "random seed of sampling")
-    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    bf16: Bf16 = setting(False, "bf16 autocast (weights stay fp32); auto: bf16 only where native")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     allow_partial: bool = setting(False, "use an unfinished policy or RM run's last checkpoint")
 

@@ -47,7 +47,7 @@ from rlhflab.eval.judging import (REFERENCE_KIND, JudgeSummary, Verdicts, judge_
 from rlhflab.eval.models import ModelCache, length_unit
 from rlhflab.eval.report import write_html, write_plots
 from rlhflab.eval.sampling import EvalRun, Interruption, KLEstimate, policy_kl, policy_samples
-from rlhflab.models.device import resolve_device
+from rlhflab.models.device import Bf16, resolve_device
 from rlhflab.models.loading import load_tokenizer
 
 log = get_logger(__name__)
@@ -109,7 +109,7 @@ class EvalConfig:
     top_p: float = setting(1.0, "nucleus sampling when temperature > 0 (1: off)")
     batch_size: int = setting(8, "posts per generation batch")
     seed: int = setting(1, "random seed of sampling")
-    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    bf16: Bf16 = setting(False, "bf16 autocast (weights stay fp32); auto: bf16 only where native")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     allow_partial: bool = setting(False, "use unfinished runs' last checkpoints")
     judges: list[JudgeSpec] = setting(

@@ -121,7 +121,8 @@ class Judge(Protocol):
 class RMJudge:
     kind = "rm"
 
-    def __init__(self, spec: JudgeSpec, cache_dir: Path, load_rm: Callable[[str], Any], bf16: bool = False):
+    def __init__(self, spec: JudgeSpec, cache_dir: Path, load_rm: Callable[[str], Any],
+                 bf16: bool | str = False):
         self.name, self.spec, self.note = spec.name, spec.spec or "", spec.note
         self.batch_size, self.bf16 = spec.batch_size, bf16
         self.cache = KeyedCache(cache_dir / "scores.jsonl")
@@ -399,7 +400,8 @@ class OpenAIJudge:
 # ---------------------------------------------------------------------------------------------- construction
 
 
-def build_judge(spec: JudgeSpec, cache_dir: Path, load_rm: Callable[[str], Any], bf16: bool = False) -> Judge:
+def build_judge(spec: JudgeSpec, cache_dir: Path, load_rm: Callable[[str], Any], bf16: bool | str = False
+                ) -> Judge:
     """The judge object for a spec; its caches live in `cache_dir` (one directory per judge)."""
     import os
 

@@ -37,6 +37,7 @@ from rlhflab.data.records import BestOfN, Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import fold_by_post, split_by_post
 from rlhflab.eval.models import load_scorer
+from rlhflab.models.device import Bf16
 from rlhflab.models.reward import length_head_scores
 
 log = get_logger(__name__)
@@ -62,7 +63,7 @@ class RMEvalConfig:
     limit: int | None = setting(None, "use only the first N comparisons (None: all)")
     skip_bad: bool = setting(False, "skip malformed rows with a count instead of stopping at the first")
     batch_size: int = setting(16, "sequences per forward")
-    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    bf16: Bf16 = setting(False, "bf16 autocast (weights stay fp32); auto: bf16 only where native")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     similar_length_tolerance: float = setting(
         0.10, "pairs count as similar-length when |len a − len b| / max(len a, len b) ≤ this (in characters)")

@@ -24,7 +24,7 @@ from rlhflab.data.loaders import load_posts
 from rlhflab.data.preflight import check_files, posts_check
 from rlhflab.data.records import Post, Sample
 from rlhflab.data.resumable import ResumableRows, pending_batches
-from rlhflab.models.device import autocast, resolve_device
+from rlhflab.models.device import Bf16, autocast, resolve_device
 from rlhflab.models.generation import StopRule, generate, pad_queries, stop_rule
 from rlhflab.models.loading import load_model
 
@@ -51,7 +51,7 @@ class SampleConfig:
     write_query: bool = setting(False, "keep each sample's formatted query in extra.query (best-of-N tasks need it)")
     batch_size: int = setting(8, "posts per generation batch")
     seed: int = setting(1, "random seed of sampling (each batch's seed comes from it and the batch's place)")
-    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    bf16: Bf16 = setting(False, "bf16 autocast (weights stay fp32); auto: bf16 only where native")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     allow_partial: bool = setting(False, "sample from an unfinished run's last checkpoint")
 

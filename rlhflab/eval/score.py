@@ -18,6 +18,7 @@ from rlhflab.core.rundir import RunDir
 from rlhflab.data.jsonl import DataError
 from rlhflab.data.loaders import load_posts, load_samples, write_samples
 from rlhflab.eval.models import load_scorer
+from rlhflab.models.device import Bf16
 
 log = get_logger(__name__)
 
@@ -30,7 +31,7 @@ class ScoreConfig:
     posts: str = setting("../shared/data/tldr/eval.jsonl.gz", "the posts the samples summarise (for their queries)")
     posts_format: str = setting("auto", "format of the posts file: auto | tldr | cnndm | posts")
     batch_size: int = setting(16, "sequences per RM forward")
-    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    bf16: Bf16 = setting(False, "bf16 autocast (weights stay fp32); auto: bf16 only where native")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
 
 

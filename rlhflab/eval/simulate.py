@@ -44,7 +44,7 @@ from rlhflab.data.loaders import write_best_of_n, write_comparisons
 from rlhflab.data.preflight import check_files, rows_check
 from rlhflab.data.records import CONFIDENCE_NO_PREFERENCE, BestOfN, Choice, Comparison, Post, Summary
 from rlhflab.eval.judges import JudgeSpec, Text, build_judge
-from rlhflab.models.device import resolve_device
+from rlhflab.models.device import Bf16, resolve_device
 from rlhflab.models.reward import load_reward_model
 
 log = get_logger(__name__)
@@ -63,7 +63,7 @@ class SimulateConfig:
     seed: int = setting(0, "random seed of the noise model (which answers flip, the coin flips)")
     batch: str = setting("simulated", "the `batch` field of every comparison (e.g. round_1)")
     worker: str | None = setting(None, "the `worker` field; None: sim:<judge name>")
-    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    bf16: Bf16 = setting(False, "bf16 autocast (weights stay fp32); auto: bf16 only where native")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
 
     def __post_init__(self) -> None:

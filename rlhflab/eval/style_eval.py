@@ -36,7 +36,7 @@ from rlhflab.data.jsonl import write_jsonl
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.preflight import check_files, posts_check
 from rlhflab.eval.metrics import best_of_n_kl, mean_and_se
-from rlhflab.models.device import autocast, resolve_device
+from rlhflab.models.device import Bf16, autocast, resolve_device
 from rlhflab.models.generation import Generation, decode_responses, generate, pad_queries, response_logprobs, stop_rule
 from rlhflab.models.loading import load_model
 from rlhflab.models.reward import load_reward_model
@@ -70,7 +70,7 @@ class StyleEvalConfig:
     samples: int = setting(2, "sampled continuations per prompt (and per KL estimate)")
     batch_size: int = setting(32, "prompts per generation batch")
     seed: int = setting(1, "random seed of sampling (the same prompts and seeds for every policy)")
-    bf16: bool = setting(True, "bf16 autocast (weights stay fp32)")
+    bf16: Bf16 = setting("auto", "bf16 autocast (weights stay fp32); auto: bf16 only where native")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device")
     plot: bool = setting(True, "write style.png")
 

@@ -89,16 +89,18 @@ class RewardEnsemble(nn.Module):
         """(K, ...) every member's `method(*args)` (score_ids / score_groups / score), stacked."""
         return torch.stack([getattr(m, method)(*args, **kwargs) for m in self.members])
 
-    def score_ids(self, query_ids, response_ids, batch_size: int = 16, bf16: bool = False) -> Tensor:
+    def score_ids(self, query_ids, response_ids, batch_size: int = 16, bf16: bool | str = False
+                  ) -> Tensor:
         return combine_ensemble(self.member_scores("score_ids", query_ids, response_ids, batch_size=batch_size,
                                                    bf16=bf16), self.rule, self.lam)
 
-    def score_groups(self, query_ids, response_ids, k: int, batch_size: int = 16, bf16: bool = False) -> Tensor:
+    def score_groups(self, query_ids, response_ids, k: int, batch_size: int = 16, bf16: bool | str = False
+                     ) -> Tensor:
         return combine_ensemble(self.member_scores("score_groups", query_ids, response_ids, k,
                                                    batch_size=batch_size, bf16=bf16), self.rule, self.lam)
 
     def score(self, queries, responses, eos: bool | Sequence[bool] = True, batch_size: int = 16,
-              bf16: bool = False) -> Tensor:
+              bf16: bool | str = False) -> Tensor:
         return combine_ensemble(self.member_scores("score", queries, responses, eos=eos, batch_size=batch_size,
                                                    bf16=bf16), self.rule, self.lam)
 

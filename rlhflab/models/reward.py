@@ -176,7 +176,7 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def score_ids(self, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
-                  batch_size: int = 16, bf16: bool = False) -> Tensor:
+                  batch_size: int = 16, bf16: bool | str = False) -> Tensor:
         """Scores of query+response token lists -> (B,) float32 (on CPU)."""
         if len(query_ids) != len(response_ids):
             raise ValueError(f"{len(query_ids)} queries but {len(response_ids)} responses")
@@ -191,7 +191,7 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def score_groups(self, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], k: int,
-                     batch_size: int = 16, bf16: bool = False) -> Tensor:
+                     batch_size: int = 16, bf16: bool | str = False) -> Tensor:
         """(m, k) float32 scores (on CPU) of k responses per query (response_ids[i*k : i*k+k] answer query i),
         each query run once (`forward_groups`). `batch_size` counts responses: max(1, batch_size // k) queries a
         forward."""
@@ -206,7 +206,7 @@ class RewardModel(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, k)
 
     def score(self, queries: Sequence[Post | str], responses: Sequence[str], eos: bool | Sequence[bool] = True,
-              batch_size: int = 16, bf16: bool = False) -> Tensor:
+              batch_size: int = 16, bf16: bool | str = False) -> Tensor:
         """Scores of (query, response text) pairs -> (B,). Queries: Posts (formatted here) or formatted strings.
 
         Each response gets the SFT format (a leading space) and, where `eos` is true, the EOS token — as the
@@ -260,7 +260,7 @@ def shared_query_states(lm: nn.Module, pad: int, query_ids: Sequence[Sequence[in
 
 @torch.no_grad()
 def length_head_scores(rm: RewardModel, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
-                       batch_size: int = 16, bf16: bool = False) -> Tensor:
+                       batch_size: int = 16, bf16: bool | str = False) -> Tensor:
     """(B,) float32 ODIN length-head scores of query+response token lists (on CPU), as `score_ids` for the
     quality head; rm-eval reports both heads."""
     seqs = [list(q) + list(r) for q, r in zip(query_ids, response_ids)]
@@ -328,7 +328,7 @@ def new_reward_model(spec: str, *, max_query_tokens: int = 512, max_response_tok
 
 
 @torch.no_grad()
-def normalise(rm: RewardModel, posts: Sequence[Post], batch_size: int = 16, bf16: bool = False,
+def normalise(rm: RewardModel, posts: Sequence[Post], batch_size: int = 16, bf16: bool | str = False,
               source: str = "") -> dict[str, Any]:
     """Set `rm.bias` so the human reference summaries of `posts` score 0 on average. Returns what was done."""
     with_ref, dropped = [], 0
@@ -357,7 +357,8 @@ def normalise(rm: RewardModel, posts: Sequence[Post], batch_size: int = 16, bf16
 
 @torch.no_grad()
 def normalise_groups(rm: RewardModel, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
-                     k: int, batch_size: int = 16, bf16: bool = False, source: str = "labels") -> dict[str, Any]:
+                     k: int, batch_size: int = 16, bf16: bool | str = False, source: str = "labels"
+                     ) -> dict[str, Any]:
     """Set `rm.bias` so the given responses (k per query) score 0 on average — Ziegler et al. normalise on policy
     samples, which is what best-of-N labels hold. Returns what was done."""
     if not query_ids:

@@ -171,7 +171,7 @@ class RolloutStates:
     def response_mask(self) -> Tensor:
         return self.attention_mask[:, self.query_len :].bool()  # (R, T)
 
-    def add(self, name: str, model: nn.Module, chunk_size: int, bf16: bool) -> None:
+    def add(self, name: str, model: nn.Module, chunk_size: int, bf16: bool | str) -> None:
         """Run `model`'s frozen lower layers over the rollout, in chunks of trimmed rows, and keep their output
         left-padded back to the rollout's width with zeros (pad positions are masked everywhere)."""
         if not self.n_layers:
@@ -187,7 +187,8 @@ class RolloutStates:
         return MicroBatch(ids, mask, query_len, hidden, self.n_layers)
 
     @torch.no_grad()
-    def in_chunks(self, forward: Callable[[MicroBatch], Tensor], chunk_size: int, bf16: bool) -> Tensor:
+    def in_chunks(self, forward: Callable[[MicroBatch], Tensor], chunk_size: int, bf16: bool | str
+                  ) -> Tensor:
         """forward(micro batch) over the rollout's rows in chunks, concatenated along rows."""
         out = []
         for i in range(0, self.query_response.shape[0], chunk_size):

@@ -32,7 +32,7 @@ from rlhflab.data.loaders import load_comparisons
 from rlhflab.data.preflight import check_paths
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import split_by_post
-from rlhflab.models.device import autocast
+from rlhflab.models.device import Bf16, autocast
 from rlhflab.models.loading import load_model, save_model
 from rlhflab.ops.losses import dpo_losses
 from rlhflab.train.common import (
@@ -96,7 +96,7 @@ class DPOConfig:
     max_steps: int | None = setting(None, "stop after N optimiser steps (None: the epochs' steps)")
     batch_size: int = setting(16, "comparison pairs per optimiser step")
     micro_batch_size: int = setting(4, "pairs per forward/backward (2× sequences)")
-    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    bf16: Bf16 = setting(False, "bf16 autocast (weights stay fp32); auto: bf16 only where native")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     freeze_layers: int = setting(0, "freeze the embeddings and the lowest N decoder layers")
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(

@@ -43,7 +43,7 @@ from rlhflab.data.preflight import check_files, check_paths, posts_check
 from rlhflab.data.loaders import is_hub_id, load_posts
 from rlhflab.data.records import Post
 from rlhflab.models.compiled import compiled_layers
-from rlhflab.models.device import autocast
+from rlhflab.models.device import Bf16, autocast, bf16_dtype
 from rlhflab.models.generation import Generation, StopRule, decode_responses, generate, pad_queries, stop_rule
 from rlhflab.models.loading import load_model, save_model
 from rlhflab.models.reward import NotARewardModelError, RewardModel, load_reward_model, new_reward_model
@@ -207,11 +207,12 @@ class PPOConfig:
     reuse_frozen: bool = setting(
         True,
         "run the frozen lower layers once per rollout, not in every PPO epoch (same math)")
-    bf16: bool = setting(False, "bf16 autocast (trained weights stay fp32)")
+    bf16: Bf16 = setting(False, "bf16 autocast (trained weights stay fp32); auto: bf16 only where native")
     compile: bool = setting(
         False,
         "torch.compile each decoder layer of the policy and value model for the PPO epochs' forward+backward")
-    frozen_bf16: bool = setting(False, "keep the reference and the reward model's weights in bf16")
+    frozen_bf16: Bf16 = setting(
+        False, "keep the reference and the reward model's weights in bf16; auto: bf16 only where native")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     score_batch_size: int = setting(16, "sequences per no-grad forward (reference, old log-probs, values, reward)")
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
@@ -290,7 +291,7 @@ def load_policy_and_reference(cfg: PPOConfig, device: torch.device):
         reference = None
     else:
         freeze_lower_layers(policy, cfg.freeze_layers)
-        reference, _ = load_model(cfg.model, dtype="bfloat16" if cfg.frozen_bf16 else "float32",
+        reference, _ = load_model(cfg.model, dtype=bf16_dtype(cfg.frozen_bf16, device),
                                   allow_partial=cfg.allow_partial)
         reference.requires_grad_(False).to(device).eval()
     return policy.to(device), reference, tokenizer
@@ -321,7 +322,7 @@ def load_reward(cfg: PPOConfig, reward_fn: RewardFn | None, device: torch.device
         return reward_fn
     if is_text_reward(cfg.reward):
         return load_text_reward(cfg.reward)
-    rm = load_reward_model(cfg.reward, dtype="bfloat16" if cfg.frozen_bf16 else "float32")
+    rm = load_reward_model(cfg.reward, dtype=bf16_dtype(cfg.frozen_bf16, device))
     return rm.requires_grad_(False).to(device).eval()
 
 

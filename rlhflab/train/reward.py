@@ -48,7 +48,7 @@ from rlhflab.data.preflight import check_files, check_paths, labels_check, posts
 from rlhflab.data.records import BestOfN, Comparison
 from rlhflab.data.repeats import resolve_repeats
 from rlhflab.data.splits import fold_by_post, split_by_post
-from rlhflab.models.device import autocast
+from rlhflab.models.device import Bf16, autocast
 from rlhflab.models.reward import (
     RewardModel,
     load_reward_model,
@@ -187,7 +187,7 @@ class RewardConfig:
         "single: one scalar head; odin: a quality and a length head (Chen et al. 2024), trained on their sum with "
         "the quality head decorrelated from length — the quality head alone is the reward")
     odin: OdinOptions = setting(default_factory=OdinOptions, help="ODIN's length terms (heads=odin)")
-    bf16: bool = setting(False, "bf16 autocast (weights stay fp32)")
+    bf16: Bf16 = setting(False, "bf16 autocast (weights stay fp32); auto: bf16 only where native")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     freeze_layers: int = setting(0, "freeze the embeddings and the lowest N decoder layers")
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
@@ -442,8 +442,8 @@ def odin_terms(rm: RewardModel, quality: torch.Tensor, states: torch.Tensor, len
     return cfg.odin.decorrelate * decorrelation + cfg.odin.length * keep_length
 
 
-def forward_group_states(rm: RewardModel, groups: list[GroupExample], bf16: bool, share_query: bool = True
-                         ) -> tuple[torch.Tensor, torch.Tensor, int]:
+def forward_group_states(rm: RewardModel, groups: list[GroupExample], bf16: bool | str,
+                         share_query: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
     """((m*N, H) states at the scored tokens, (m,) picks, tokens processed): each query once with its N responses
     on its KV cache (share_query), or one forward of the m*N full sequences."""
     k = len(groups[0].response_ids)
@@ -460,7 +460,7 @@ def forward_group_states(rm: RewardModel, groups: list[GroupExample], bf16: bool
     return states, torch.tensor([g.best for g in groups], device=states.device), tokens
 
 
-def forward_groups(rm: RewardModel, groups: list[GroupExample], bf16: bool, share_query: bool = True
+def forward_groups(rm: RewardModel, groups: list[GroupExample], bf16: bool | str, share_query: bool = True
                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """((m, N) quality scores, (m,) picks, tokens processed)."""
     states, best, tokens = forward_group_states(rm, groups, bf16, share_query)
@@ -476,8 +476,8 @@ def pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, distance: torch.
     return weighted_mean(preference_losses(r_chosen, r_rejected), weight)
 
 
-def forward_pair_states(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_query: bool = True
-                        ) -> tuple[torch.Tensor, torch.Tensor, int]:
+def forward_pair_states(rm: RewardModel, pairs: list[PairExample], bf16: bool | str,
+                        share_query: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
     """((m, H) chosen, (m, H) rejected states at the scored tokens, tokens processed) of one micro batch: chosen
     and rejected together — the query once and both summaries on its cache (share_query), or one forward of the 2m
     full sequences."""
@@ -489,7 +489,7 @@ def forward_pair_states(rm: RewardModel, pairs: list[PairExample], bf16: bool, s
     return h_chosen, h_rejected, tokens
 
 
-def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool, share_query: bool = True
+def forward_pairs(rm: RewardModel, pairs: list[PairExample], bf16: bool | str, share_query: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(r_chosen (m,), r_rejected (m,), tokens processed): the quality head's scores."""
     h_chosen, h_rejected, tokens = forward_pair_states(rm, pairs, bf16, share_query)

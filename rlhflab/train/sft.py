@@ -29,7 +29,7 @@ from rlhflab.data.preflight import check_files, check_paths, posts_check
 from rlhflab.data.loaders import load_posts
 from rlhflab.data.records import Post
 from rlhflab.models.compiled import compiled_layers
-from rlhflab.models.device import autocast
+from rlhflab.models.device import Bf16, autocast
 from rlhflab.models.generation import decode_responses, generate, pad_queries
 from rlhflab.models.loading import load_model, save_model
 from rlhflab.core.config import require, setting
@@ -103,7 +103,8 @@ class SFTConfig:
     loss_on: Literal["response", "sequence"] = setting(
         "response",
         "cross-entropy on the reference summary only (response) or on the query too (sequence)")
-    bf16: bool = setting(False, "bf16 autocast for forward/backward; weights and optimiser stay fp32")
+    bf16: Bf16 = setting(
+        False, "bf16 autocast for forward/backward; weights and optimiser stay fp32; auto: bf16 only where native")
     compile: bool = setting(False, "torch.compile each decoder layer for the training forward+backward")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
     freeze_layers: int = setting(0, "freeze the embeddings and this many lowest layers")

@@ -285,7 +285,7 @@ def test_cli_tiny_profile_on_real_data(shared_data, world, tmp_path, monkeypatch
     assert main(["eval", "--show-config"]) == 0
     shown = capsys.readouterr().out
     assert "kl_reference" in shown and "transfer.posts" in shown
-    assert "policies[].samples (str | None)" in shown and "judges[].kind (Literal['rm', 'labels'," in shown
+    assert "policies[].samples (str | None)" in shown and "judges[].kind ('rm' | 'labels' |" in shown
 
 
 @pytest.mark.parametrize("override, message", [
