@@ -7,7 +7,8 @@ their MFU, peak memory and PPO's episodes/s per phase, in `benchmarks/results/gp
 
 With more than one GPU the same three stages also run sharded (`accelerate launch --config_file
 configs/accelerate/fsdp.yaml`), throughput only. MFU = useful matmul FLOPs (benchmarks/_flops.py) per second over
-the device's measured bf16 matmul peak (and over the spec-sheet peak where the GPU is known).
+the device's measured matmul peak in the precision the stages run (bf16 where the device has it natively, as the
+profiles' `bf16: auto` resolves; fp32 otherwise) and over the spec-sheet bf16 peak where the GPU is known.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _flops import Shape, ppo_update_flops  # noqa: E402
 
 import rlhflab  # noqa: E402
+from rlhflab.core.config import load_config  # noqa: E402
 from rlhflab.data.format import encode_query, format_queries  # noqa: E402
 from rlhflab.data.loaders import load_posts  # noqa: E402
+from rlhflab.models.device import use_bf16  # noqa: E402
 from rlhflab.models.loading import load_tokenizer, save_model, tiny_model_and_tokenizer  # noqa: E402
+from rlhflab.train.sft import SFTConfig  # noqa: E402
 
 SPEC_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 ONE_B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
@@ -65,9 +69,8 @@ def build_model(out: Path, profile: str, device: str) -> Path:
     return out
 
 
-def matmul_peak_tflops(device: str, n: int = 8192, repeats: int = 20) -> float:
-    """The best bf16 matmul rate this device reaches now (the MFU denominator)."""
-    dtype = torch.bfloat16
+def matmul_peak_tflops(device: str, dtype: torch.dtype, n: int = 8192, repeats: int = 20) -> float:
+    """The best `dtype` matmul rate this device reaches now (the MFU denominator)."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -77,6 +80,12 @@ def matmul_peak_tflops(device: str, n: int = 8192, repeats: int = 20) -> float:
         a @ b
     _sync(device)
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
+
+
+def stage_dtype(config: str, device: str) -> torch.dtype:
+    """The precision a profile's stages compute in on `device`: its `bf16` setting as the stages resolve it."""
+    cfg = load_config(SFTConfig, config)
+    return torch.bfloat16 if use_bf16(cfg.bf16, torch.device(device)) else torch.float32
 
 
 def _sync(device: str) -> None:
@@ -170,8 +179,9 @@ def main() -> None:
     start = time.time()
     out = (REPO / args.out).resolve()
     model_dir = build_model(out / "model", args.profile, args.device)
-    peak = matmul_peak_tflops(args.device, n=8192 if args.device.startswith("cuda") else 512)
     stages = PROFILES[args.profile]
+    dtype = stage_dtype(stages["sft"][0], args.device)
+    peak = matmul_peak_tflops(args.device, dtype, n=8192 if args.device.startswith("cuda") else 512)
     runs = {s: out / s for s in stages}
     peaks = {}
     sft_cfg, sft_over = stages["sft"]
@@ -194,7 +204,8 @@ def main() -> None:
     doc = {"what": "sft, rm and ppo for a few steps on a random 1B-class Llama (the gpu profiles); MFU from "
                    "useful matmul FLOPs", "profile": args.profile, "device": name, "n_gpus": n_gpus,
            "model": ONE_B if args.profile == "gpu" else "tiny",
-           "matmul_peak_tflops_bf16_measured": peak, "spec_peak_tflops_bf16": spec, **numbers,
+           "matmul_peak_tflops_measured": peak, "matmul_peak_dtype": str(dtype).removeprefix("torch."),
+           "spec_peak_tflops_bf16": spec, **numbers,
            "fsdp": sharded(model_dir, out, args.profile, n_gpus) if n_gpus > 1 else None,
            "wall_s": round(time.time() - start, 1),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
