@@ -13,7 +13,8 @@ over one SFT optimizer step, each op's self CPU time put in one of six buckets:
 The steps are the real ones: `rlhflab ppo` and `rlhflab sft` run in this process, and the function that runs the
 timed region (`ppo_epochs`, and SFT's `optimizer_step` marking step boundaries) is wrapped so that the profiler
 is on for exactly the k-th call (the first is warm-up). Matmul FLOPs come from the profiler (with_flops), so the
-matmul bucket's GFLOP/s can be set against this machine's bf16 matmul peak, measured here too. The profiler
+matmul bucket's GFLOP/s can be set against this machine's matmul peak in the precision the steps ran in (bf16
+where the CPU has it natively, `--bf16 auto`), measured here too. The profiler
 keeps every op's event in memory: one micro batch of the 135M model in full fine-tuning peaks at ~15 GB RSS, and
 a whole ppo_vs_trl training phase (4 epochs × 8 episodes) did not fit in 24 GB.
 
@@ -42,6 +43,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from _flops import matmul_peak_gflops
 from _machine import cpu_model
+
+from rlhflab.models.device import use_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tldr" / "train.jsonl.gz"
@@ -133,7 +136,7 @@ def ppo_profile(a: argparse.Namespace, work: Path) -> dict:
         f"data.max_query_tokens={a.max_query_tokens}", f"total_episodes={2 * a.rollout}",
         f"rollout_batch_size={a.rollout}", f"mini_batch_size={a.mini}", f"micro_batch_size={a.micro}",
         f"ppo_epochs={a.ppo_epochs}", f"max_new_tokens={a.response_length}", "stop_at_eos=false",
-        "no_eos_penalty=null", f"freeze_layers={a.freeze_layers}", "bf16=true", "frozen_bf16=true",
+        "no_eos_penalty=null", f"freeze_layers={a.freeze_layers}", f"bf16={a.bf16}", f"frozen_bf16={a.bf16}",
         "device=cpu", "save_every=0", "sample_every=0", f"compile={str(a.compile).lower()}"])
     sink: dict = {}
     profile_call(ppo, "ppo_epochs", 2, sink)  # the second update's training phase; the first is warm-up
@@ -152,7 +155,7 @@ def sft_profile(a: argparse.Namespace, work: Path) -> dict:
     cfg = load_config(sft.SFTConfig, None, [
         f"model={a.model}", f"data.train={DATA}", "data.eval=null", "data.limit_train=64",
         "data.max_query_tokens=512", "data.max_response_tokens=64", f"batch_size={2 * a.micro}",
-        f"micro_batch_size={a.micro}", f"freeze_layers={a.freeze_layers}", "bf16=true", "max_steps=3",
+        f"micro_batch_size={a.micro}", f"freeze_layers={a.freeze_layers}", f"bf16={a.bf16}", "max_steps=3",
         "eval_every=0", "save_every=0", "n_samples=0", "device=cpu", f"compile={str(a.compile).lower()}"])
     sink: dict = {}
     profile_call(sft, "optimizer_step", 3, sink, start_after_previous=True)  # step 3: after step 2 ended
@@ -172,6 +175,8 @@ def main() -> None:
     p.add_argument("--max-query-tokens", type=int, default=512)
     p.add_argument("--freeze-layers", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="compile=true in both stages (the window is after warm-up)")
+    p.add_argument("--bf16", choices=["auto", "true", "false"], default="auto",
+                   help="both stages' bf16 and PPO's frozen_bf16 (auto: bf16 where this CPU has it natively)")
     p.add_argument("--note", default="")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "profile_step_cpu.json"))
     a = p.parse_args()
@@ -181,8 +186,10 @@ def main() -> None:
                   "what": __doc__.split("\n\n")[0].replace("\n", " "),
                   "settings": {k: v for k, v in vars(a).items() if k not in ("out", "note")},
                   "ppo_training_phase": ppo_profile(a, Path(tmp)), "sft_step": sft_profile(a, Path(tmp))}
-    peak = matmul_peak_gflops(torch.bfloat16)
-    result["matmul_peak_gflops_bf16"] = peak
+    bf16 = use_bf16({"auto": "auto", "true": True, "false": False}[a.bf16], torch.device("cpu"))
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    peak = matmul_peak_gflops(dtype)  # in the precision the profiled steps ran in
+    result["matmul_peak_gflops"], result["matmul_peak_dtype"] = peak, str(dtype).removeprefix("torch.")
     for k in ("ppo_training_phase", "sft_step"):
         result[k]["matmul_fraction_of_peak"] = result[k]["matmul_gflops_per_s"] / peak
     result["machine"] = {"cpu": cpu_model(), "cores": torch.get_num_threads(), "python": platform.python_version(),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -43,3 +43,5 @@ def test_the_tiny_profile_splits_both_steps(tmp_path, shared_data):
         assert s["matmul_gflop"] > 0 and 0 < s["matmul_fraction_of_peak"]
         assert s["total_s"] <= s["wall_s"] * 1.5 * doc["machine"]["cores"]  # self times of one window, not the run
     assert doc["ppo_training_phase"]["micro_batches"] == 2 * 4 // 2  # epochs × rollout // micro
+    # --bf16 auto: the peak is measured in the precision the steps ran in on this CPU
+    assert doc["matmul_peak_dtype"] == ("bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32")
