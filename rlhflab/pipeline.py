@@ -320,7 +320,9 @@ def sample(runner: StageRunner, k: int, r: Path, policy: Path) -> Path:
     wiring = {"model": str(policy), "offset": (k - 1) * limit, "policy_name": "sft" if k == 1 else f"ppo{k - 1}"}
     if runner.cfg.tasks == "best_of_n":
         wiring["write_query"] = True  # a best-of-N task carries the query its continuations answer
-    runner.stage(f"round {k}: sample pairs from {'the SFT model' if k == 1 else f'round {k - 1} PPO'}", "sample",
+    start = "the base model" if runner.cfg.sft.skip else "the SFT model"  # sft skipped: Ziegler's tasks
+    what = "best-of-N tasks" if runner.cfg.tasks == "best_of_n" else "pairs"
+    runner.stage(f"round {k}: sample {what} from {start if k == 1 else f'round {k - 1} PPO'}", "sample",
                  runner.cfg.sample, r / "sample", wiring)
     return r / "sample"
 
