@@ -68,7 +68,19 @@ def gold_results(report: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=Path, help="clone into this directory and keep it (default: a temp dir)")
+    parser.add_argument("--summarise", type=Path, metavar="RUN_DIR",
+                        help="no clone: summarise a `make demo` already run in this tree (RUN_DIR: runs/demo) into "
+                             "--out; wall_s is then the pipeline's own time, without the install")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    if args.summarise:
+        summary = json.loads((args.summarise / "pipeline.jsonl").read_text().splitlines()[-1])
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+        result = summarise(args.summarise, summary, revision.strip(), None, summary["wall_s"])
+        result["command"] = f"make demo; python benchmarks/demo.py --summarise {args.summarise} --out {args.out}"
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return
     root = args.keep or Path(tempfile.mkdtemp(prefix="rlhflab-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     shared = (REPO.parent / "shared").resolve()
@@ -81,11 +93,20 @@ def main() -> None:
     install_s = timed(["make", "install"], clone, log)
     pipeline_s = timed(["make", "demo"], clone, log)
     summary = json.loads((clone / "runs" / "demo" / "pipeline.jsonl").read_text().splitlines()[-1])
-    result = {
+    result = summarise(clone / "runs" / "demo", summary, revision, install_s, pipeline_s)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("wall_s", "install_s", "pipeline_s", "gold_ppo_minus_sft", "goal_met")},
+                     indent=2))
+    print(f"wrote {OUT}")
+
+
+def summarise(run: Path, summary: dict, revision: str, install_s: float | None, pipeline_s: float) -> dict:
+    """demo.json's fields from a finished `make demo` run directory and its pipeline summary."""
+    return {
         "command": "python benchmarks/demo.py  (git clone; make install; make demo)",
         "revision": revision,
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
-        "wall_s": install_s + pipeline_s,
+        "wall_s": (install_s or 0.0) + pipeline_s,
         "install_s": install_s,
         "pipeline_s": pipeline_s,
         "goal_s": 15 * 60,
@@ -95,13 +116,9 @@ def main() -> None:
         "win_rate": summary["win_rate"],
         "length_controlled_win_rate": summary["length_controlled_win_rate"],
         "mean_tokens": summary["mean_tokens"],
-        "report_bytes": (clone / "runs" / "demo" / "eval" / "report.html").stat().st_size,
-        **gold_results(json.loads((clone / "runs" / "demo" / "eval" / "report.json").read_text())),
+        "report_bytes": (run / "eval" / "report.html").stat().st_size,
+        **gold_results(json.loads((run / "eval" / "report.json").read_text())),
     }
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("wall_s", "install_s", "pipeline_s", "gold_ppo_minus_sft", "goal_met")},
-                     indent=2))
-    print(f"wrote {OUT}")
 
 
 if __name__ == "__main__":
