@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
+from _flops import matmul_peak_gflops  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
 from rlhflab.models.device import autocast, native_bf16  # noqa: E402
@@ -36,15 +37,6 @@ from rlhflab.models.loading import load_model  # noqa: E402
 
 CPU = torch.device("cpu")
 SETTINGS = {"bf16_true": True, "auto": "auto"}
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 2) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def train_step(model, ids: torch.Tensor, setting) -> tuple[float, float]:
@@ -106,7 +98,8 @@ def main() -> None:
                     "torch": torch.__version__},
         "native_bf16": native_bf16(CPU),
         "auto_resolves_to": "bf16" if native_bf16(CPU) else "fp32",
-        "matmul_gflops": {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)},
+        "matmul_gflops": {dt: matmul_peak_gflops(getattr(torch, name), sizes=(1024,), repeats=2)
+                          for dt, name in (("fp32", "float32"), ("bf16", "bfloat16"))},
         "seconds": median, "all_seconds": times, "rounds": args.rounds,
         "speedup_auto_over_bf16_true": {k: median["bf16_true"][k] / median["auto"][k]
                                         for k in ("train_step", "generate")},
