@@ -128,10 +128,9 @@ class Clock:
 
 
 def run_ppo(spec: dict, clock: Clock) -> dict:
-    if spec["bf16"]:
-        # TRL 1.12's PPOTrainer creates `Accelerator(gradient_accumulation_steps=...)` itself, which reads its
-        # precision from this variable, not from PPOConfig.bf16.
-        os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"
+    # TRL 1.12's PPOTrainer creates `Accelerator(gradient_accumulation_steps=...)` itself, which reads its
+    # precision from this variable, not from PPOConfig.bf16.
+    os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if spec["bf16"] else "no"
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback

@@ -1,9 +1,10 @@
 """Run TRL's RewardTrainer on pre-tokenised comparison pairs and time each optimiser step. Runs inside .venv-bench.
 
 Input: a JSONL of {"chosen_ids", "rejected_ids"} (query ids + summary ids: exactly the tokens rlhflab's RM trains
-on; `chosen_ids`/`rejected_ids` are the columns TRL 1.16 takes as already tokenised, so it adds nothing — no EOS,
-no chat template), in the order rlhflab visits them, and the model directory. Output: JSON with per-step seconds,
-pairs and real (non-pad) tokens, read by rm_vs_trl.py.
+on; `chosen_ids`/`rejected_ids` are the columns TRL 1.16 takes as already tokenised, so it adds nothing — no EOS, no
+chat template), in the order rlhflab visits them, the model directory, and (last, optional: true when absent)
+whether to train under bf16 autocast. Output: JSON with per-step seconds, pairs and real (non-pad) tokens, read by
+rm_vs_trl.py.
 """
 
 import json
@@ -17,7 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 from trl import RewardConfig, RewardTrainer
 
 
-def main(data_path: str, model_dir: str, out_path: str, micro: int, accum: int, lr: float) -> None:
+def main(data_path: str, model_dir: str, out_path: str, micro: int, accum: int, lr: float, bf16: bool) -> None:
     rows = [json.loads(line) for line in open(data_path)]
     dataset = Dataset.from_list(rows)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -45,7 +46,7 @@ def main(data_path: str, model_dir: str, out_path: str, micro: int, accum: int, 
                           "tokens": counts["tokens"] - self.n0})
 
     config = RewardConfig(
-        output_dir="/tmp/trl-rm-bench", use_cpu=True, bf16=True, per_device_train_batch_size=micro,
+        output_dir="/tmp/trl-rm-bench", use_cpu=True, bf16=bf16, per_device_train_batch_size=micro,
         gradient_accumulation_steps=accum, num_train_epochs=1, learning_rate=lr, lr_scheduler_type="cosine",
         warmup_steps=1, max_grad_norm=1.0, adam_beta2=0.95, logging_steps=1, save_strategy="no",
         eval_strategy="no", report_to=[], max_length=None, dataloader_num_workers=0, seed=1,
@@ -62,4 +63,5 @@ def main(data_path: str, model_dir: str, out_path: str, micro: int, accum: int, 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]),
+         sys.argv[7] == "true" if len(sys.argv) > 7 else True)

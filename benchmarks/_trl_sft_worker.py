@@ -1,7 +1,8 @@
 """Run TRL's SFTTrainer on pre-tokenised examples and time each optimiser step. Runs inside .venv-bench.
 
-Input: a JSONL of {"input_ids", "completion_mask"} (exactly the token sequences rlhflab trains on) and the model
-directory. Output: JSON with per-step seconds and real (non-pad) tokens, read by sft_vs_trl.py.
+Input: a JSONL of {"input_ids", "completion_mask"} (exactly the token sequences rlhflab trains on), the model
+directory, and (last, optional: true when absent) whether to train under bf16 autocast. Output: JSON with per-step
+seconds and real (non-pad) tokens, read by sft_vs_trl.py.
 """
 
 import json
@@ -15,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 
-def main(data_path: str, model_dir: str, out_path: str, micro: int, accum: int, lr: float) -> None:
+def main(data_path: str, model_dir: str, out_path: str, micro: int, accum: int, lr: float, bf16: bool) -> None:
     rows = [json.loads(line) for line in open(data_path)]
     dataset = Dataset.from_list(rows)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -38,7 +39,7 @@ def main(data_path: str, model_dir: str, out_path: str, micro: int, accum: int, 
             steps.append({"seconds": time.perf_counter() - self.t0, "tokens": tokens["n"] - self.n0})
 
     config = SFTConfig(
-        output_dir="/tmp/trl-sft-bench", use_cpu=True, bf16=True, per_device_train_batch_size=micro,
+        output_dir="/tmp/trl-sft-bench", use_cpu=True, bf16=bf16, per_device_train_batch_size=micro,
         gradient_accumulation_steps=accum, num_train_epochs=1, learning_rate=lr, lr_scheduler_type="cosine",
         warmup_steps=1, max_grad_norm=1.0, adam_beta2=0.95, logging_steps=1, save_strategy="no",
         report_to=[], max_length=None, dataloader_num_workers=0,
@@ -52,4 +53,5 @@ def main(data_path: str, model_dir: str, out_path: str, micro: int, accum: int, 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]),
+         sys.argv[7] == "true" if len(sys.argv) > 7 else True)

@@ -10,7 +10,8 @@ tokenised once here (posts whose query cannot fit are dropped, as they must be);
 text (checked to tokenise to the same ids). Per update: `--rollout` episodes, `--ppo-epochs` passes in minibatches of
 `--mini` episodes, `--micro` episodes per forward/backward, responses of exactly `--response-length` tokens
 (rlhflab stop_at_eos=false; TRL: see _trl_ppo_worker.py), temperature 0.7, full fine-tuning (or `--freeze-layers N`
-in all three), bf16 autocast (frozen reference/reward weights in fp32 unless `--frozen-bf16`), CPU only. RLOO
+in all three), bf16 autocast where the CPU has native bf16 (`--bf16 auto`; fp32 elsewhere, or as `--bf16` says;
+frozen reference/reward weights in fp32 unless `--frozen-bf16`), CPU only. RLOO
 samples rollout/k prompts × k completions (k = `--rloo-k`) per update and trains no value model — the same
 episodes and minibatches, less work.
 
@@ -62,7 +63,7 @@ def overrides(a: argparse.Namespace, n_posts: int) -> list[str]:
             f"max_new_tokens={a.response_length}", f"temperature={a.temperature}", "stop_at_eos=false",
             "no_eos_penalty=null", "kl.controller=fixed", f"kl.init_coef={a.kl_coef}", "kl.estimator=k1",
             "gamma=1.0", "lam=0.95", "clip_range=0.2", "clip_range_value=0.2", f"optim.lr={a.lr}",
-            f"value_optim.lr={a.lr}", "lora.r=0", f"freeze_layers={a.freeze_layers}", "bf16=true",
+            f"value_optim.lr={a.lr}", "lora.r=0", f"freeze_layers={a.freeze_layers}", f"bf16={str(a.bf16).lower()}",
             f"frozen_bf16={'true' if a.frozen_bf16 else 'false'}", "device=cpu", "log_every=1",
             f"save_every={a.updates + 1}", f"sample_every={a.updates + 1}",  # no checkpoint or samples mid-run
             f"compile={'true' if a.compile else 'false'}"]
@@ -217,6 +218,9 @@ def main() -> None:
     parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--lr", type=float, default=3e-6)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--bf16", choices=["auto", "true", "false"], default="auto",
+                        help="bf16 autocast in all three trainers (auto: where this CPU computes bf16 natively, "
+                             "fp32 elsewhere: emulated bf16 is several times slower than fp32 and compares nothing)")
     parser.add_argument("--frozen-bf16", action="store_true",
                         help="reference and reward weights stored in bf16 (rlhflab frozen_bf16; TRL: loaded in bf16)")
     parser.add_argument("--freeze-layers", type=int, default=0,
@@ -251,6 +255,11 @@ def main() -> None:
         if probe.returncode:
             sys.exit(f"`rlhflab ppo` is not available yet:\n{probe.stderr[-2000:]}")
 
+    import torch
+
+    from rlhflab.models.device import use_bf16
+    a.bf16 = use_bf16({"auto": "auto", "true": True, "false": False}[a.bf16], torch.device("cpu"))  # one choice
+    peak_dtype = torch.bfloat16 if a.bf16 else torch.float32  # for all three, and the peak in that precision
     os.chdir(REPO)  # relative model / reward paths are relative to the repository, as for `rlhflab`
     work = Path(tempfile.mkdtemp(prefix="ppo-bench-"))
     policy_dir, reward_dir = resolve_dirs(a.model, a.reward, work)
@@ -259,7 +268,7 @@ def main() -> None:
     spec = {"policy_dir": str(policy_dir), "reward_dir": str(reward_dir), "queries": str(queries_path),
             "updates": a.updates, "rollout_batch_size": a.rollout, "mini_batch_size": a.mini,
             "micro_batch_size": a.micro, "ppo_epochs": a.ppo_epochs, "response_length": a.response_length,
-            "temperature": a.temperature, "lr": a.lr, "kl_coef": a.kl_coef, "seed": a.seed, "bf16": True,
+            "temperature": a.temperature, "lr": a.lr, "kl_coef": a.kl_coef, "seed": a.seed, "bf16": a.bf16,
             "frozen_bf16": a.frozen_bf16, "rloo_k": a.rloo_k, "freeze_layers": a.freeze_layers,
             "rollout_forward_batch_size": a.rollout_forward_batch or min(64, a.rollout)}
 
@@ -278,7 +287,6 @@ def main() -> None:
             print(f"round {r + 1}/{a.rounds}  {trainer:9s} {res['episodes_per_s']:.4f} episodes/s  "
                   f"peak RSS {res['peak_rss_mib']:.0f} MiB  split {res['median_update_split_s']}", flush=True)
 
-    import torch
     import transformers
 
     def trl_version(python: Path) -> str:
@@ -295,7 +303,7 @@ def main() -> None:
             return None
         return med["rlhflab"][key] / med[theirs][key]
 
-    peak_bf16 = matmul_peak_gflops(torch.bfloat16)
+    peak = matmul_peak_gflops(peak_dtype)
     flops = phase_flops(policy_dir, queries_path, a)
     ppo_cmd = f"{PPO_PY.relative_to(REPO)} {WORKER.relative_to(REPO)} SPEC.json OUT.json"
     result = {
@@ -303,8 +311,9 @@ def main() -> None:
         "what": "PPO episodes/s (updates after the first) and whole-process peak RSS: rlhflab ppo vs TRL 1.12 "
                 "PPOTrainer vs current TRL RLOOTrainer, same SFT policy/reference, same RM backbone, same "
                 "pre-tokenised TL;DR queries, same rollout/minibatch/micro batch/epochs, fixed-length responses, "
-                "bf16 autocast, CPU; " + (f"embeddings and lowest {a.freeze_layers} layers frozen in all three"
-                                          if a.freeze_layers else "full fine-tuning"),
+                + ("bf16 autocast" if a.bf16 else "fp32") + ", CPU; "
+                + (f"embeddings and lowest {a.freeze_layers} layers frozen in all three" if a.freeze_layers
+                   else "full fine-tuning"),
         "episodes_per_s_ratio_vs_trl_ppo": ratio("episodes_per_s", "trl_ppo"),
         "peak_memory_ratio_vs_trl_ppo": ratio("peak_rss_mib", "trl_ppo"),
         "episodes_per_s_ratio_vs_trl_rloo": ratio("episodes_per_s", "trl_rloo"),
@@ -315,11 +324,12 @@ def main() -> None:
         "medians": med,
         "rlhflab_time_split_s": med.get("rlhflab", {}).get("update_split_s"),
         "flops_per_update": flops,
-        "matmul_peak_gflops_bf16": peak_bf16,
-        "phase_fraction_of_peak": fraction_of_peak(flops, med.get("rlhflab", {}).get("update_split_s"), peak_bf16),
+        "matmul_peak_gflops": peak, "matmul_peak_dtype": str(peak_dtype).removeprefix("torch."),
+        "phase_fraction_of_peak": fraction_of_peak(flops, med.get("rlhflab", {}).get("update_split_s"), peak),
         "flops_note": "useful FLOPs of rlhflab's update (benchmarks/_flops.py: ppo_update_flops): real tokens only, "
                       "the LM head only where its logits are used, attention 4·layers·d·L² per forward; "
-                      "fraction = FLOPs / median phase seconds / the bf16 square-matmul peak measured in this run",
+                      "fraction = FLOPs / median phase seconds / the square-matmul peak measured in this run, in the "
+                      "precision the trainers ran in (matmul_peak_dtype)",
         "runs": runs,
         "commands": {
             "rlhflab": f"{sys.executable} -m rlhflab --log-level WARNING ppo --out RUN " + shlex.join(args_ppo),
@@ -333,14 +343,14 @@ def main() -> None:
             "timed_updates_per_run": a.updates - 1, "rollout_batch_size": a.rollout, "mini_batch_size": a.mini,
             "micro_batch_size": a.micro, "ppo_epochs": a.ppo_epochs, "response_length": a.response_length,
             "max_query_tokens": a.max_query_tokens, "temperature": a.temperature, "kl_coef": a.kl_coef,
-            "lr": a.lr, "frozen_bf16": a.frozen_bf16, "rloo_k": a.rloo_k, "freeze_layers": a.freeze_layers,
+            "lr": a.lr, "bf16": a.bf16, "frozen_bf16": a.frozen_bf16, "rloo_k": a.rloo_k, "freeze_layers": a.freeze_layers,
             "data": str(DATA.relative_to(REPO.parent)), **query_stats, "worker_spec": spec,
         },
         "notes": [
             "TRL PPO 1.12: accelerator gradient accumulation set to mini/micro after construction (TRL's own "
             "Accelerator would accumulate over the whole rollout when num_mini_batches > 1); generation eos cleared "
             "so every response is response_length tokens (TRL still truncates after the first EOS for the reward "
-            "and the masks); ACCELERATE_MIXED_PRECISION=bf16 because PPOConfig.bf16 does not reach its Accelerator "
+            "and the masks); with bf16, ACCELERATE_MIXED_PRECISION=bf16 because PPOConfig.bf16 does not reach its Accelerator "
             "(autocast covers only the policy+value training forward; rollout generation, reference, value and "
             "reward forwards run in the weights' dtype); '[PAD]' pad token added (SmolLM2 pad == EOS).",
             "TRL PPO computes full-vocabulary logits for every query+response position in the reference forward "

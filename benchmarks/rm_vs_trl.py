@@ -1,16 +1,16 @@
 """Reward-model throughput: rlhflab's `rlhflab rm` against TRL's RewardTrainer, in one run.
 
-Same model (the embedded SmolLM2-135M with a fresh scalar head, full fine-tuning, no frozen layers), same
-comparison pairs (the first `--pairs` rows of batch13, tokenised once by rlhflab — query by format_query at
+Same model (the embedded SmolLM2-135M with a fresh scalar head, full fine-tuning, no frozen layers), same comparison
+pairs (the first `--pairs` rows of batch13, tokenised once by rlhflab — query by format_query at
 max_query_tokens=256, summaries by format_reference: leading space + EOS — and handed to TRL pre-tokenised as
-query+summary ids), same micro batch (4 pairs), gradient accumulation (2), bf16 autocast, learning rate and
-schedule. TRL gets the pairs in the order rlhflab visits them (its length-grouped order) with a sequential
-sampler, so every micro batch holds the same pairs on both sides. TRL runs in .venv-bench
-(benchmarks/setup_bench_venv.sh) with gradient checkpointing off (its fastest setting). rlhflab runs with its
-real default share_query=true (each query once, both summaries on its KV cache); TRL has no such option and runs
-the 2 × 4 full sequences. The two alternate, `--rounds` times each; the first optimiser step of every run is
-warm-up and is not timed; nothing but training happens inside a timed step (rlhflab: no dev split, no
-normalisation, checkpoint only after the last step — and its per-step times come from metrics.jsonl, which
+query+summary ids), same micro batch (4 pairs), gradient accumulation (2), precision (bf16 autocast where the CPU
+has native bf16, `--bf16 auto`; fp32 elsewhere), learning rate and schedule. TRL gets the pairs in the order rlhflab
+visits them (its length-grouped order) with a sequential sampler, so every micro batch holds the same pairs on both
+sides. TRL runs in .venv-bench (benchmarks/setup_bench_venv.sh) with gradient checkpointing off (its fastest
+setting). rlhflab runs with its real default share_query=true (each query once, both summaries on its KV cache); TRL
+has no such option and runs the 2 × 4 full sequences. The two alternate, `--rounds` times each; the first optimiser
+step of every run is warm-up and is not timed; nothing but training happens inside a timed step (rlhflab: no dev
+split, no normalisation, checkpoint only after the last step — and its per-step times come from metrics.jsonl, which
 exclude those anyway). Throughput = comparison pairs / seconds inside optimiser steps.
 
     python benchmarks/rm_vs_trl.py --pairs 32 --rounds 2
@@ -39,12 +39,12 @@ BENCH_PY = REPO / ".venv-bench" / "bin" / "python"
 MAX_QUERY_TOKENS, MAX_RESPONSE_TOKENS = 256, 64
 
 
-def overrides(model_dir: Path, n: int, micro: int, accum: int, lr: float) -> list[str]:
+def overrides(model_dir: Path, n: int, micro: int, accum: int, lr: float, bf16: bool) -> list[str]:
     """The `rlhflab rm` settings of the benchmark: every pair of the first n rows trains, nothing else runs."""
     return [f"model={model_dir}", f"data.comparisons={DATA}", f"data.limit={n}", "data.dev_fraction=0.0",
             "data.duplicates=keep", "data.contradictions=keep",  # the first n rows exactly, as TRL gets them
             f"data.max_query_tokens={MAX_QUERY_TOKENS}", f"data.max_response_tokens={MAX_RESPONSE_TOKENS}",
-            f"batch_size={micro * accum}", f"micro_batch_size={micro}", "epochs=1", "bf16=true",
+            f"batch_size={micro * accum}", f"micro_batch_size={micro}", "epochs=1", f"bf16={str(bf16).lower()}",
             "share_query=true", "freeze_layers=0", "loss=pairwise", "device=cpu", f"optim.lr={lr}",
             "optim.betas=[0.9, 0.95]", "optim.min_lr_ratio=0.0", "eval_every=0", "save_every=0",
             "normalise_on=null", "log_every=1"]
@@ -66,10 +66,10 @@ def run_rlhflab(args_rm: list[str], work: Path) -> dict:
     return {"steps": steps}
 
 
-def run_trl(pairs_path: Path, model_dir: Path, micro: int, accum: int, lr: float, work: Path) -> dict:
+def run_trl(pairs_path: Path, model_dir: Path, micro: int, accum: int, lr: float, bf16: bool, work: Path) -> dict:
     out = work / f"trl-{time.time_ns()}.json"
     cmd = [str(BENCH_PY), str(REPO / "benchmarks" / "_trl_rm_worker.py"), str(pairs_path), str(model_dir),
-           str(out), str(micro), str(accum), str(lr)]
+           str(out), str(micro), str(accum), str(lr), str(bf16).lower()]
     subprocess.run(cmd, check=True, cwd=work, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--bf16", choices=["auto", "true", "false"], default="auto",
+                        help="bf16 autocast in both trainers (auto: where this CPU computes bf16 natively, else fp32)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rm_vs_trl.json"))
     args = parser.parse_args()
     if not BENCH_PY.exists():
@@ -119,11 +121,14 @@ def main() -> None:
     if args.pairs % (args.micro * args.accum):
         sys.exit(f"--pairs must be a multiple of micro × accum = {args.micro * args.accum}")
 
+    from rlhflab.models.device import use_bf16
     from rlhflab.models.loading import EMBEDDED_NAME, cache_dir, load_model
+
+    bf16 = use_bf16({"auto": "auto", "true": True, "false": False}[args.bf16], torch.device("cpu"))  # both trainers
 
     load_model(EMBEDDED_NAME)  # creates the safetensors cache both trainers load
     model_dir = cache_dir() / EMBEDDED_NAME
-    args_rm = overrides(model_dir, args.pairs, args.micro, args.accum, args.lr)
+    args_rm = overrides(model_dir, args.pairs, args.micro, args.accum, args.lr, bf16)
     work = Path(tempfile.mkdtemp(prefix="rm-bench-"))
     pairs_path, stats = prepare(args_rm, work)
     ours, theirs, ours_steps, theirs_steps = [], [], [], []
@@ -131,7 +136,7 @@ def main() -> None:
         r = run_rlhflab(args_rm, work)
         ours.append(throughput(r))
         ours_steps.append(r["steps"])
-        t = run_trl(pairs_path, model_dir, args.micro, args.accum, args.lr, work)
+        t = run_trl(pairs_path, model_dir, args.micro, args.accum, args.lr, bf16, work)
         theirs.append(throughput(t))
         theirs_steps.append(t["steps"])
         print(f"rlhflab {ours[-1]:.3f} pairs/s   TRL {theirs[-1]:.3f} pairs/s", flush=True)
@@ -145,7 +150,8 @@ def main() -> None:
     result = {
         "command": "python benchmarks/rm_vs_trl.py " + " ".join(sys.argv[1:]),
         "what": "reward-model training throughput in comparison pairs/s (optimiser steps after the first), "
-                "embedded SmolLM2-135M + scalar head, full fine-tuning, bf16 autocast, the same pre-tokenised "
+                "embedded SmolLM2-135M + scalar head, full fine-tuning, " + ("bf16 autocast" if bf16 else "fp32")
+                + ", the same pre-tokenised "
                 "batch13 pairs in the same micro batches for both",
         "ratio_vs_trl": ours_pps / trl_pps,
         "rlhflab_pairs_per_s": ours_pps, "trl_pairs_per_s": trl_pps,
@@ -153,13 +159,13 @@ def main() -> None:
         "rlhflab_steps": ours_steps, "trl_steps": theirs_steps,
         "tokens_note": "per-step tokens: rlhflab counts each query once (share_query) plus both summaries; TRL "
                        "counts the real tokens of the 2 full query+summary sequences of each pair",
-        "settings": {"pairs": args.pairs, "micro_batch_pairs": args.micro, "grad_accum": args.accum,
+        "settings": {"bf16": bf16, "pairs": args.pairs, "micro_batch_pairs": args.micro, "grad_accum": args.accum,
                      "pairs_per_step": args.micro * args.accum, "steps_per_run": args.pairs // (args.micro * args.accum),
                      "timed_steps_per_run": args.pairs // (args.micro * args.accum) - 1, "lr": args.lr,
                      "max_query_tokens": MAX_QUERY_TOKENS, "max_response_tokens": MAX_RESPONSE_TOKENS,
                      "data": str(DATA.relative_to(REPO.parent)), **stats,
                      "rlhflab": {"share_query": True, "cli": f"{sys.executable} -m rlhflab rm --out RUN " + " ".join(args_rm)},
-                     "trl": {"gradient_checkpointing": False, "bf16": True, "use_cpu": True,
+                     "trl": {"gradient_checkpointing": False, "bf16": bf16, "use_cpu": True,
                              "train_sampling_strategy": "sequential (rows in rlhflab's batch order)",
                              "columns": "chosen_ids / rejected_ids (pre-tokenised)"}},
         "machine": {"cpu": cpu_model(), "cores": torch.get_num_threads(), "gpu": None,

@@ -2,9 +2,10 @@
 
 Same model (the embedded SmolLM2-135M, full fine-tuning, no frozen layers), same token sequences (rlhflab's
 tokenisation of the same TL;DR posts, handed to TRL pre-tokenised), same micro batch, gradient accumulation,
-bf16 autocast, learning rate and schedule. TRL runs in .venv-bench (benchmarks/setup_bench_venv.sh) with
-gradient checkpointing off (its fastest setting). The two alternate, `--rounds` times each; the first optimiser
-step of every run is warm-up and is not timed. Throughput = real (non-pad) tokens / seconds inside steps.
+precision (bf16 autocast where the CPU has native bf16, `--bf16 auto`; fp32 elsewhere), learning rate and schedule.
+TRL runs in .venv-bench (benchmarks/setup_bench_venv.sh) with gradient checkpointing off (its fastest setting). The
+two alternate, `--rounds` times each; the first optimiser step of every run is warm-up and is not timed. Throughput
+= real (non-pad) tokens / seconds inside steps.
 
     python benchmarks/sft_vs_trl.py --examples 56 --rounds 2
 """
@@ -31,12 +32,13 @@ DATA = REPO.parent / "shared" / "data" / "tldr" / "train.jsonl.gz"
 BENCH_PY = REPO / ".venv-bench" / "bin" / "python"
 
 
-def run_rlhflab(data_jsonl: Path, model_dir: Path, n: int, micro: int, accum: int, lr: float, work: Path) -> dict:
+def run_rlhflab(data_jsonl: Path, model_dir: Path, n: int, micro: int, accum: int, lr: float, bf16: bool,
+                work: Path) -> dict:
     out = work / f"rlhflab-{time.time_ns()}"
     cmd = [sys.executable, "-m", "rlhflab", "--log-level", "WARNING", "sft", "--out", str(out),
            f"model={model_dir}", f"data.train={data_jsonl}", "data.eval=null", f"data.limit_train={n}",
            "data.max_query_tokens=512", "data.max_response_tokens=64", f"batch_size={micro * accum}",
-           f"micro_batch_size={micro}", "epochs=1", "bf16=true", "freeze_layers=0", f"optim.lr={lr}",
+           f"micro_batch_size={micro}", "epochs=1", f"bf16={str(bf16).lower()}", "freeze_layers=0", f"optim.lr={lr}",
            "optim.betas=[0.9, 0.95]", "optim.min_lr_ratio=0.0", "save_every=0", "n_samples=0", "eval_every=0"]
     subprocess.run(cmd, check=True, cwd=REPO)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -49,10 +51,10 @@ def run_rlhflab(data_jsonl: Path, model_dir: Path, n: int, micro: int, accum: in
     return {"steps": steps}
 
 
-def run_trl(examples_path: Path, model_dir: Path, micro: int, accum: int, lr: float, work: Path) -> dict:
+def run_trl(examples_path: Path, model_dir: Path, micro: int, accum: int, lr: float, bf16: bool, work: Path) -> dict:
     out = work / f"trl-{time.time_ns()}.json"
     cmd = [str(BENCH_PY), str(REPO / "benchmarks" / "_trl_sft_worker.py"), str(examples_path), str(model_dir),
-           str(out), str(micro), str(accum), str(lr)]
+           str(out), str(micro), str(accum), str(lr), str(bf16).lower()]
     subprocess.run(cmd, check=True, cwd=work, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
@@ -69,8 +71,8 @@ def prepare(n: int, work: Path):
     from rlhflab.train.sft import SFTData, build_examples
 
     model, tokenizer = load_model(EMBEDDED_NAME)  # creates the safetensors cache both trainers load
-    posts = list(load_tldr(DATA, limit=n))
-    examples = build_examples(posts, tokenizer, SFTData(max_query_tokens=512, max_response_tokens=64))
+    posts, examples = build_examples(list(load_tldr(DATA, limit=n)), tokenizer,
+                                     SFTData(max_query_tokens=512, max_response_tokens=64))
     rows = [{"input_ids": e.query_ids + e.response_ids,
              "completion_mask": [0] * len(e.query_ids) + [1] * len(e.response_ids)} for e in examples]
     examples_path = work / "examples.jsonl"
@@ -87,19 +89,26 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--bf16", choices=["auto", "true", "false"], default="auto",
+                        help="bf16 autocast in both trainers (auto: where this CPU computes bf16 natively, else fp32)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "sft_vs_trl.json"))
     args = parser.parse_args()
     if not BENCH_PY.exists():
         sys.exit("run benchmarks/setup_bench_venv.sh first (it installs TRL into .venv-bench)")
 
+    from rlhflab.models.device import use_bf16
+
+    bf16 = use_bf16({"auto": "auto", "true": True, "false": False}[args.bf16], torch.device("cpu"))
+    dtype = torch.bfloat16 if bf16 else torch.float32  # both trainers, and the peak they are set against
     work = Path(tempfile.mkdtemp(prefix="sft-bench-"))
     model_config, rows, examples_path, posts_path, model_dir = prepare(args.examples, work)
     ours, theirs = [], []
     for _ in range(args.rounds):
-        ours.append(throughput(run_rlhflab(posts_path, model_dir, args.examples, args.micro, args.accum, args.lr, work)))
-        theirs.append(throughput(run_trl(examples_path, model_dir, args.micro, args.accum, args.lr, work)))
+        ours.append(throughput(run_rlhflab(posts_path, model_dir, args.examples, args.micro, args.accum, args.lr,
+                                           bf16, work)))
+        theirs.append(throughput(run_trl(examples_path, model_dir, args.micro, args.accum, args.lr, bf16, work)))
         print(f"rlhflab {ours[-1]:.1f} tok/s   TRL {theirs[-1]:.1f} tok/s", flush=True)
-    peak_bf16, peak_fp32 = matmul_peak_gflops(torch.bfloat16), matmul_peak_gflops(torch.float32)
+    peak = matmul_peak_gflops(dtype)
 
     useful, conventional = training_flops(model_config, rows)
     tokens = sum(len(r["input_ids"]) for r in rows)
@@ -112,18 +121,18 @@ def main() -> None:
     result = {
         "command": "python benchmarks/sft_vs_trl.py " + " ".join(sys.argv[1:]),
         "what": "SFT tokens/s (real tokens, optimiser steps after the first), embedded SmolLM2-135M, full "
-                "fine-tuning, bf16 autocast, same pre-tokenised TL;DR examples and batch for both",
+                "fine-tuning, " + ("bf16 autocast" if bf16 else "fp32") + ", same pre-tokenised TL;DR examples and batch for both",
         "ratio_vs_trl": ours_tps / trl_tps,
-        "fraction_of_matmul_peak": ours_gflops / peak_bf16,
+        "fraction_of_matmul_peak": ours_gflops / peak,
         "rlhflab_tokens_per_s": ours_tps, "trl_tokens_per_s": trl_tps,
         "rlhflab_tokens_per_s_runs": ours, "trl_tokens_per_s_runs": theirs,
         "rlhflab_gflops_useful": ours_gflops,
         "rlhflab_gflops_conventional_6N": ours_tps * conventional / tokens / 1e9,
-        "fraction_of_matmul_peak_conventional_6N": ours_tps * conventional / tokens / 1e9 / peak_bf16,
-        "matmul_peak_gflops_bf16": peak_bf16, "matmul_peak_gflops_fp32": peak_fp32,
+        "fraction_of_matmul_peak_conventional_6N": ours_tps * conventional / tokens / 1e9 / peak,
+        "matmul_peak_gflops": peak, "matmul_peak_dtype": str(dtype).removeprefix("torch."),
         "flops_note": "useful FLOPs count the output head only where a loss is taken (rlhflab skips it on the "
                       "query); conventional counts 6N on every token as most MFU figures do",
-        "settings": {"examples": args.examples, "micro_batch": args.micro, "grad_accum": args.accum,
+        "settings": {"bf16": bf16, "examples": args.examples, "micro_batch": args.micro, "grad_accum": args.accum,
                      "max_query_tokens": 512, "max_response_tokens": 64, "tokens_per_run": tokens},
         "machine": {"cpu": cpu_model(), "cores": torch.get_num_threads(), "gpu": None,
                     "python": platform.python_version()},
