@@ -49,7 +49,7 @@ class SampleConfig:
     stop_token: str | None = setting(None, "also end at this token (kept), e.g. \".\" for book continuations")
     stop_after: int = setting(0, "the stop token ends a response only at 0-based token position >= this")
     write_query: bool = setting(False, "keep each sample's formatted query in extra.query (best-of-N tasks need it)")
-    batch_size: int = setting(8, "posts per generation batch")
+    batch_size: int = setting(8, "summaries per generation batch (a post's summaries in it share one prefill)")
     seed: int = setting(1, "random seed of sampling (each batch's seed comes from it and the batch's place)")
     bf16: Bf16 = setting(False, "bf16 autocast (weights stay fp32); auto: bf16 only where native")
     device: str = setting("auto", "auto (the first CUDA GPU if any, else the CPU) or a torch device: cpu, cuda:1")
@@ -119,11 +119,15 @@ def sample(cfg: SampleConfig, out: str) -> dict:
 def sample_batch(model, tokenizer, chunk: list[tuple[Post, int]], name: str, cfg: SampleConfig,
                  generator: torch.Generator, stop: StopRule | None = None) -> list[Sample]:
     texts = [format_query(p, tokenizer, cfg.max_query_tokens) for p, _ in chunk]
-    queries = [encode_query(tokenizer, q) for q in texts]
-    query_ids, query_mask = pad_queries(tokenizer, queries)
+    # a post's summaries sit next to each other in `chunk`: its query is prefilled once for all of them, and the
+    # rows come out in `chunk`'s order, so the samples are those of prefilling every row on its own
+    firsts = [b for b in range(len(chunk)) if b == 0 or chunk[b][0].id != chunk[b - 1][0].id]
+    counts = [end - start for start, end in zip(firsts, [*firsts[1:], len(chunk)], strict=True)]
+    query_ids, query_mask = pad_queries(tokenizer, [encode_query(tokenizer, texts[b]) for b in firsts])
     with autocast(model.device, cfg.bf16):
         gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.max_new_tokens,
-                       temperature=cfg.temperature, top_p=cfg.top_p, generator=generator, stop=stop)
+                       temperature=cfg.temperature, top_p=cfg.top_p, generator=generator, n_per_query=counts,
+                       stop=stop)
     rows = []
     for b, (post, index) in enumerate(chunk):
         n_tokens = int(gen.response_mask[b].sum())

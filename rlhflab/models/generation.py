@@ -12,7 +12,7 @@ embedded tokenizer has pad == eos.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +97,7 @@ def generate(
     top_p: float = 1.0,
     stop_at_eos: bool = True,
     generator: torch.Generator | None = None,
-    n_per_query: int = 1,
+    n_per_query: int | Sequence[int] = 1,
     row_seeds: list[int] | None = None,
     stop_together: Callable[[bool], bool] | None = None,
     stop: StopRule | None = None,
@@ -110,10 +110,13 @@ def generate(
 
     n_per_query=k > 1 samples k responses per query (best-of-N): each query is prefilled ONCE and its KV cache is
     repeated k times, so the result has B*k rows (query b's responses are rows b*k … b*k+k-1) and is the same as
-    passing every query k times (`query_ids.repeat_interleave(k, 0)`), at 1/k of the prefill work.
+    passing every query k times (`query_ids.repeat_interleave(k, 0)`), at 1/k of the prefill work. A list of B
+    counts gives query b its own number of rows (all of query 0's first): `rlhflab sample` cuts its post-major
+    work into batches that can start or end in the middle of a post's n summaries.
 
-    row_seeds (one per output row, i.e. B*k of them) replaces `generator`: row b samples by Gumbel-max with noise
-    from its own CPU generator seeded with row_seeds[b], so its tokens do not depend on the rest of the batch.
+    row_seeds (one per output row: B*k, or sum(counts), of them) replaces `generator`: row b samples by Gumbel-max
+    with noise from its own CPU generator seeded with row_seeds[b], so its tokens do not depend on the rest of the
+    batch.
 
     stop_together(this_process_done) -> every process done: for processes running one sharded model on different
     rows, which must all run the same number of steps (each step gathers the model's layers from all of them).
@@ -129,7 +132,7 @@ def generate(
     query_ids, query_mask = query_ids.to(device), query_mask.to(device).long()
 
     # (1) the queries run once; with n_per_query = k each query's KV cache then serves its k rows (B -> B*k)
-    k = n_per_query
+    k = n_per_query if isinstance(n_per_query, int) else torch.as_tensor(list(n_per_query), device=device)
     logits, cache, positions = _prefill(model, query_ids, query_mask, k)
     query_ids, query_mask = query_ids.repeat_interleave(k, dim=0), query_mask.repeat_interleave(k, dim=0)
     # (2) one token a step on the cache, until max_new_tokens or (stop_at_eos) every row has ended
@@ -141,27 +144,34 @@ def generate(
                           eos_id, pad_id, stop)
 
 
-def _check_generate_args(query_ids: Tensor, max_new_tokens: int, n_per_query: int, temperature: float,
-                         row_seeds: list[int] | None) -> None:
+def _check_generate_args(query_ids: Tensor, max_new_tokens: int, n_per_query: int | Sequence[int],
+                         temperature: float, row_seeds: list[int] | None) -> None:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if n_per_query < 1:
-        raise ValueError(f"n_per_query must be >= 1, got {n_per_query}")
+    counts = [n_per_query] * query_ids.shape[0] if isinstance(n_per_query, int) else list(n_per_query)
+    if len(counts) != query_ids.shape[0]:
+        raise ValueError(f"n_per_query: {len(counts)} counts for {query_ids.shape[0]} queries")
+    if min(counts) < 1:
+        raise ValueError(f"n_per_query must be >= 1, got {min(counts)}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if row_seeds is not None and len(row_seeds) != query_ids.shape[0] * n_per_query:
-        raise ValueError(f"row_seeds: {len(row_seeds)} seeds for {query_ids.shape[0] * n_per_query} rows")
+    if row_seeds is not None and len(row_seeds) != sum(counts):
+        raise ValueError(f"row_seeds: {len(row_seeds)} seeds for {sum(counts)} rows")
 
 
-def _prefill(model, query_ids: Tensor, query_mask: Tensor, k: int) -> tuple[Tensor, Any, Tensor]:
-    """(B, Tq) left-padded queries -> ((B*k, V) logits of the first new token, the KV cache of B*k rows, (B*k, Tq)
-    positions). k > 1 repeats each query's cache k times: best-of-N pays for one prefill per query, not k."""
+def _prefill(model, query_ids: Tensor, query_mask: Tensor, k: int | Tensor) -> tuple[Tensor, Any, Tensor]:
+    """(B, Tq) left-padded queries -> ((R, V) logits of the first new token, the KV cache of R rows, (R, Tq)
+    positions), R = B*k, or sum(k) for (B,) counts k. Each query's cache is repeated for its rows: best-of-N pays
+    for one prefill per query, not k."""
     positions = position_ids_from_mask(query_mask)  # (B, Tq)
     out = model(input_ids=query_ids, attention_mask=query_mask, position_ids=positions, past_key_values=None,
                 use_cache=True, logits_to_keep=1)  # only the last position's logits: (B, 1, V)
     cache, logits = out.past_key_values, out.logits[:, -1, :].float()  # (B, V)
-    if k > 1:
+    if isinstance(k, Tensor):  # query b's cache row, counts[b] times: (R,) indices into the B rows
+        cache.batch_select_indices(torch.arange(len(k), device=k.device).repeat_interleave(k))
+    elif k > 1:
         cache.batch_repeat_interleave(k)
+    if isinstance(k, Tensor) or k > 1:
         logits, positions = logits.repeat_interleave(k, dim=0), positions.repeat_interleave(k, dim=0)
     return logits, cache, positions
 

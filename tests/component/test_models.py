@@ -149,6 +149,26 @@ def test_sampling_is_reproducible_from_a_generator(tiny):
     assert not torch.equal(runs[0].response, runs[2].response)
 
 
+def test_per_query_counts_prefill_each_query_once_and_equal_repeated_queries(tiny):
+    """n_per_query=[2, 1, 3]: rows 0-1 continue query 0, row 2 query 1, rows 3-5 query 2 — the same tokens, from
+    the same generator, as prefilling each of the six rows on its own (what `rlhflab sample` did before)."""
+    model, tok = tiny
+    ids, mask = pad_queries(tok, [tok.encode("abc"), tok.encode("a longer query"), tok.encode("xy")])
+    counts = [2, 1, 3]
+    rep = generate(model, tok, ids.repeat_interleave(torch.tensor(counts), 0),
+                   mask.repeat_interleave(torch.tensor(counts), 0), max_new_tokens=8, temperature=0.9,
+                   generator=torch.Generator().manual_seed(7))
+    shared = generate(model, tok, ids, mask, max_new_tokens=8, temperature=0.9,
+                      generator=torch.Generator().manual_seed(7), n_per_query=counts)
+    assert shared.response.shape == rep.response.shape and shared.response.shape[0] == 6
+    assert torch.equal(shared.response, rep.response) and torch.equal(shared.query_response, rep.query_response)
+    torch.testing.assert_close(shared.logprobs, rep.logprobs, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="2 counts for 3 queries"):
+        generate(model, tok, ids, mask, max_new_tokens=2, n_per_query=[1, 2])
+    with pytest.raises(ValueError, match="n_per_query must be >= 1"):
+        generate(model, tok, ids, mask, max_new_tokens=2, n_per_query=[1, 0, 2])
+
+
 def test_save_load_round_trip_gives_identical_logits(tiny, tmp_path):
     model, tok = tiny
     out = save_model(model, tok, tmp_path / "model")

@@ -64,3 +64,39 @@ def test_cli_config_errors_are_clear(tmp_path, capsys, monkeypatch):
     assert "optim.lrr" in capsys.readouterr().err
     assert main(["sft", "--show-config"]) == 0
     assert "optim.lr (float)" in capsys.readouterr().out
+
+
+def test_a_posts_summaries_share_one_prefill_even_where_a_batch_splits_them(shared_data, tmp_path, monkeypatch):
+    """n=3 in batches of 4 cuts posts across batches; each post's query is prefilled once for its summaries in a
+    batch. The file must be byte for byte the one that prefilling every row on its own writes (the same batches
+    and seeds, `generate` given each row's query instead of counts)."""
+    import torch
+
+    from rlhflab.eval import sample as sample_module
+
+    monkeypatch.chdir(REPO)
+
+    def run(out: Path) -> bytes:
+        args = ["sample", "--config", "configs/sample/tiny.yaml", "--out", str(out), "n=3", "limit=5",
+                "batch_size=4", f"posts={shared_data / 'tldr/eval.jsonl.gz'}"]
+        assert main(args) == 0
+        return (out / "samples.jsonl").read_bytes()
+
+    calls = []
+    real_generate = sample_module.generate
+
+    def generate_each_row_alone(model, tokenizer, ids, mask, *, n_per_query, **kw):
+        calls.append(list(n_per_query))
+        counts = torch.as_tensor(n_per_query)
+        return real_generate(model, tokenizer, ids.repeat_interleave(counts, 0), mask.repeat_interleave(counts, 0),
+                             n_per_query=1, **kw)
+
+    shared = run(tmp_path / "shared")
+    monkeypatch.setattr(sample_module, "generate", generate_each_row_alone)
+    alone = run(tmp_path / "alone")
+    assert calls == [[3, 1], [2, 2], [1, 3], [3]]  # posts of 3 summaries cut into batches of 4
+    assert shared == alone
+    rows = [json.loads(line) for line in shared.splitlines()]
+    assert [(r["post_id"], r["index"]) for r in rows][:4] == [(rows[0]["post_id"], i) for i in range(3)] + [
+        (rows[3]["post_id"], 0)]
+    assert len({r["text"] for r in rows}) > 5  # T=0.7: samples, not copies, so a row given another post's shows
