@@ -7,6 +7,7 @@ it stopped and never writes a summary twice.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -118,12 +119,12 @@ def sample(cfg: SampleConfig, out: str) -> dict:
 @torch.no_grad()
 def sample_batch(model, tokenizer, chunk: list[tuple[Post, int]], name: str, cfg: SampleConfig,
                  generator: torch.Generator, stop: StopRule | None = None) -> list[Sample]:
-    texts = [format_query(p, tokenizer, cfg.max_query_tokens) for p, _ in chunk]
-    # a post's summaries sit next to each other in `chunk`: its query is prefilled once for all of them, and the
-    # rows come out in `chunk`'s order, so the samples are those of prefilling every row on its own
-    firsts = [b for b in range(len(chunk)) if b == 0 or chunk[b][0].id != chunk[b - 1][0].id]
-    counts = [end - start for start, end in zip(firsts, [*firsts[1:], len(chunk)], strict=True)]
-    query_ids, query_mask = pad_queries(tokenizer, [encode_query(tokenizer, texts[b]) for b in firsts])
+    # a post's summaries sit next to each other in `chunk`: its query is formatted and prefilled once for all of
+    # them, and the rows come out in `chunk`'s order, so the samples are those of prefilling every row on its own
+    groups = [[post for post, _ in items] for _, items in itertools.groupby(chunk, key=lambda item: item[0].id)]
+    texts = {g[0].id: format_query(g[0], tokenizer, cfg.max_query_tokens) for g in groups}
+    counts = [len(g) for g in groups]
+    query_ids, query_mask = pad_queries(tokenizer, [encode_query(tokenizer, texts[g[0].id]) for g in groups])
     with autocast(model.device, cfg.bf16):
         gen = generate(model, tokenizer, query_ids, query_mask, max_new_tokens=cfg.max_new_tokens,
                        temperature=cfg.temperature, top_p=cfg.top_p, generator=generator, n_per_query=counts,
@@ -134,7 +135,7 @@ def sample_batch(model, tokenizer, chunk: list[tuple[Post, int]], name: str, cfg
         ids = gen.response[b, :n_tokens].tolist()
         eos = bool(gen.eos[b])
         text = tokenizer.decode(ids[:-1] if eos else ids, skip_special_tokens=False)
-        extra = {"temperature": cfg.temperature, **({"query": texts[b]} if cfg.write_query else {})}
+        extra = {"temperature": cfg.temperature, **({"query": texts[post.id]} if cfg.write_query else {})}
         if stop is not None:
             extra["stopped"] = bool(gen.ended[b]) and not eos
         rows.append(Sample(post_id=post.id, policy=name, text=text, n_tokens=n_tokens - int(eos), index=index,
