@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--summarise", type=Path, metavar="RUN_DIR",
                         help="no clone: summarise a `make demo` already run in this tree (RUN_DIR: runs/demo) into "
                              "--out; wall_s is then the pipeline's own time, without the install")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=OUT, help="the result file (default: benchmarks/results/demo.json)")
     args = parser.parse_args()
     if args.summarise:
         summary = json.loads((args.summarise / "pipeline.jsonl").read_text().splitlines()[-1])
@@ -94,10 +94,10 @@ def main() -> None:
     pipeline_s = timed(["make", "demo"], clone, log)
     summary = json.loads((clone / "runs" / "demo" / "pipeline.jsonl").read_text().splitlines()[-1])
     result = summarise(clone / "runs" / "demo", summary, revision, install_s, pipeline_s)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("wall_s", "install_s", "pipeline_s", "gold_ppo_minus_sft", "goal_met")},
                      indent=2))
-    print(f"wrote {OUT}")
+    print(f"wrote {args.out}")
 
 
 def summarise(run: Path, summary: dict, revision: str, install_s: float | None, pipeline_s: float) -> dict:

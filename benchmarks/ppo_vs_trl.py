@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from _flops import matmul_peak_gflops, ppo_update_flops
-from _machine import cpu_model
+from _machine import cpu_bf16, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tldr" / "train.jsonl.gz"
@@ -257,8 +257,7 @@ def main() -> None:
 
     import torch
 
-    from rlhflab.models.device import use_bf16
-    a.bf16 = use_bf16({"auto": "auto", "true": True, "false": False}[a.bf16], torch.device("cpu"))  # one choice
+    a.bf16 = cpu_bf16(a.bf16)  # one choice
     peak_dtype = torch.bfloat16 if a.bf16 else torch.float32  # for all three, and the peak in that precision
     os.chdir(REPO)  # relative model / reward paths are relative to the repository, as for `rlhflab`
     work = Path(tempfile.mkdtemp(prefix="ppo-bench-"))

@@ -42,9 +42,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from _flops import matmul_peak_gflops
-from _machine import cpu_model
-
-from rlhflab.models.device import use_bf16
+from _machine import cpu_bf16, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tldr" / "train.jsonl.gz"
@@ -186,7 +184,7 @@ def main() -> None:
                   "what": __doc__.split("\n\n")[0].replace("\n", " "),
                   "settings": {k: v for k, v in vars(a).items() if k not in ("out", "note")},
                   "ppo_training_phase": ppo_profile(a, Path(tmp)), "sft_step": sft_profile(a, Path(tmp))}
-    bf16 = use_bf16({"auto": "auto", "true": True, "false": False}[a.bf16], torch.device("cpu"))
+    bf16 = cpu_bf16(a.bf16)
     dtype = torch.bfloat16 if bf16 else torch.float32
     peak = matmul_peak_gflops(dtype)  # in the precision the profiled steps ran in
     result["matmul_peak_gflops"], result["matmul_peak_dtype"] = peak, str(dtype).removeprefix("torch.")

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from _machine import cpu_model
+from _machine import cpu_bf16, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "comparisons" / "batch13.jsonl.gz"
@@ -121,10 +121,9 @@ def main() -> None:
     if args.pairs % (args.micro * args.accum):
         sys.exit(f"--pairs must be a multiple of micro × accum = {args.micro * args.accum}")
 
-    from rlhflab.models.device import use_bf16
     from rlhflab.models.loading import EMBEDDED_NAME, cache_dir, load_model
 
-    bf16 = use_bf16({"auto": "auto", "true": True, "false": False}[args.bf16], torch.device("cpu"))  # both trainers
+    bf16 = cpu_bf16(args.bf16)  # both trainers
 
     load_model(EMBEDDED_NAME)  # creates the safetensors cache both trainers load
     model_dir = cache_dir() / EMBEDDED_NAME

@@ -41,11 +41,11 @@ from rlhflab.models.generation import generate, pad_queries, stop_rule  # noqa: 
 from rlhflab.models.loading import load_model  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
+BOOKS = {"posts": DATA / "books" / "passages.jsonl.gz", "format": "books-train", "n": 12, "batch": 64,
+         "max_query_tokens": 64, "max_new_tokens": 24, "stop": (".", 16)}
 WORKLOADS = {  # posts file and format, n, batch (summaries), query budget, new tokens, stop rule
-    "books": {"posts": DATA / "books" / "passages.jsonl.gz", "format": "books-train", "n": 12, "batch": 64,
-              "max_query_tokens": 64, "max_new_tokens": 24, "stop": (".", 16)},
-    "books192": {"posts": DATA / "books" / "passages.jsonl.gz", "format": "books-train", "n": 12, "batch": 192,
-                 "max_query_tokens": 64, "max_new_tokens": 24, "stop": (".", 16)},
+    "books": BOOKS,
+    "books192": {**BOOKS, "batch": 192},
     "tldr": {"posts": DATA / "tldr" / "train.jsonl.gz", "format": "tldr", "n": 2, "batch": 8,
              "max_query_tokens": 512, "max_new_tokens": 48, "stop": None},
 }

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from _flops import matmul_peak_gflops, training_flops
-from _machine import cpu_model
+from _machine import cpu_bf16, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tldr" / "train.jsonl.gz"
@@ -96,9 +96,7 @@ def main() -> None:
     if not BENCH_PY.exists():
         sys.exit("run benchmarks/setup_bench_venv.sh first (it installs TRL into .venv-bench)")
 
-    from rlhflab.models.device import use_bf16
-
-    bf16 = use_bf16({"auto": "auto", "true": True, "false": False}[args.bf16], torch.device("cpu"))
+    bf16 = cpu_bf16(args.bf16)
     dtype = torch.bfloat16 if bf16 else torch.float32  # both trainers, and the peak they are set against
     work = Path(tempfile.mkdtemp(prefix="sft-bench-"))
     model_config, rows, examples_path, posts_path, model_dir = prepare(args.examples, work)
@@ -121,7 +119,8 @@ def main() -> None:
     result = {
         "command": "python benchmarks/sft_vs_trl.py " + " ".join(sys.argv[1:]),
         "what": "SFT tokens/s (real tokens, optimiser steps after the first), embedded SmolLM2-135M, full "
-                "fine-tuning, " + ("bf16 autocast" if bf16 else "fp32") + ", same pre-tokenised TL;DR examples and batch for both",
+                "fine-tuning, " + ("bf16 autocast" if bf16 else "fp32")
+                + ", same pre-tokenised TL;DR examples and batch for both",
         "ratio_vs_trl": ours_tps / trl_tps,
         "fraction_of_matmul_peak": ours_gflops / peak,
         "rlhflab_tokens_per_s": ours_tps, "trl_tokens_per_s": trl_tps,
