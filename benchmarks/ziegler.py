@@ -15,7 +15,12 @@ Every arm's PPO has the same budget (configs/ppo/<task>.yaml: 40 updates of 16 e
 of ~1,700 shuffled training passages at T=0.7 (12 a passage, 3 tasks each), answered by `rlhflab simulate-labels` with
 the judge at temperature 0.1; the RMs' held-out top-1 accuracy is measured on 100 tasks of the held-out books.
 
-    python benchmarks/ziegler.py --task sentiment [--arms base,ppo_judge,...] [--out runs/ziegler]
+    python benchmarks/ziegler.py --task sentiment [--arms base,ppo_judge,...] [--out runs/ziegler] [--reward-norm 256]
+
+--reward-norm N gives every PPO arm Ziegler et al.'s reward normalisation (`reward_norm_episodes=N`: each reward at
+mean 0, std 1 on N samples of the policy PPO starts from), so that one β weighs the judge and the RMs alike. Its
+PPO arms and evals go to <out>/<task>/reward_norm_N/ and its result to ziegler_<task>_reward_norm.json; the labels,
+RMs and best-of-16 (which no normalisation changes) are shared with the raw-score run.
 
 Each step is an ordinary `rlhflab` command (printed before it runs) into its own run directory, skipped when done,
 so an interrupted benchmark resumes. Writes benchmarks/results/ziegler_<task>.json and ziegler_<task>.png.
@@ -97,13 +102,30 @@ def label_prefixes(out: Path, all_labels: Path, keys: list[str]) -> dict[str, Pa
     return files
 
 
-def run_arms(task: str, arms: list[str], out: Path, label_posts: int) -> dict[str, str]:
+def arm_root(out: Path, reward_norm: int) -> Path:
+    """Where the PPO arms and their evals go: apart for each reward normalisation (labels and RMs are shared)."""
+    return out / f"reward_norm_{reward_norm}" if reward_norm else out
+
+
+def online_overrides(task: str, reward_norm: int) -> list[str]:
+    """The online pipeline's PPO overrides, with the reward normalisation added (none without it)."""
+    if not reward_norm:
+        return []
+    import yaml
+
+    ppo = yaml.safe_load((REPO / f"configs/pipeline/{task}.yaml").read_text())["ppo"]
+    return [f"ppo.overrides=[{','.join([*ppo.get('overrides', []), f'reward_norm_episodes={reward_norm}'])}]"]
+
+
+def run_arms(task: str, arms: list[str], out: Path, label_posts: int, reward_norm: int = 0) -> dict[str, str]:
     """Train what the arms need; return {arm: policy or best-of spec} for style-eval."""
     ppo_cfg = f"configs/ppo/{task}.yaml"
+    norm = [f"reward_norm_episodes={reward_norm}"] if reward_norm else []
+    root = arm_root(out, reward_norm)
     policies = {"base": "smollm2-135m"}
     if "ppo_judge" in arms:
-        rlhflab("ppo", "--config", ppo_cfg, "--out", str(out / "ppo_judge"), f"reward=style:{task}")
-        policies["ppo_judge"] = str(out / "ppo_judge")
+        rlhflab("ppo", "--config", ppo_cfg, "--out", str(root / "ppo_judge"), f"reward=style:{task}", *norm)
+        policies["ppo_judge"] = str(root / "ppo_judge")
     rm_arms = [a for a in arms if a.startswith("ppo_rm_") or a == "best_of_16"]
     if rm_arms:
         train_posts, heldout_posts = prompts(out)
@@ -117,25 +139,29 @@ def run_arms(task: str, arms: list[str], out: Path, label_posts: int) -> dict[st
             rlhflab("rm-eval", "--out", str(out / f"rm_eval_{key}"), f"model={out / f'rm_{key}'}",
                     f"comparisons={dev}", "batch_size=64")
             if f"ppo_rm_{key}" in arms:
-                rlhflab("ppo", "--config", ppo_cfg, "--out", str(out / f"ppo_rm_{key}"), f"reward={out / f'rm_{key}'}")
-                policies[f"ppo_rm_{key}"] = str(out / f"ppo_rm_{key}")
+                rlhflab("ppo", "--config", ppo_cfg, "--out", str(root / f"ppo_rm_{key}"),
+                        f"reward={out / f'rm_{key}'}", *norm)
+                policies[f"ppo_rm_{key}"] = str(root / f"ppo_rm_{key}")
     if "online_5k" in arms:
-        rlhflab("run", f"configs/pipeline/{task}.yaml", "--out", str(out / "online_5k"))
-        policies["online_5k"] = str(out / "online_5k" / "round_5" / "ppo")
+        rlhflab("run", f"configs/pipeline/{task}.yaml", "--out", str(root / "online_5k"),
+                *online_overrides(task, reward_norm))
+        policies["online_5k"] = str(root / "online_5k" / "round_5" / "ppo")
     return policies
 
 
-def style_eval(task: str, policies: dict[str, str], arms: list[str], out: Path) -> dict:
+def style_eval(task: str, policies: dict[str, str], arms: list[str], out: Path, reward_norm: int = 0) -> dict:
     entries = [{"name": name, "model": model} for name, model in policies.items()]
     if "best_of_16" in arms:
         entries.append({"name": "best_of_16", "model": "smollm2-135m", "best_of": 16, "reward": str(out / "rm_5k")})
     # A run of some arms only gets its own eval directory (base is always re-measured beside them, so the
     # merge below can check the two evaluations agree); the same prompts, samples and seed for every arm.
     name = "eval" if arms == ALL_ARMS else "eval_" + "_".join(arms)
-    cfg = out / f"style_{name}_{task}.yaml"
+    root = arm_root(out, reward_norm)
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = root / f"style_{name}_{task}.yaml"
     cfg.write_text(json.dumps({"policies": entries, "judge": task, "limit": 128, "samples": 2}))
-    rlhflab("style-eval", "--config", str(cfg), "--out", str(out / name))
-    return json.loads((out / name / "report.json").read_text()) | {"eval_dir": str(out / name)}  # absolute
+    rlhflab("style-eval", "--config", str(cfg), "--out", str(root / name))
+    return json.loads((root / name / "report.json").read_text()) | {"eval_dir": str(root / name)}  # absolute
 
 
 def result(task: str, report: dict, out: Path, wall_s: float) -> dict:
@@ -160,7 +186,6 @@ def result(task: str, report: dict, out: Path, wall_s: float) -> dict:
                                   "the base model on the policy's own samples (best-of-16: log 16 - 15/16)",
         "commands": COMMANDS, "wall_s": wall_s, "eval_dir": str(Path(report["eval_dir"]).relative_to(REPO)),
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
-        "plot": f"benchmarks/results/ziegler_{task}.png",
     }
 
 
@@ -236,22 +261,27 @@ def main() -> None:
                         help="training passages whose continuations are labelled (12 each, 3 tasks each; 1850 gives "
                              "the 5k arm's 5,000+ tasks, 740 enough for the 1k and 2k arms)")
     parser.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    parser.add_argument("--reward-norm", type=int, default=0, metavar="N",
+                        help="give every PPO arm reward_norm_episodes=N (Ziegler et al.'s reward normalisation; "
+                             "a multiple of 16); 0: raw scores, as configs/ppo/<task>.yaml")
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
     out = REPO / args.out / args.task
     t0 = time.time()
-    policies = run_arms(args.task, arms, out, args.label_posts)
-    report = style_eval(args.task, policies, arms, out)
-    res = result(args.task, report, out, time.time() - t0) | {"note": args.note}
+    policies = run_arms(args.task, arms, out, args.label_posts, args.reward_norm)
+    report = style_eval(args.task, policies, arms, out, args.reward_norm)
+    name = f"ziegler_{args.task}" + ("_reward_norm" if args.reward_norm else "")
+    res = result(args.task, report, out, time.time() - t0) | {
+        "note": args.note, "reward_norm_episodes": args.reward_norm, "plot": f"benchmarks/results/{name}.png"}
     results = REPO / "benchmarks" / "results"
-    path = results / f"ziegler_{args.task}.json"
+    path = results / f"{name}.json"
     if arms != ALL_ARMS and path.exists():
         res = merge(json.loads(path.read_text()), res)
     res = with_goal(res)
     path.write_text(json.dumps(res, indent=2) + "\n")
-    plot = results / f"ziegler_{args.task}.png"
+    plot = results / f"{name}.png"
     if arms == ALL_ARMS:
-        plot.write_bytes((out / "eval" / "style.png").read_bytes())
+        plot.write_bytes((arm_root(out, args.reward_norm) / "eval" / "style.png").read_bytes())
     else:
         plot_arms(res, plot)
     print(json.dumps({k: res[k] for k in ("recovered_fraction_5k", "kl_ratio_5k_to_judge", "goal_met",

@@ -101,6 +101,21 @@ def penalise_unfinished(scores: Tensor, ended: Tensor, penalty: float | None) ->
     return torch.where(ended, scores, torch.full_like(scores, penalty))
 
 
+def reward_normalisation(scores: Tensor, ended: Tensor) -> tuple[float, float]:
+    """(B,) scores of the initial policy's responses, (B,) bool ended -> (mean, std) that map them to mean 0, std 1
+    (Ziegler et al. give every reward gain and bias so, on the base policy's samples). Over the responses that
+    ended, whose scores are the ones PPO will use (an unfinished one gets the penalty); over all when fewer than 2
+    ended. A constant reward keeps std 1, so that normalising never divides by 0."""
+    finished = scores[ended] if int(ended.sum()) >= 2 else scores
+    mean, std = float(finished.mean()), float(finished.std(unbiased=False))
+    return mean, std if std > 1e-6 else 1.0
+
+
+def normalise_scores(scores: Tensor, mean: float, std: float) -> Tensor:
+    """(B,) -> (B,): (score - mean) / std."""
+    return (scores - mean) / std
+
+
 def kl_penalised_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
     """(B,) scores, (B, T) per-token KL, (B, T) mask -> (B, T) rewards: -β·KL on every real token, plus the score
     on the last real token of each response. 0 on padding."""

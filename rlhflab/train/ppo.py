@@ -1,6 +1,7 @@
 """`rlhflab ppo`: optimise the policy against a reward model, a KL penalty keeping it near the SFT model.
 
-One PPO update, as in Ziegler et al. (2019) and Stiennon et al. (2020):
+One PPO update, as in Ziegler et al. (2019) and Stiennon et al. (2020), after an optional step (0) that scores
+`reward_norm_episodes` responses of the initial policy and makes every later score (score - mean) / std:
 
     (1) roll out     sample a response for each of `rollout_batch_size` queries at temperature T
     (2) score        the reward model (or a callable) scores query+response; no EOS -> `no_eos_penalty`
@@ -70,9 +71,11 @@ from rlhflab.ops.ppo import (
     masked_mean,
     masked_whiten,
     next_kl_coef,
+    normalise_scores,
     penalise_unfinished,
     ppo_policy_loss,
     ppo_value_loss,
+    reward_normalisation,
 )
 from rlhflab.train.common import (
     BatchSizes,
@@ -188,6 +191,11 @@ class PPOConfig:
     stop_after: int = setting(0, "the stop token ends a response only at 0-based token position >= this (Ziegler: 16)")
     no_eos_penalty: float | None = setting(
         -1.0, "the score of a response that never ended, by EOS or stop token (None: use the RM's score)")
+    reward_norm_episodes: int = setting(
+        0,
+        "> 0: before the first update, score this many responses of the initial policy and use every score as "
+        "(score - their mean) / their std (Ziegler et al.: any reward gets mean 0, std 1 on the base policy's "
+        "samples, so one β means the same for an RM and a judge); a multiple of rollout_batch_size. 0: raw scores")
     gamma: float = setting(1.0, "GAE discount")
     lam: float = setting(0.95, "GAE lambda")
     clip_range: float = setting(0.2, "PPO's policy ratio clip")
@@ -235,6 +243,9 @@ class PPOConfig:
                 f"{self.mini_batch_size}")
         require(self.total_episodes >= self.rollout_batch_size, "total_episodes",
                 f"total_episodes={self.total_episodes} < rollout_batch_size={self.rollout_batch_size}")
+        require(self.reward_norm_episodes >= 0 and self.reward_norm_episodes % self.rollout_batch_size == 0,
+                "reward_norm_episodes", f"reward_norm_episodes={self.reward_norm_episodes} is not a multiple "
+                f"(0 or more) of rollout_batch_size={self.rollout_batch_size}")
         require(self.temperature > 0, "temperature", "PPO samples from the policy: temperature must be > 0")
         require(not (self.policy_init and self.lora.r > 0), "policy_init",
                 "policy_init with lora.r > 0: a LoRA policy's reference is its own base with the adapters off, so "
@@ -371,6 +382,44 @@ def plan_reuse(cfg: PPOConfig, policy, reference, value_model: RewardModel, rewa
 
 
 # ------------------------------------------------------------------------------------------------ phases
+
+def roll_out(m: PPOModels, cfg: PPOConfig, procs: Processes, queries: list[list[int]], seeds_update: int
+             ) -> tuple[Generation, list[str], slice]:
+    """Step (1): this process samples its share of `queries`, each episode's randomness from (seed, seeds_update,
+    row) only; then every process holds the whole rollout, laid out as one process would have sampled it.
+    -> (generation, response texts, this process's rows)."""
+    local_rows = share(len(queries), procs)
+    ids, mask = pad_queries(m.tokenizer, queries[local_rows])
+    with autocast(procs.device, cfg.bf16), gathered(m.policy, procs):  # sharded: gathered once, not per token
+        gen = generate(m.policy, m.tokenizer, ids, mask, max_new_tokens=cfg.max_new_tokens,
+                       temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
+                       row_seeds=episode_seeds(cfg.seed, seeds_update, range(len(queries))[local_rows]),
+                       stop_together=(lambda done: all_processes(done, procs)) if procs.shard else None,
+                       stop=m.stop)
+    gen = gather_generation(gen, m.tokenizer.pad_token_id, procs)
+    return gen, decode_responses(m.tokenizer, gen), local_rows
+
+
+def initial_reward_scale(m: PPOModels, cfg: PPOConfig, procs: Processes, posts: list[Post], query_texts: list[str],
+                         queries: list[list[int]], n_updates: int) -> tuple[float, float]:
+    """(mean, std) of the reward over `reward_norm_episodes` responses of the initial policy (Ziegler et al.'s
+    normalisation): posts from a shuffle of their own, sampled with seeds no update uses (updates n_updates on),
+    in rollouts of rollout_batch_size; see ops.ppo.reward_normalisation for which scores count."""
+    batch = batch_indices(0, cfg.reward_norm_episodes, len(posts), cfg.seed + 1)
+    scores, ended = [], []
+    for k, start in enumerate(range(0, len(batch), cfg.rollout_batch_size)):
+        rows = batch[start : start + cfg.rollout_batch_size]
+        gen, texts, local_rows = roll_out(m, cfg, procs, [queries[i] for i in rows], n_updates + k)
+        local = rows[local_rows]
+        local_scores = score_responses(m.reward, m.tokenizer, [queries[i] for i in local], rows_of(gen, local_rows),
+                                       cfg, ([query_texts[i] for i in local], texts[local_rows]),
+                                       [posts[i] for i in local])
+        scores.append(gather_rows(local_scores, procs))
+        ended.append(gen.ended.cpu())
+    mean, std = reward_normalisation(torch.cat(scores), torch.cat(ended))
+    log.info("reward normalisation: mean %.4g, std %.4g over %d responses of the initial policy (%d ended)",
+             mean, std, len(batch), int(torch.cat(ended).sum()))
+    return mean, std
 
 def score_responses(reward, tokenizer, queries: list[list[int]], gen: Generation, cfg: PPOConfig,
                     texts: tuple[list[str], list[str]], posts: list[Post],
@@ -510,7 +559,10 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
                   make_optimizer(m.value_model, cfg.value_optim, opt_steps, procs.shard))
     parts = {"policy": (policy, *optimizers[0]), "value": (m.value_model, *optimizers[1])}
     generator = torch.Generator().manual_seed(cfg.seed)  # the minibatch shuffle: the same on every process
-    update, kl_coef = resume(run, parts, generator, cfg, procs)
+    update, kl_coef, norm = resume(run, parts, generator, cfg, procs)
+    if norm is None:  # (0) Ziegler et al.'s reward normalisation, or the raw scores
+        norm = (initial_reward_scale(m, cfg, procs, posts, query_texts, queries, n_updates)
+                if cfg.reward_norm_episodes else (0.0, 1.0))
     log.info("ppo: %d updates × %d episodes, %d posts, %d PPO epochs, minibatch %d (micro %d), reward %s",
              n_updates, cfg.rollout_batch_size, len(posts), cfg.ppo_epochs, cfg.mini_batch_size,
              cfg.micro_batch_size, "callable" if reward_fn else cfg.reward)
@@ -519,21 +571,12 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     while update < n_updates:
         t0 = time.time()
         batch = batch_indices(update, cfg.rollout_batch_size, len(posts), cfg.seed)
-        local_rows = share(len(batch), procs)  # this process's episodes of the update (all of them with one process)
-        local_batch = batch[local_rows]
 
         # (1) roll out this process's share; each episode's randomness comes from (seed, update, row) only.
         #     Then every process gets the whole rollout, laid out as one process would have sampled it.
         policy.eval()
-        ids, mask = pad_queries(tokenizer, [queries[i] for i in local_batch])
-        with autocast(procs.device, cfg.bf16), gathered(policy, procs):  # sharded: gathered once, not per token
-            gen = generate(policy, tokenizer, ids, mask, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
-                           row_seeds=episode_seeds(cfg.seed, update, range(len(batch))[local_rows]),
-                           stop_together=(lambda done: all_processes(done, procs)) if procs.shard else None,
-                           stop=m.stop)
-        gen = gather_generation(gen, tokenizer.pad_token_id, procs)
-        texts = decode_responses(tokenizer, gen)
+        gen, texts, local_rows = roll_out(m, cfg, procs, [queries[i] for i in batch], update)
+        local_batch = batch[local_rows]  # this process's episodes of the update (all of them with one process)
         t1 = time.time()
 
         # (2) score, (3) log-probs and (4) values on this process's rows of the rollout, then gathered. The frozen
@@ -547,7 +590,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         scores, logprobs, ref_logprobs, values = (gather_rows(t, procs) for t in (scores, logprobs, ref_logprobs,
                                                                                    values))
         states = RolloutStates.of(gen, local.n_layers, {k: gather_rows(h, procs) for k, h in local.hidden.items()})
-        penalised_scores = penalise_unfinished(scores, gen.ended.cpu(), cfg.no_eos_penalty)
+        penalised_scores = penalise_unfinished(normalise_scores(scores, *norm), gen.ended.cpu(), cfg.no_eos_penalty)
         rollout, rollout_stats = build_rollout(states, penalised_scores, logprobs, ref_logprobs, values, kl_coef, cfg)
         t2 = time.time()
 
@@ -560,6 +603,8 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         update += 1
         metrics = {"episodes": update * cfg.rollout_batch_size, "objective/score": float(scores.mean()),
                    "objective/score_penalised": float(penalised_scores.mean()), "objective/kl_coef": kl_coef,
+                   **({"objective/score_normalised": float(normalise_scores(scores, *norm).mean())}
+                      if cfg.reward_norm_episodes else {}),
                    **rollout_stats, **train_stats,
                    "response/length": float(gen.response_mask.sum(1).float().mean()),
                    "response/eos_rate": float(gen.eos.float().mean()),
@@ -579,8 +624,8 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         if cfg.snapshot_every and update % cfg.snapshot_every == 0:  # every process: sharded weights are gathered
             save_policy(run.path / "snapshots" / f"update_{update:05d}", policy, tokenizer, cfg, procs)
         if (cfg.save_every and update % cfg.save_every == 0) or last:
-            save_state(run, parts, {"update": update, "kl_coef": kl_coef, "episodes": update * cfg.rollout_batch_size},
-                       procs, {"generator": generator.get_state()})
+            save_state(run, parts, {"update": update, "kl_coef": kl_coef, "episodes": update * cfg.rollout_batch_size,
+                                    "reward_norm": list(norm)}, procs, {"generator": generator.get_state()})
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/score']:.3f}", kl=f"{metrics['objective/kl']:.2f}",
                         beta=f"{kl_coef:.3g}")
@@ -591,7 +636,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
     if not procs.is_main:  # the main process writes DONE.json
         barrier(procs)
         return run.read_done()
-    summary = finish(run, t_start)
+    summary = finish(run, t_start, norm if cfg.reward_norm_episodes else None)
     push_to_hub(run, cfg.push_to_hub)
     barrier(procs)
     return summary
@@ -611,17 +656,18 @@ def load_queries(cfg: PPOConfig, tokenizer) -> tuple[list, list[str], list[list[
 
 
 def resume(run: RunDir, parts: dict[str, tuple], generator: torch.Generator, cfg: PPOConfig, procs: Processes
-           ) -> tuple[int, float]:
-    """(updates done, β): from state/ when the run was interrupted (models, optimisers and the shuffle restored
-    in place), else (0, the initial β)."""
+           ) -> tuple[int, float, tuple[float, float] | None]:
+    """(updates done, β, the reward normalisation): from state/ when the run was interrupted (models, optimisers
+    and the shuffle restored in place), else (0, the initial β, None)."""
     if not run.has_state():
-        return 0, cfg.kl.init_coef
+        return 0, cfg.kl.init_coef, None
     trainer, tensors = load_state(run, parts)
     generator.set_state(tensors["generator"])
     if procs.is_main:
         run.truncate_metrics(trainer["update"])
     log.info("resumed after update %d (β = %.4g)", trainer["update"], trainer["kl_coef"])
-    return trainer["update"], trainer["kl_coef"]
+    norm = trainer.get("reward_norm")
+    return trainer["update"], trainer["kl_coef"], tuple(norm) if norm else None
 
 
 def save_policy(path: Path, policy, tokenizer, cfg: PPOConfig, procs: Processes, training_goes_on: bool = True
@@ -639,14 +685,15 @@ def save_policy(path: Path, policy, tokenizer, cfg: PPOConfig, procs: Processes,
         save_model(policy, tokenizer, path, state_dict=weights)
 
 
-def finish(run: RunDir, t_start: float) -> dict:
-    """DONE.json: the run's summary from its metrics."""
+def finish(run: RunDir, t_start: float, norm: tuple[float, float] | None) -> dict:
+    """DONE.json: the run's summary from its metrics (and the reward normalisation, when there was one)."""
     rows = [r for r in run.read_metrics() if "objective/score" in r]
     first, last = rows[0], rows[-1]
     summary = {"stage": "ppo", "updates": last["step"], "episodes": last["episodes"], "wall_s": time.time() - t_start,
                "score_first": first["objective/score"], "score_last": last["objective/score"],
                "kl_last": last["objective/kl"], "kl_coef_last": last["objective/kl_coef"],
-               "median_episodes_per_s": sorted(r["time/episodes_per_s"] for r in rows)[len(rows) // 2]}
+               "median_episodes_per_s": sorted(r["time/episodes_per_s"] for r in rows)[len(rows) // 2],
+               **({"reward_normalisation": {"mean": norm[0], "std": norm[1]}} if norm else {})}
     run.write_done(summary)
     log.info("ppo done: score %.3f -> %.3f, KL %.2f after %d episodes", summary["score_first"],
              summary["score_last"], summary["kl_last"], summary["episodes"])

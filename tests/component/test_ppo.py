@@ -119,6 +119,49 @@ def test_ppo_with_a_reward_model_run_and_lora(tmp_path, tiny_rm):
     assert not all(torch.equal(t, final[k]) for k, t in first.state_dict().items())
 
 
+def test_reward_normalisation_scores_the_initial_policy_once_and_rescales_every_score(tmp_path, monkeypatch):
+    """reward_norm_episodes=16: two rollouts of the initial policy on posts of their own shuffle are scored before
+    update 1, their (mean, std) rescales every later score, and a resumed run reads them back instead of
+    sampling again (same numbers as a run that never stopped)."""
+    calls: list[list[str]] = []  # the queries of each call of the reward
+
+    def query_length(queries: list[str], responses: list[str]) -> list[float]:
+        calls.append(list(queries))
+        return [len(q) / 100 + lowercase_fraction([q], [r])[0] for q, r in zip(queries, responses)]
+
+    seen: list[tuple[list[float], list[bool], tuple[float, float]]] = []
+    real = ppo.reward_normalisation
+
+    def recorded(scores, ended):
+        out = real(scores, ended)
+        seen.append((scores.tolist(), ended.tolist(), out))
+        return out
+
+    monkeypatch.setattr(ppo, "reward_normalisation", recorded)
+    cfg = tiny_cfg("total_episodes=24", "rollout_batch_size=8", "reward_norm_episodes=16", "save_every=1")
+    done = ppo.train(cfg, str(tmp_path / "straight"), reward_fn=query_length)
+    (scores, _, (mean, std)), = seen
+    assert done["reward_normalisation"] == {"mean": mean, "std": std} and std > 0
+    # the first two calls scored the normalisation rollouts: 16 posts of the seed+1 shuffle, in rollouts of 8
+    posts, query_texts, _ = ppo.load_queries(cfg, load_model("tiny")[1])
+    want = [query_texts[i] for i in ppo.batch_indices(0, 16, len(posts), cfg.seed + 1)]
+    assert calls[0] + calls[1] == want and len(calls) == 2 + 3
+    # every update's scores are rescaled by them; the raw score is still logged
+    rows = metrics(tmp_path / "straight")
+    for row in rows:
+        assert row["objective/score_normalised"] == pytest.approx((row["objective/score"] - mean) / std, abs=1e-5)
+    assert abs(rows[0]["objective/score_normalised"]) < abs(rows[0]["objective/score"])
+    # killed after update 1 and resumed: the normalisation is read back from state/, not sampled again
+    seen.clear()
+    ppo.train(cfg, str(tmp_path / "resumed"), reward_fn=query_length, stop_after=1)
+    ppo.train(cfg, str(tmp_path / "resumed"), reward_fn=query_length)
+    assert len(seen) == 1
+    strip = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+    assert strip == [{k: v for k, v in r.items() if not k.startswith("time/")} for r in metrics(tmp_path / "resumed")]
+    with pytest.raises(ValueError, match="reward_norm_episodes"):
+        tiny_cfg("reward_norm_episodes=12")
+
+
 def test_the_reward_model_scores_the_response_up_to_its_eos(tiny_rm):
     """Token ids go to the RM as written: up to and including EOS, nothing after; an unfinished response has no
     EOS. Same scores as the RM's own text path (" " + summary + EOS, the SFT format)."""

@@ -20,9 +20,11 @@ from rlhflab.ops.ppo import (  # noqa: E402
     masked_var,
     masked_whiten,
     next_kl_coef,
+    normalise_scores,
     penalise_unfinished,
     ppo_policy_loss,
     ppo_value_loss,
+    reward_normalisation,
 )
 
 
@@ -65,6 +67,20 @@ def test_penalise_unfinished():
     out = penalise_unfinished(t(1.0, 2.0, 3.0), torch.tensor([True, False, True]), -5.0)
     assert out.tolist() == [1.0, -5.0, 3.0]
     assert penalise_unfinished(t(1.0, 2.0), torch.tensor([False, False]), None).tolist() == [1.0, 2.0]
+
+
+def test_reward_normalisation_uses_the_finished_responses_and_never_divides_by_zero():
+    # finished scores 1 and 3: mean 2, population std 1; the unfinished 100 does not count
+    scores, ended = t(1.0, 100.0, 3.0), torch.tensor([True, False, True])
+    assert reward_normalisation(scores, ended) == pytest.approx((2.0, 1.0))
+    assert normalise_scores(scores, 2.0, 1.0).tolist() == pytest.approx([-1.0, 98.0, 1.0])
+    # fewer than two finished: all of them. 1, 100, 3 -> mean 104/3, std sqrt(mean of squared deviations)
+    mean, std = reward_normalisation(scores, torch.tensor([False, False, True]))
+    assert mean == pytest.approx(104 / 3)
+    assert std == pytest.approx(math.sqrt(((1 - 104 / 3) ** 2 + (100 - 104 / 3) ** 2 + (3 - 104 / 3) ** 2) / 3))
+    # a constant reward: the mean is removed, the scale kept
+    assert reward_normalisation(t(0.5, 0.5), torch.tensor([True, True])) == (0.5, 1.0)
+    assert normalise_scores(t(4.0, 0.0), 2.0, 4.0).tolist() == [0.5, -0.5]
 
 
 def test_kl_penalised_rewards_put_the_score_on_the_last_real_token():

@@ -51,3 +51,19 @@ def test_the_goal_fields_are_computed_from_the_merged_arms_not_from_one_partial_
     # (0.9 − 0.2) / (1.2 − 0.2) = 0.7 of the gain, at 16 / 10 = 1.6x the judge arm's KL: over 1.5x, so missed
     assert abs(merged["recovered_fraction_5k"] - 0.7) < 1e-12 and abs(merged["kl_ratio_5k_to_judge"] - 1.6) < 1e-12
     assert merged["goal_met"] is False and merged["rm_top1_accuracy_5k"] == 0.41
+
+
+def test_reward_norm_arms_go_apart_and_the_online_pipeline_gets_it_beside_its_own_ppo_overrides():
+    from rlhflab.core.config import load_config
+    from rlhflab.pipeline import PipelineConfig
+    from rlhflab.train.ppo import PPOConfig
+
+    z = _ziegler()
+    out = Path("runs/ziegler/sentiment")
+    assert z.arm_root(out, 0) == out and z.arm_root(out, 256) == out / "reward_norm_256"
+    assert z.online_overrides("sentiment", 0) == []
+    (override,) = z.online_overrides("sentiment", 256)
+    cfg = load_config(PipelineConfig, REPO / "configs/pipeline/sentiment.yaml", [override])
+    assert cfg.ppo.overrides == ["total_episodes=128", "save_every=4", "reward_norm_episodes=256"]
+    ppo = load_config(PPOConfig, REPO / cfg.ppo.config, cfg.ppo.overrides)
+    assert ppo.reward_norm_episodes == 256 and ppo.total_episodes == 128
