@@ -416,10 +416,12 @@ def initial_reward_scale(m: PPOModels, cfg: PPOConfig, procs: Processes, posts: 
                                        [posts[i] for i in local])
         scores.append(gather_rows(local_scores, procs))
         ended.append(gen.ended.cpu())
-    mean, std = reward_normalisation(torch.cat(scores), torch.cat(ended))
+    all_ended = torch.cat(ended)
+    mean, std = reward_normalisation(torch.cat(scores), all_ended)
     log.info("reward normalisation: mean %.4g, std %.4g over %d responses of the initial policy (%d ended)",
-             mean, std, len(batch), int(torch.cat(ended).sum()))
+             mean, std, len(batch), int(all_ended.sum()))
     return mean, std
+
 
 def score_responses(reward, tokenizer, queries: list[list[int]], gen: Generation, cfg: PPOConfig,
                     texts: tuple[list[str], list[str]], posts: list[Post],
@@ -590,7 +592,8 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         scores, logprobs, ref_logprobs, values = (gather_rows(t, procs) for t in (scores, logprobs, ref_logprobs,
                                                                                    values))
         states = RolloutStates.of(gen, local.n_layers, {k: gather_rows(h, procs) for k, h in local.hidden.items()})
-        penalised_scores = penalise_unfinished(normalise_scores(scores, *norm), gen.ended.cpu(), cfg.no_eos_penalty)
+        normalised_scores = normalise_scores(scores, *norm)  # the raw scores when reward_norm_episodes is 0
+        penalised_scores = penalise_unfinished(normalised_scores, gen.ended.cpu(), cfg.no_eos_penalty)
         rollout, rollout_stats = build_rollout(states, penalised_scores, logprobs, ref_logprobs, values, kl_coef, cfg)
         t2 = time.time()
 
@@ -603,7 +606,7 @@ def train(cfg: PPOConfig, out: str, reward_fn: RewardFn | None = None, stop_afte
         update += 1
         metrics = {"episodes": update * cfg.rollout_batch_size, "objective/score": float(scores.mean()),
                    "objective/score_penalised": float(penalised_scores.mean()), "objective/kl_coef": kl_coef,
-                   **({"objective/score_normalised": float(normalise_scores(scores, *norm).mean())}
+                   **({"objective/score_normalised": float(normalised_scores.mean())}
                       if cfg.reward_norm_episodes else {}),
                    **rollout_stats, **train_stats,
                    "response/length": float(gen.response_mask.sum(1).float().mean()),
