@@ -226,7 +226,7 @@ class PPOConfig:
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
         "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
     push_to_hub: str | None = setting(
-        None, "after the run: upload model/ (with its model card) to this Hub repo, e.g. me/tldr-sft; needs a token")
+        None, "after the run: upload model/ (with its model card) to this Hub repo, e.g. me/tldr-ppo; needs a token")
     log_every: int = setting(1, "write metrics.jsonl every N updates (and after the last)")
     sample_every: int = setting(10, "write a samples table every this many updates (and after the first and the last)")
     n_samples: int = setting(4, "episodes per samples table")

@@ -193,7 +193,7 @@ class RewardConfig:
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = setting(
         "none", "also send metrics.jsonl's rows to TensorBoard (<run>/tensorboard/), W&B or trackio")
     push_to_hub: str | None = setting(
-        None, "after the run: upload model/ (with its model card) to this Hub repo, e.g. me/tldr-sft; needs a token")
+        None, "after the run: upload model/ (with its model card) to this Hub repo, e.g. me/tldr-rm; needs a token")
     log_every: int = setting(1, "write metrics.jsonl every N optimiser steps")
     eval_every: int = setting(20, "dev accuracy every this many steps; 0 = only at the start and the end")
     eval_batch_size: int = setting(16, "sequences per forward when scoring dev and references")
