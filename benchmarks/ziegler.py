@@ -245,7 +245,8 @@ def plot_arms(res: dict, path: Path) -> None:
         ax.annotate(name, (arm["kl"], arm["judge_score"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("KL from the base model (nats per continuation)")
     ax.set_ylabel(f"{res['judge']} judge score (sampled, 95% CI)")
-    ax.set_title(f"Ziegler et al.'s {res['task']} task on held-out books")
+    norm = f"\nrewards normalised on {res['reward_norm_episodes']} samples" if res.get("reward_norm_episodes") else ""
+    ax.set_title(f"Ziegler et al.'s {res['task']} task on held-out books{norm}", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
