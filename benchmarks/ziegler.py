@@ -22,6 +22,10 @@ mean 0, std 1 on N samples of the policy PPO starts from), so that one β weighs
 PPO arms and evals go to <out>/<task>/reward_norm_N/ and its result to ziegler_<task>_reward_norm.json; the labels,
 RMs and best-of-16 (which no normalisation changes) are shared with the raw-score run.
 
+--seed S trains the PPO arms again with PPO's `seed=S` (configs/ppo/<task>.yaml's runs use its default, 1), in
+<arm root>/seed_S/, and adds them to the same result file as `seed_replicates` (next to the arms the goal is read
+from, which stay the seed-1 runs), so one can see how far one seed's number is from another's.
+
 Each step is an ordinary `rlhflab` command (printed before it runs) into its own run directory, skipped when done,
 so an interrupted benchmark resumes. Writes benchmarks/results/ziegler_<task>.json and ziegler_<task>.png.
 """
@@ -102,9 +106,11 @@ def label_prefixes(out: Path, all_labels: Path, keys: list[str]) -> dict[str, Pa
     return files
 
 
-def arm_root(out: Path, reward_norm: int) -> Path:
-    """Where the PPO arms and their evals go: apart for each reward normalisation (labels and RMs are shared)."""
-    return out / f"reward_norm_{reward_norm}" if reward_norm else out
+def arm_root(out: Path, reward_norm: int, seed: int = 0) -> Path:
+    """Where the PPO arms and their evals go: apart for each reward normalisation and each replicate seed (labels
+    and RMs are shared)."""
+    root = out / f"reward_norm_{reward_norm}" if reward_norm else out
+    return root / f"seed_{seed}" if seed else root
 
 
 def online_overrides(task: str, reward_norm: int) -> list[str]:
@@ -117,11 +123,12 @@ def online_overrides(task: str, reward_norm: int) -> list[str]:
     return [f"ppo.overrides=[{','.join([*ppo.get('overrides', []), f'reward_norm_episodes={reward_norm}'])}]"]
 
 
-def run_arms(task: str, arms: list[str], out: Path, label_posts: int, reward_norm: int = 0) -> dict[str, str]:
+def run_arms(task: str, arms: list[str], out: Path, label_posts: int, reward_norm: int = 0,
+             seed: int = 0) -> dict[str, str]:
     """Train what the arms need; return {arm: policy or best-of spec} for style-eval."""
     ppo_cfg = f"configs/ppo/{task}.yaml"
-    norm = [f"reward_norm_episodes={reward_norm}"] if reward_norm else []
-    root = arm_root(out, reward_norm)
+    norm = [f"reward_norm_episodes={reward_norm}"] * bool(reward_norm) + [f"seed={seed}"] * bool(seed)
+    root = arm_root(out, reward_norm, seed)
     policies = {"base": "smollm2-135m"}
     if "ppo_judge" in arms:
         rlhflab("ppo", "--config", ppo_cfg, "--out", str(root / "ppo_judge"), f"reward=style:{task}", *norm)
@@ -149,14 +156,15 @@ def run_arms(task: str, arms: list[str], out: Path, label_posts: int, reward_nor
     return policies
 
 
-def style_eval(task: str, policies: dict[str, str], arms: list[str], out: Path, reward_norm: int = 0) -> dict:
+def style_eval(task: str, policies: dict[str, str], arms: list[str], out: Path, reward_norm: int = 0,
+               seed: int = 0) -> dict:
     entries = [{"name": name, "model": model} for name, model in policies.items()]
     if "best_of_16" in arms:
         entries.append({"name": "best_of_16", "model": "smollm2-135m", "best_of": 16, "reward": str(out / "rm_5k")})
     # A run of some arms only gets its own eval directory (base is always re-measured beside them, so the
     # merge below can check the two evaluations agree); the same prompts, samples and seed for every arm.
     name = "eval" if arms == ALL_ARMS else "eval_" + "_".join(arms)
-    root = arm_root(out, reward_norm)
+    root = arm_root(out, reward_norm, seed)
     root.mkdir(parents=True, exist_ok=True)
     cfg = root / f"style_{name}_{task}.yaml"
     cfg.write_text(json.dumps({"policies": entries, "judge": task, "limit": 128, "samples": 2}))
@@ -230,6 +238,34 @@ def merge(old: dict, new: dict) -> dict:
     return merged
 
 
+def add_replicates(old: dict, new: dict, seed: int) -> dict:
+    """Add a replicate seed's arms to a result as `seed_replicates.<arm>[]`, each with the base measured in its own
+    eval; the arms the goal is read from stay as they were."""
+    replicates = {k: list(v) for k, v in old.get("seed_replicates", {}).items()}
+    base = new["arms"]["base"]["judge_score"]
+    for name, arm in new["arms"].items():
+        if name == "base":
+            continue
+        runs = [r for r in replicates.get(name, []) if r["seed"] != seed]
+        replicates[name] = runs + [arm | {"seed": seed, "measured_in": new["eval_dir"], "base_in_same_eval": base}]
+    return old | {"seed_replicates": replicates, "commands": old["commands"] + new["commands"],
+                  "wall_s": old["wall_s"] + new["wall_s"]}
+
+
+def replicate_fractions(res: dict) -> dict[str, float] | None:
+    """recovered_fraction_5k for every seed of the 5k RM arm ({seed: fraction}), each against the base of its own
+    eval and the result's judge arm: how much of the goal's number is one seed's luck."""
+    arms, runs = res["arms"], res.get("seed_replicates", {}).get("ppo_rm_5k", [])
+    judge, base = arms.get("ppo_judge", {}).get("judge_score"), arms.get("base", {}).get("judge_score")
+    rm5 = arms.get("ppo_rm_5k", {}).get("judge_score")
+    if None in (judge, base, rm5) or not runs:
+        return None
+    fractions = {"1": (rm5 - base) / (judge - base)}
+    for r in runs:
+        fractions[str(r["seed"])] = (r["judge_score"] - r["base_in_same_eval"]) / (judge - r["base_in_same_eval"])
+    return fractions
+
+
 def plot_arms(res: dict, path: Path) -> None:
     """Judge score (sampled, 95% CI) against KL from the base model, one point per measured arm."""
     import matplotlib
@@ -247,6 +283,11 @@ def plot_arms(res: dict, path: Path) -> None:
     ax.set_ylabel(f"{res['judge']} judge score (sampled, 95% CI)")
     norm = f"\nrewards normalised on {res['reward_norm_episodes']} samples" if res.get("reward_norm_episodes") else ""
     ax.set_title(f"Ziegler et al.'s {res['task']} task on held-out books{norm}", fontsize=10)
+    for name, runs in res.get("seed_replicates", {}).items():
+        for r in runs:
+            ax.plot(r["kl"], r["judge_score"], "x", color="grey")
+            ax.annotate(f"{name} seed {r['seed']}", (r["kl"], r["judge_score"]), textcoords="offset points",
+                        xytext=(5, -10), fontsize=7, color="grey")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -265,23 +306,36 @@ def main() -> None:
     parser.add_argument("--reward-norm", type=int, default=0, metavar="N",
                         help="give every PPO arm reward_norm_episodes=N (Ziegler et al.'s reward normalisation; "
                              "a multiple of 16); 0: raw scores, as configs/ppo/<task>.yaml")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="train the PPO arms again with seed=S (not 1, the default seed) and add them to the "
+                             "result file as seed_replicates; only base and PPO arms (ppo_judge, ppo_rm_*)")
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
+    wrong = [a for a in arms if a in ("online_5k", "best_of_16")]
+    if args.seed == 1:
+        parser.error("--seed 1: the arms the goal is read from are seed 1 already; a replicate needs another seed")
+    if args.seed and wrong:
+        parser.error(f"--seed {args.seed}: not for {', '.join(wrong)} (only base and the PPO arms are replicated)")
     out = REPO / args.out / args.task
     t0 = time.time()
-    policies = run_arms(args.task, arms, out, args.label_posts, args.reward_norm)
-    report = style_eval(args.task, policies, arms, out, args.reward_norm)
+    policies = run_arms(args.task, arms, out, args.label_posts, args.reward_norm, args.seed)
+    report = style_eval(args.task, policies, arms, out, args.reward_norm, args.seed)
     name = f"ziegler_{args.task}" + ("_reward_norm" if args.reward_norm else "")
     res = result(args.task, report, out, time.time() - t0) | {
         "note": args.note, "reward_norm_episodes": args.reward_norm, "plot": f"benchmarks/results/{name}.png"}
     results = REPO / "benchmarks" / "results"
     path = results / f"{name}.json"
-    if arms != ALL_ARMS and path.exists():
+    if args.seed:
+        if not path.exists():
+            raise SystemExit(f"{path}: --seed adds replicates to a result; run the seed-1 arms first")
+        res = add_replicates(json.loads(path.read_text()), res, args.seed)
+    elif arms != ALL_ARMS and path.exists():
         res = merge(json.loads(path.read_text()), res)
     res = with_goal(res)
+    res["recovered_fraction_5k_by_seed"] = replicate_fractions(res)
     path.write_text(json.dumps(res, indent=2) + "\n")
     plot = results / f"{name}.png"
-    if arms == ALL_ARMS:
+    if arms == ALL_ARMS and not args.seed:
         plot.write_bytes((arm_root(out, args.reward_norm) / "eval" / "style.png").read_bytes())
     else:
         plot_arms(res, plot)

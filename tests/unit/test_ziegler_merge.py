@@ -67,3 +67,25 @@ def test_reward_norm_arms_go_apart_and_the_online_pipeline_gets_it_beside_its_ow
     assert cfg.ppo.overrides == ["total_episodes=128", "save_every=4", "reward_norm_episodes=256"]
     ppo = load_config(PPOConfig, REPO / cfg.ppo.config, cfg.ppo.overrides)
     assert ppo.reward_norm_episodes == 256 and ppo.total_episodes == 128
+
+
+def test_a_replicate_seed_goes_beside_the_goal_arms_and_gets_its_own_recovered_fraction():
+    z = _ziegler()
+    first = _new({"base": {"judge_score": 0.2, "kl": 0.0}, "ppo_judge": {"judge_score": 1.2, "kl": 10.0},
+                  "ppo_rm_5k": {"judge_score": 0.9, "kl": 9.0}}, "runs/e1")
+    assert z.arm_root(Path("o"), 256, 2) == Path("o/reward_norm_256/seed_2") and z.arm_root(Path("o"), 0, 3) == Path(
+        "o/seed_3")
+    assert z.replicate_fractions(first) is None  # no replicate yet
+    seed2 = _new({"base": {"judge_score": 0.3, "kl": 0.0}, "ppo_rm_5k": {"judge_score": 0.6, "kl": 8.0}}, "runs/s2")
+    res = z.add_replicates(first, seed2, 2)
+    assert res["arms"]["ppo_rm_5k"]["judge_score"] == 0.9  # the goal's arm is untouched
+    (rep,) = res["seed_replicates"]["ppo_rm_5k"]
+    assert rep["seed"] == 2 and rep["base_in_same_eval"] == 0.3 and rep["measured_in"] == "runs/s2"
+    assert "base" not in res["seed_replicates"] and res["commands"] == ["c1", "c1"]
+    # seed 1: (0.9 − 0.2) / (1.2 − 0.2) = 0.7; seed 2 against its own eval's base: (0.6 − 0.3) / (1.2 − 0.3) = 1/3
+    fractions = z.replicate_fractions(res)
+    assert abs(fractions["1"] - 0.7) < 1e-12 and abs(fractions["2"] - 1 / 3) < 1e-12
+    # the same seed again replaces its earlier replicate instead of counting twice
+    again = z.add_replicates(res, _new({"base": {"judge_score": 0.3, "kl": 0.0},
+                                        "ppo_rm_5k": {"judge_score": 0.75, "kl": 8.5}}, "runs/s2b"), 2)
+    assert [r["judge_score"] for r in again["seed_replicates"]["ppo_rm_5k"]] == [0.75]
