@@ -211,6 +211,12 @@ def with_goal(res: dict) -> dict:
     }
 
 
+def merge_notes(old: dict, new: dict) -> str:
+    """The earlier run's notes, then the new run's that it does not already hold, "; "-separated."""
+    notes = [n for n in (old.get("note") or "").split("; ") if n]
+    return "; ".join(notes + [n for n in (new.get("note") or "").split("; ") if n and n not in notes])
+
+
 def merge(old: dict, new: dict) -> dict:
     """Add the arms of a partial run to an earlier result: the new arms replace their null placeholders, the
     earlier arms stay (each keeps the eval that measured it), and base, measured by both, must agree. An earlier
@@ -230,8 +236,7 @@ def merge(old: dict, new: dict) -> dict:
          "agrees_with_first": abs(base_new - base_old) < 1e-9}]
     merged["commands"] = old["commands"] + new["commands"]
     merged["wall_s"] = old["wall_s"] + new["wall_s"]
-    notes = [n for n in (old.get("note") or "").split("; ") if n]
-    merged["note"] = "; ".join(notes + [n for n in (new.get("note") or "").split("; ") if n and n not in notes])
+    merged["note"] = merge_notes(old, new)
     merged["not_run"] = {k: why for k, why in old.get("not_run", {}).items() if k not in fresh}
     for key in ("rm_heldout_accuracy",):
         merged[key] = old.get(key, {}) | new.get(key, {})
@@ -249,7 +254,7 @@ def add_replicates(old: dict, new: dict, seed: int) -> dict:
         runs = [r for r in replicates.get(name, []) if r["seed"] != seed]
         replicates[name] = runs + [arm | {"seed": seed, "measured_in": new["eval_dir"], "base_in_same_eval": base}]
     return old | {"seed_replicates": replicates, "commands": old["commands"] + new["commands"],
-                  "wall_s": old["wall_s"] + new["wall_s"]}
+                  "wall_s": old["wall_s"] + new["wall_s"], "note": merge_notes(old, new)}
 
 
 def replicate_fractions(res: dict) -> dict[str, float] | None:

@@ -82,6 +82,8 @@ def test_a_replicate_seed_goes_beside_the_goal_arms_and_gets_its_own_recovered_f
     (rep,) = res["seed_replicates"]["ppo_rm_5k"]
     assert rep["seed"] == 2 and rep["base_in_same_eval"] == 0.3 and rep["measured_in"] == "runs/s2"
     assert "base" not in res["seed_replicates"] and res["commands"] == ["c1", "c1"]
+    seed2["note"] = "seed 2 alone"
+    assert z.add_replicates(first, seed2, 2)["note"] == "n1; seed 2 alone"  # the replicate's note is kept
     # seed 1: (0.9 − 0.2) / (1.2 − 0.2) = 0.7; seed 2 against its own eval's base: (0.6 − 0.3) / (1.2 − 0.3) = 1/3
     fractions = z.replicate_fractions(res)
     assert abs(fractions["1"] - 0.7) < 1e-12 and abs(fractions["2"] - 1 / 3) < 1e-12
