@@ -127,11 +127,11 @@ def run_arms(task: str, arms: list[str], out: Path, label_posts: int, reward_nor
              seed: int = 0) -> dict[str, str]:
     """Train what the arms need; return {arm: policy or best-of spec} for style-eval."""
     ppo_cfg = f"configs/ppo/{task}.yaml"
-    norm = [f"reward_norm_episodes={reward_norm}"] * bool(reward_norm) + [f"seed={seed}"] * bool(seed)
+    overrides = [f"reward_norm_episodes={reward_norm}"] * bool(reward_norm) + [f"seed={seed}"] * bool(seed)
     root = arm_root(out, reward_norm, seed)
     policies = {"base": "smollm2-135m"}
     if "ppo_judge" in arms:
-        rlhflab("ppo", "--config", ppo_cfg, "--out", str(root / "ppo_judge"), f"reward=style:{task}", *norm)
+        rlhflab("ppo", "--config", ppo_cfg, "--out", str(root / "ppo_judge"), f"reward=style:{task}", *overrides)
         policies["ppo_judge"] = str(root / "ppo_judge")
     rm_arms = [a for a in arms if a.startswith("ppo_rm_") or a == "best_of_16"]
     if rm_arms:
@@ -147,7 +147,7 @@ def run_arms(task: str, arms: list[str], out: Path, label_posts: int, reward_nor
                     f"comparisons={dev}", "batch_size=64")
             if f"ppo_rm_{key}" in arms:
                 rlhflab("ppo", "--config", ppo_cfg, "--out", str(root / f"ppo_rm_{key}"),
-                        f"reward={out / f'rm_{key}'}", *norm)
+                        f"reward={out / f'rm_{key}'}", *overrides)
                 policies[f"ppo_rm_{key}"] = str(root / f"ppo_rm_{key}")
     if "online_5k" in arms:
         rlhflab("run", f"configs/pipeline/{task}.yaml", "--out", str(root / "online_5k"),
@@ -197,12 +197,17 @@ def result(task: str, report: dict, out: Path, wall_s: float) -> dict:
     }
 
 
+def recovered_fraction(arm: float, base: float, judge: float) -> float:
+    """The share of the judge arm's score gain over base that `arm` reaches: (arm − base) / (judge − base)."""
+    return (arm - base) / (judge - base)
+
+
 def with_goal(res: dict) -> dict:
     """The goal's fields, from whichever arms `res` holds (a merge of partial runs included): the 5k RM arm's share
     of the judge arm's score gain over base, its KL against the judge arm's, and the 5k RM's held-out top-1."""
     arms = res["arms"]
     base, judge, rm5 = (arms.get(k, {}).get("judge_score") for k in ("base", "ppo_judge", "ppo_rm_5k"))
-    recovered = (rm5 - base) / (judge - base) if None not in (base, judge, rm5) and judge != base else None
+    recovered = recovered_fraction(rm5, base, judge) if None not in (base, judge, rm5) and judge != base else None
     kl_ratio = arms["ppo_rm_5k"]["kl"] / arms["ppo_judge"]["kl"] if recovered is not None else None
     return res | {
         "recovered_fraction_5k": recovered, "kl_ratio_5k_to_judge": kl_ratio,
@@ -211,10 +216,12 @@ def with_goal(res: dict) -> dict:
     }
 
 
-def merge_notes(old: dict, new: dict) -> str:
-    """The earlier run's notes, then the new run's that it does not already hold, "; "-separated."""
+def run_log(old: dict, new: dict) -> dict:
+    """Both runs' commands and wall time, and the earlier run's notes followed by the new run's that it does not
+    already hold ("; "-separated): what every merge of a later run into a result keeps."""
     notes = [n for n in (old.get("note") or "").split("; ") if n]
-    return "; ".join(notes + [n for n in (new.get("note") or "").split("; ") if n and n not in notes])
+    return {"commands": old["commands"] + new["commands"], "wall_s": old["wall_s"] + new["wall_s"],
+            "note": "; ".join(notes + [n for n in (new.get("note") or "").split("; ") if n and n not in notes])}
 
 
 def merge(old: dict, new: dict) -> dict:
@@ -234,9 +241,7 @@ def merge(old: dict, new: dict) -> dict:
     merged["base_in_later_evals"] = old.get("base_in_later_evals", []) + [
         {"eval_dir": new["eval_dir"], "judge_score": base_new, "kl": new["arms"]["base"]["kl"],
          "agrees_with_first": abs(base_new - base_old) < 1e-9}]
-    merged["commands"] = old["commands"] + new["commands"]
-    merged["wall_s"] = old["wall_s"] + new["wall_s"]
-    merged["note"] = merge_notes(old, new)
+    merged |= run_log(old, new)
     merged["not_run"] = {k: why for k, why in old.get("not_run", {}).items() if k not in fresh}
     for key in ("rm_heldout_accuracy",):
         merged[key] = old.get(key, {}) | new.get(key, {})
@@ -253,8 +258,7 @@ def add_replicates(old: dict, new: dict, seed: int) -> dict:
             continue
         runs = [r for r in replicates.get(name, []) if r["seed"] != seed]
         replicates[name] = runs + [arm | {"seed": seed, "measured_in": new["eval_dir"], "base_in_same_eval": base}]
-    return old | {"seed_replicates": replicates, "commands": old["commands"] + new["commands"],
-                  "wall_s": old["wall_s"] + new["wall_s"], "note": merge_notes(old, new)}
+    return old | {"seed_replicates": replicates} | run_log(old, new)
 
 
 def replicate_fractions(res: dict) -> dict[str, float] | None:
@@ -265,10 +269,8 @@ def replicate_fractions(res: dict) -> dict[str, float] | None:
     rm5 = arms.get("ppo_rm_5k", {}).get("judge_score")
     if None in (judge, base, rm5) or not runs:
         return None
-    fractions = {"1": (rm5 - base) / (judge - base)}
-    for r in runs:
-        fractions[str(r["seed"])] = (r["judge_score"] - r["base_in_same_eval"]) / (judge - r["base_in_same_eval"])
-    return fractions
+    return {"1": recovered_fraction(rm5, base, judge)} | {
+        str(r["seed"]): recovered_fraction(r["judge_score"], r["base_in_same_eval"], judge) for r in runs}
 
 
 def plot_arms(res: dict, path: Path) -> None:
@@ -319,7 +321,7 @@ def main() -> None:
     wrong = [a for a in arms if a in ("online_5k", "best_of_16")]
     if args.seed == 1:
         parser.error("--seed 1: the arms the goal is read from are seed 1 already; a replicate needs another seed")
-    if args.seed and wrong:
+    elif args.seed and wrong:
         parser.error(f"--seed {args.seed}: not for {', '.join(wrong)} (only base and the PPO arms are replicated)")
     out = REPO / args.out / args.task
     t0 = time.time()
