@@ -24,7 +24,10 @@ RMs and best-of-16 (which no normalisation changes) are shared with the raw-scor
 
 --seed S trains the PPO arms again with PPO's `seed=S` (configs/ppo/<task>.yaml's runs use its default, 1), in
 <arm root>/seed_S/, and adds them to the same result file as `seed_replicates` (next to the arms the goal is read
-from, which stay the seed-1 runs), so one can see how far one seed's number is from another's.
+from, which stay the seed-1 runs), so one can see how far one seed's number is from another's. Once the 5k RM arm
+and the judge arm both have two or more seeds, `seed_mean` reads the goal from all of them: mean gain over mean gain,
+mean KL over mean KL, and the fraction's range over every pairing of seeds. --refresh recomputes these derived fields
+from the result file alone, running nothing.
 
 Each step is an ordinary `rlhflab` command (printed before it runs) into its own run directory, skipped when done,
 so an interrupted benchmark resumes. Writes benchmarks/results/ziegler_<task>.json and ziegler_<task>.png.
@@ -37,6 +40,7 @@ import json
 import platform
 import random
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -273,6 +277,34 @@ def replicate_fractions(res: dict) -> dict[str, float] | None:
         str(r["seed"]): recovered_fraction(r["judge_score"], r["base_in_same_eval"], judge) for r in runs}
 
 
+def seed_gains(res: dict, name: str) -> list[tuple[float, float]]:
+    """(judge-score gain over the base of its own eval, KL) of every seed of PPO arm `name`, seed 1 first."""
+    arm, base = res["arms"][name], res["arms"]["base"]["judge_score"]
+    return [(arm["judge_score"] - base, arm["kl"])] + [
+        (r["judge_score"] - r["base_in_same_eval"], r["kl"]) for r in res.get("seed_replicates", {}).get(name, [])]
+
+
+def seed_mean_goal(res: dict) -> dict | None:
+    """The goal read from every seed at once, where the 5k RM arm and the judge arm each have two or more: the mean
+    gain of one over the mean gain of the other, the mean KLs' ratio, and the fraction's range over every pairing of
+    an RM seed with a judge seed (seeds are independent runs, so no pairing is the right one)."""
+    arms = res["arms"]
+    if any(arms.get(k, {}).get("judge_score") is None for k in ("base", "ppo_judge", "ppo_rm_5k")):
+        return None
+    rm, judge = seed_gains(res, "ppo_rm_5k"), seed_gains(res, "ppo_judge")
+    if min(len(rm), len(judge)) < 2:
+        return None
+    stats = {name: {"n_seeds": len(runs), "gain_mean": statistics.fmean(g for g, _ in runs),
+                    "gain_std": statistics.stdev(g for g, _ in runs), "kl_mean": statistics.fmean(k for _, k in runs)}
+             for name, runs in (("ppo_rm_5k", rm), ("ppo_judge", judge))}
+    fraction = stats["ppo_rm_5k"]["gain_mean"] / stats["ppo_judge"]["gain_mean"]
+    kl_ratio = stats["ppo_rm_5k"]["kl_mean"] / stats["ppo_judge"]["kl_mean"]
+    pairs = [g_rm / g_judge for g_rm, _ in rm for g_judge, _ in judge]
+    return stats | {"recovered_fraction_5k": fraction, "kl_ratio_5k_to_judge": kl_ratio,
+                    "recovered_fraction_5k_range_over_seed_pairs": [min(pairs), max(pairs)],
+                    "goal_met": bool(fraction >= 0.7 and kl_ratio <= 1.5)}
+
+
 def plot_arms(res: dict, path: Path) -> None:
     """Judge score (sampled, 95% CI) against KL from the base model, one point per measured arm."""
     import matplotlib
@@ -301,6 +333,22 @@ def plot_arms(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def derived(res: dict) -> dict:
+    """The fields computed from the measured arms: the goal (seed 1), each seed's fraction, and the seed mean."""
+    res = with_goal(res)
+    return res | {"recovered_fraction_5k_by_seed": replicate_fractions(res), "seed_mean": seed_mean_goal(res)}
+
+
+def refresh(task: str, reward_norm: int) -> None:
+    """--refresh: rewrite a result's derived fields from its measured arms, running nothing."""
+    name = f"ziegler_{task}" + ("_reward_norm" if reward_norm else "")
+    path = REPO / "benchmarks" / "results" / f"{name}.json"
+    res = derived(json.loads(path.read_text()))
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps({k: res[k] for k in ("recovered_fraction_5k", "recovered_fraction_5k_by_seed", "seed_mean")},
+                     indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=["sentiment", "descriptiveness"], default="sentiment")
@@ -316,7 +364,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="train the PPO arms again with seed=S (not 1, the default seed) and add them to the "
                              "result file as seed_replicates; only base and PPO arms (ppo_judge, ppo_rm_*)")
+    parser.add_argument("--refresh", action="store_true",
+                        help="recompute the goal, per-seed and seed-mean fields from the result file alone, running "
+                             "nothing")
     args = parser.parse_args()
+    if args.refresh:
+        return refresh(args.task, args.reward_norm)
     arms = [a for a in args.arms.split(",") if a]
     wrong = [a for a in arms if a in ("online_5k", "best_of_16")]
     if args.seed == 1:
@@ -338,8 +391,7 @@ def main() -> None:
         res = add_replicates(json.loads(path.read_text()), res, args.seed)
     elif arms != ALL_ARMS and path.exists():
         res = merge(json.loads(path.read_text()), res)
-    res = with_goal(res)
-    res["recovered_fraction_5k_by_seed"] = replicate_fractions(res)
+    res = derived(res)
     path.write_text(json.dumps(res, indent=2) + "\n")
     plot = results / f"{name}.png"
     if arms == ALL_ARMS and not args.seed:

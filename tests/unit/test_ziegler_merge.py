@@ -91,3 +91,23 @@ def test_a_replicate_seed_goes_beside_the_goal_arms_and_gets_its_own_recovered_f
     again = z.add_replicates(res, _new({"base": {"judge_score": 0.3, "kl": 0.0},
                                         "ppo_rm_5k": {"judge_score": 0.75, "kl": 8.5}}, "runs/s2b"), 2)
     assert [r["judge_score"] for r in again["seed_replicates"]["ppo_rm_5k"]] == [0.75]
+
+
+def test_the_seed_mean_goal_averages_each_arms_gain_over_its_own_eval_base_and_ranges_over_seed_pairs():
+    z = _ziegler()
+    first = _new({"base": {"judge_score": 0.2, "kl": 0.0}, "ppo_judge": {"judge_score": 1.2, "kl": 10.0},
+                  "ppo_rm_5k": {"judge_score": 0.9, "kl": 9.0}}, "runs/e1")
+    rm_only = z.add_replicates(first, _new({"base": {"judge_score": 0.3, "kl": 0.0},
+                                            "ppo_rm_5k": {"judge_score": 0.6, "kl": 8.0}}, "runs/s2"), 2)
+    assert z.seed_mean_goal(rm_only) is None  # one judge seed: no mean to read the goal from
+    res = z.add_replicates(rm_only, _new({"base": {"judge_score": 0.3, "kl": 0.0},
+                                          "ppo_judge": {"judge_score": 0.8, "kl": 12.0}}, "runs/s2j"), 2)
+    got = z.seed_mean_goal(res)
+    # gains: RM 0.7 (seed 1), 0.3 (seed 2, over 0.3); judge 1.0, 0.5 → means 0.5 and 0.75 → 2/3
+    assert got["ppo_rm_5k"]["n_seeds"] == 2 and abs(got["ppo_rm_5k"]["gain_mean"] - 0.5) < 1e-12
+    assert abs(got["ppo_rm_5k"]["gain_std"] - 0.08 ** 0.5) < 1e-12  # sqrt((0.2² + 0.2²) / 1)
+    assert abs(got["recovered_fraction_5k"] - 2 / 3) < 1e-12
+    assert abs(got["kl_ratio_5k_to_judge"] - 8.5 / 11.0) < 1e-12  # mean KLs (9 + 8) / 2 over (10 + 12) / 2
+    # pairings: 0.7/1.0, 0.7/0.5, 0.3/1.0, 0.3/0.5 → from 0.3 to 1.4
+    lo, hi = got["recovered_fraction_5k_range_over_seed_pairs"]
+    assert abs(lo - 0.3) < 1e-12 and abs(hi - 1.4) < 1e-12 and got["goal_met"] is False
