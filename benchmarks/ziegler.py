@@ -300,9 +300,30 @@ def seed_mean_goal(res: dict) -> dict | None:
     fraction = stats["ppo_rm_5k"]["gain_mean"] / stats["ppo_judge"]["gain_mean"]
     kl_ratio = stats["ppo_rm_5k"]["kl_mean"] / stats["ppo_judge"]["kl_mean"]
     pairs = [g_rm / g_judge for g_rm, _ in rm for g_judge, _ in judge]
+    frac_ci, kl_ci = seed_bootstrap_ci(rm, judge)
+    met, missed = frac_ci[0] >= 0.7 and kl_ci[1] <= 1.5, frac_ci[1] < 0.7 or kl_ci[0] > 1.5
     return stats | {"recovered_fraction_5k": fraction, "kl_ratio_5k_to_judge": kl_ratio,
                     "recovered_fraction_5k_range_over_seed_pairs": [min(pairs), max(pairs)],
-                    "goal_met": bool(fraction >= 0.7 and kl_ratio <= 1.5)}
+                    "recovered_fraction_5k_ci95": frac_ci, "kl_ratio_5k_to_judge_ci95": kl_ci,
+                    "ci_method": "percentile bootstrap over seeds, each arm's seeds resampled apart, 10,000 draws",
+                    "goal_met": bool(fraction >= 0.7 and kl_ratio <= 1.5),
+                    "goal_settled_by_ci": bool(met or missed)}
+
+
+def seed_bootstrap_ci(rm: list[tuple[float, float]], judge: list[tuple[float, float]], draws: int = 10_000,
+                      seed: int = 0) -> tuple[list[float], list[float]]:
+    """95% percentile-bootstrap intervals of mean-gain ratio and mean-KL ratio, resampling each arm's (gain, KL)
+    seeds with replacement apart (the arms' seeds are independent runs). Coarse with 3 seeds, but honest about it."""
+    rng = random.Random(seed)
+    fractions, kl_ratios = [], []
+    for _ in range(draws):
+        r, j = rng.choices(rm, k=len(rm)), rng.choices(judge, k=len(judge))
+        j_gain = statistics.fmean(g for g, _ in j)
+        if j_gain > 0:  # a resample whose judge arm gained nothing has no defined fraction
+            fractions.append(statistics.fmean(g for g, _ in r) / j_gain)
+        kl_ratios.append(statistics.fmean(k for _, k in r) / statistics.fmean(k for _, k in j))
+    pct = lambda xs, q: sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
+    return [pct(fractions, 0.025), pct(fractions, 0.975)], [pct(kl_ratios, 0.025), pct(kl_ratios, 0.975)]
 
 
 def plot_arms(res: dict, path: Path) -> None:

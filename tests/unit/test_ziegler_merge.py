@@ -111,3 +111,15 @@ def test_the_seed_mean_goal_averages_each_arms_gain_over_its_own_eval_base_and_r
     # pairings: 0.7/1.0, 0.7/0.5, 0.3/1.0, 0.3/0.5 → from 0.3 to 1.4
     lo, hi = got["recovered_fraction_5k_range_over_seed_pairs"]
     assert abs(lo - 0.3) < 1e-12 and abs(hi - 1.4) < 1e-12 and got["goal_met"] is False
+    assert got["goal_settled_by_ci"] is False  # two seeds that far apart leave 0.7 inside the interval
+
+
+def test_the_seed_bootstrap_collapses_without_spread_and_brackets_the_seed_mean_with_it():
+    z = _ziegler()
+    same = [(0.5, 10.0)] * 3
+    frac, kl = z.seed_bootstrap_ci(same, [(1.0, 20.0)] * 3, draws=200)
+    assert frac == [0.5, 0.5] and kl == [0.5, 0.5]  # no seed spread: the interval is the point
+    rm, judge = [(0.7, 9.0), (0.3, 8.0), (0.5, 7.0)], [(1.0, 10.0), (0.5, 12.0), (0.9, 11.0)]
+    frac, kl = z.seed_bootstrap_ci(rm, judge, draws=2000)
+    # every resampled fraction lies between the extreme seed ratios 0.3/1.0 and 0.7/0.5
+    assert 0.3 <= frac[0] < 0.5 / 0.8 < frac[1] <= 1.4 and 7 / 12 <= kl[0] < 8 / 11 < kl[1] <= 0.9
