@@ -26,8 +26,9 @@ RMs and best-of-16 (which no normalisation changes) are shared with the raw-scor
 <arm root>/seed_S/, and adds them to the same result file as `seed_replicates` (next to the arms the goal is read
 from, which stay the seed-1 runs), so one can see how far one seed's number is from another's. Once the 5k RM arm
 and the judge arm both have two or more seeds, `seed_mean` reads the goal from all of them: mean gain over mean gain,
-mean KL over mean KL, and the fraction's range over every pairing of seeds. --refresh recomputes these derived fields
-from the result file alone, running nothing.
+mean KL over mean KL, and the fraction's range over every pairing of seeds; with three or more, `kl_frontier` fits
+each arm's gain against its KL and compares the arms at matched KL. --refresh recomputes these derived fields
+(and redraws the plot with the fitted lines) from the result file alone, running nothing.
 
 Each step is an ordinary `rlhflab` command (printed before it runs) into its own run directory, skipped when done,
 so an interrupted benchmark resumes. Writes benchmarks/results/ziegler_<task>.json and ziegler_<task>.png.
@@ -310,6 +311,29 @@ def seed_mean_goal(res: dict) -> dict | None:
                     "goal_settled_by_ci": bool(met or missed)}
 
 
+def kl_frontier(res: dict) -> dict | None:
+    """The arms compared at matched KL, where each has three or more seeds: a least-squares line of judge-score gain
+    on KL per arm (how far a run drifts sets most of its score), and the 5k RM arm's fraction of the judge arm's
+    gain read off the two lines at the ends and middle of the KL range both arms' seeds cover (no extrapolation)."""
+    if seed_mean_goal(res) is None:
+        return None
+    runs = {name: seed_gains(res, name) for name in ("ppo_rm_5k", "ppo_judge")}
+    if min(len(r) for r in runs.values()) < 3:
+        return None
+    lines = {}
+    for name, points in runs.items():
+        gains, kls = [g for g, _ in points], [k for _, k in points]
+        fit = statistics.linear_regression(kls, gains)
+        lines[name] = {"slope_per_nat": fit.slope, "intercept": fit.intercept,
+                       "r": statistics.correlation(kls, gains), "kl_range": [min(kls), max(kls)]}
+    lo = max(line["kl_range"][0] for line in lines.values())
+    hi = min(line["kl_range"][1] for line in lines.values())
+    at = lambda name, kl: lines[name]["slope_per_nat"] * kl + lines[name]["intercept"]  # noqa: E731
+    fractions = {f"{kl:.2f}": at("ppo_rm_5k", kl) / at("ppo_judge", kl) for kl in (lo, (lo + hi) / 2, hi)
+                 if at("ppo_judge", kl) > 0} if lo < hi else {}
+    return lines | {"matched_kl_range": [lo, hi] if lo < hi else None, "recovered_fraction_5k_at_kl": fractions}
+
+
 def seed_bootstrap_ci(rm: list[tuple[float, float]], judge: list[tuple[float, float]], draws: int = 10_000,
                       seed: int = 0) -> tuple[list[float], list[float]]:
     """95% percentile-bootstrap intervals of mean-gain ratio and mean-KL ratio, resampling each arm's (gain, KL)
@@ -348,6 +372,12 @@ def plot_arms(res: dict, path: Path) -> None:
             ax.plot(r["kl"], r["judge_score"], "x", color="grey")
             ax.annotate(f"{name} seed {r['seed']}", (r["kl"], r["judge_score"]), textcoords="offset points",
                         xytext=(5, -10), fontsize=7, color="grey")
+    base = res["arms"]["base"]["judge_score"]
+    for name, line in (res.get("kl_frontier") or {}).items():
+        if name.startswith("ppo_"):  # each arm's fitted gain-on-KL line over its seeds' KL, drawn above base
+            kls = line["kl_range"]
+            ax.plot(kls, [base + line["intercept"] + line["slope_per_nat"] * k for k in kls], "--", color="grey",
+                    linewidth=0.8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -357,7 +387,8 @@ def plot_arms(res: dict, path: Path) -> None:
 def derived(res: dict) -> dict:
     """The fields computed from the measured arms: the goal (seed 1), each seed's fraction, and the seed mean."""
     res = with_goal(res)
-    return res | {"recovered_fraction_5k_by_seed": replicate_fractions(res), "seed_mean": seed_mean_goal(res)}
+    return res | {"recovered_fraction_5k_by_seed": replicate_fractions(res), "seed_mean": seed_mean_goal(res),
+                  "kl_frontier": kl_frontier(res)}
 
 
 def refresh(task: str, reward_norm: int) -> None:
@@ -366,6 +397,8 @@ def refresh(task: str, reward_norm: int) -> None:
     path = REPO / "benchmarks" / "results" / f"{name}.json"
     res = derived(json.loads(path.read_text()))
     path.write_text(json.dumps(res, indent=2) + "\n")
+    if res.get("kl_frontier"):
+        plot_arms(res, path.with_suffix(".png"))
     print(json.dumps({k: res[k] for k in ("recovered_fraction_5k", "recovered_fraction_5k_by_seed", "seed_mean")},
                      indent=2))
 

@@ -123,3 +123,25 @@ def test_the_seed_bootstrap_collapses_without_spread_and_brackets_the_seed_mean_
     frac, kl = z.seed_bootstrap_ci(rm, judge, draws=2000)
     # every resampled fraction lies between the extreme seed ratios 0.3/1.0 and 0.7/0.5
     assert 0.3 <= frac[0] < 0.5 / 0.8 < frac[1] <= 1.4 and 7 / 12 <= kl[0] < 8 / 11 < kl[1] <= 0.9
+
+
+def test_the_kl_frontier_compares_the_arms_on_their_fitted_lines_only_where_both_arms_seeds_reach():
+    z = _ziegler()
+    # RM gains 0.2·KL − 2 at KL 10, 15, 20 (0, 1, 2); judge gains 0.1·KL at KL 5, 10, 20 (0.5, 1, 2); base 0
+    res = {"arms": {"base": {"judge_score": 0.0, "kl": 0.0}, "ppo_rm_5k": {"judge_score": 0.0, "kl": 10.0},
+                    "ppo_judge": {"judge_score": 0.5, "kl": 5.0}},
+           "seed_replicates": {
+               "ppo_rm_5k": [{"seed": s, "judge_score": g, "kl": k, "base_in_same_eval": 0.0}
+                             for s, g, k in ((2, 1.0, 15.0), (3, 2.0, 20.0))],
+               "ppo_judge": [{"seed": s, "judge_score": g, "kl": k, "base_in_same_eval": 0.0}
+                             for s, g, k in ((2, 1.0, 10.0), (3, 2.0, 20.0))]}}
+    got = z.kl_frontier(res)
+    assert abs(got["ppo_rm_5k"]["slope_per_nat"] - 0.2) < 1e-12 and abs(got["ppo_rm_5k"]["intercept"] + 2) < 1e-12
+    assert abs(got["ppo_judge"]["slope_per_nat"] - 0.1) < 1e-12 and abs(got["ppo_judge"]["r"] - 1) < 1e-12
+    assert got["matched_kl_range"] == [10.0, 20.0]  # the judge's KL 5 seed is outside the RM seeds' range
+    fractions = got["recovered_fraction_5k_at_kl"]  # 0/1 at 10 nats, 1/1.5 at 15, 2/2 at 20
+    assert list(fractions) == ["10.00", "15.00", "20.00"]
+    assert abs(fractions["10.00"]) < 1e-12 and abs(fractions["15.00"] - 2 / 3) < 1e-12
+    assert abs(fractions["20.00"] - 1) < 1e-12
+    res["seed_replicates"]["ppo_judge"].pop()  # two judge seeds: no line worth fitting
+    assert z.kl_frontier(res) is None
