@@ -385,14 +385,15 @@ def plot_arms(res: dict, path: Path) -> None:
 
 
 def derived(res: dict) -> dict:
-    """The fields computed from the measured arms: the goal (seed 1), each seed's fraction, and the seed mean."""
+    """The fields computed from the measured arms: the goal (seed 1), each seed's fraction, the seed mean and the
+    matched-KL comparison."""
     res = with_goal(res)
     return res | {"recovered_fraction_5k_by_seed": replicate_fractions(res), "seed_mean": seed_mean_goal(res),
                   "kl_frontier": kl_frontier(res)}
 
 
 def refresh(task: str, reward_norm: int) -> None:
-    """--refresh: rewrite a result's derived fields from its measured arms, running nothing."""
+    """--refresh: rewrite a result's derived fields (and, with a KL frontier, its plot) from its measured arms."""
     name = f"ziegler_{task}" + ("_reward_norm" if reward_norm else "")
     path = REPO / "benchmarks" / "results" / f"{name}.json"
     res = derived(json.loads(path.read_text()))
@@ -419,8 +420,8 @@ def main() -> None:
                         help="train the PPO arms again with seed=S (not 1, the default seed) and add them to the "
                              "result file as seed_replicates; only base and PPO arms (ppo_judge, ppo_rm_*)")
     parser.add_argument("--refresh", action="store_true",
-                        help="recompute the goal, per-seed and seed-mean fields from the result file alone, running "
-                             "nothing")
+                        help="recompute the goal, per-seed, seed-mean and KL-frontier fields (and the plot, once there "
+                             "is a frontier) from the result file alone, running nothing")
     args = parser.parse_args()
     if args.refresh:
         return refresh(args.task, args.reward_norm)
