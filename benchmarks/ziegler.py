@@ -207,6 +207,14 @@ def recovered_fraction(arm: float, base: float, judge: float) -> float:
     return (arm - base) / (judge - base)
 
 
+GOAL_FRACTION, GOAL_KL_RATIO = 0.7, 1.5  # the issue's goal: ≥ 70% of the judge arm's gain at ≤ 1.5× its KL
+
+
+def goal_reached(fraction: float, kl_ratio: float) -> bool:
+    """Whether a recovered fraction and a KL ratio meet the goal."""
+    return bool(fraction >= GOAL_FRACTION and kl_ratio <= GOAL_KL_RATIO)
+
+
 def with_goal(res: dict) -> dict:
     """The goal's fields, from whichever arms `res` holds (a merge of partial runs included): the 5k RM arm's share
     of the judge arm's score gain over base, its KL against the judge arm's, and the 5k RM's held-out top-1."""
@@ -216,7 +224,7 @@ def with_goal(res: dict) -> dict:
     kl_ratio = arms["ppo_rm_5k"]["kl"] / arms["ppo_judge"]["kl"] if recovered is not None else None
     return res | {
         "recovered_fraction_5k": recovered, "kl_ratio_5k_to_judge": kl_ratio,
-        "goal_met": None if recovered is None else bool(recovered >= 0.7 and kl_ratio <= 1.5),
+        "goal_met": None if recovered is None else goal_reached(recovered, kl_ratio),
         "rm_top1_accuracy_5k": res.get("rm_heldout_accuracy", {}).get("5k", {}).get("top1_accuracy"),
     }
 
@@ -285,16 +293,24 @@ def seed_gains(res: dict, name: str) -> list[tuple[float, float]]:
         (r["judge_score"] - r["base_in_same_eval"], r["kl"]) for r in res.get("seed_replicates", {}).get(name, [])]
 
 
+def replicated_arms(res: dict, min_seeds: int) -> dict[str, list[tuple[float, float]]] | None:
+    """{arm: seed_gains} of the 5k RM arm and the judge arm, when base and both arms are measured and each arm has at
+    least `min_seeds` seeds; else None."""
+    arms = res["arms"]
+    if any(arms.get(k, {}).get("judge_score") is None for k in ("base", "ppo_judge", "ppo_rm_5k")):
+        return None
+    runs = {name: seed_gains(res, name) for name in ("ppo_rm_5k", "ppo_judge")}
+    return runs if min(len(r) for r in runs.values()) >= min_seeds else None
+
+
 def seed_mean_goal(res: dict) -> dict | None:
     """The goal read from every seed at once, where the 5k RM arm and the judge arm each have two or more: the mean
     gain of one over the mean gain of the other, the mean KLs' ratio, and the fraction's range over every pairing of
     an RM seed with a judge seed (seeds are independent runs, so no pairing is the right one)."""
-    arms = res["arms"]
-    if any(arms.get(k, {}).get("judge_score") is None for k in ("base", "ppo_judge", "ppo_rm_5k")):
+    runs = replicated_arms(res, 2)
+    if runs is None:
         return None
-    rm, judge = seed_gains(res, "ppo_rm_5k"), seed_gains(res, "ppo_judge")
-    if min(len(rm), len(judge)) < 2:
-        return None
+    rm, judge = runs["ppo_rm_5k"], runs["ppo_judge"]
     stats = {name: {"n_seeds": len(runs), "gain_mean": statistics.fmean(g for g, _ in runs),
                     "gain_std": statistics.stdev(g for g, _ in runs), "kl_mean": statistics.fmean(k for _, k in runs)}
              for name, runs in (("ppo_rm_5k", rm), ("ppo_judge", judge))}
@@ -302,12 +318,13 @@ def seed_mean_goal(res: dict) -> dict | None:
     kl_ratio = stats["ppo_rm_5k"]["kl_mean"] / stats["ppo_judge"]["kl_mean"]
     pairs = [g_rm / g_judge for g_rm, _ in rm for g_judge, _ in judge]
     frac_ci, kl_ci = seed_bootstrap_ci(rm, judge)
-    met, missed = frac_ci[0] >= 0.7 and kl_ci[1] <= 1.5, frac_ci[1] < 0.7 or kl_ci[0] > 1.5
+    met = goal_reached(frac_ci[0], kl_ci[1])  # even the interval's worst ends meet it
+    missed = frac_ci[1] < GOAL_FRACTION or kl_ci[0] > GOAL_KL_RATIO  # even its best ends miss it
     return stats | {"recovered_fraction_5k": fraction, "kl_ratio_5k_to_judge": kl_ratio,
                     "recovered_fraction_5k_range_over_seed_pairs": [min(pairs), max(pairs)],
                     "recovered_fraction_5k_ci95": frac_ci, "kl_ratio_5k_to_judge_ci95": kl_ci,
                     "ci_method": "percentile bootstrap over seeds, each arm's seeds resampled apart, 10,000 draws",
-                    "goal_met": bool(fraction >= 0.7 and kl_ratio <= 1.5),
+                    "goal_met": goal_reached(fraction, kl_ratio),
                     "goal_settled_by_ci": bool(met or missed)}
 
 
@@ -315,10 +332,8 @@ def kl_frontier(res: dict) -> dict | None:
     """The arms compared at matched KL, where each has three or more seeds: a least-squares line of judge-score gain
     on KL per arm (how far a run drifts sets most of its score), and the 5k RM arm's fraction of the judge arm's
     gain read off the two lines at the ends and middle of the KL range both arms' seeds cover (no extrapolation)."""
-    if seed_mean_goal(res) is None:
-        return None
-    runs = {name: seed_gains(res, name) for name in ("ppo_rm_5k", "ppo_judge")}
-    if min(len(r) for r in runs.values()) < 3:
+    runs = replicated_arms(res, 3)
+    if runs is None:
         return None
     lines = {}
     for name, points in runs.items():
